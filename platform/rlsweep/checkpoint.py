@@ -1,0 +1,44 @@
+"""The checkpoint format: no pickled objects.
+
+    <dir>/learner.pt   network, optimiser and torch RNG: tensors and plain containers, read back with
+                       torch.load(..., weights_only=True)
+    <dir>/state.json   everything else: counters, normaliser, RNG states, worker and env states
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rlsweep.config import ConfigError
+
+FORMAT_VERSION = 1
+LEARNER_FILE = "learner.pt"
+STATE_FILE = "state.json"
+
+
+def write(directory: str | Path, learner_state: bytes, state: dict[str, Any]) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / LEARNER_FILE).write_bytes(learner_state)
+    (d / STATE_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **state}))
+
+
+def read(directory: str | Path) -> tuple[bytes, dict[str, Any]]:
+    d = check(directory)
+    state = json.loads((d / STATE_FILE).read_text())
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"{directory}: checkpoint format {state.get('format_version')}, expected {FORMAT_VERSION}")
+    return (d / LEARNER_FILE).read_bytes(), state
+
+
+def check(directory: str | Path) -> Path:
+    """The checkpoint directory, or a ConfigError saying what is missing."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise ConfigError(f"--restore {directory}: no such checkpoint directory")
+    missing = [f for f in (LEARNER_FILE, STATE_FILE) if not (d / f).is_file()]
+    if missing:
+        raise ConfigError(f"--restore {directory}: not an rlsweep checkpoint (missing {', '.join(missing)})")
+    return d

@@ -1,0 +1,284 @@
+"""Experiment configuration: pydantic models, YAML loading and `--set` overrides.
+
+Everything here is validated before Ray starts. Every error names the file, the key and what was
+expected, so the CLI can print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message is one line a user can act on."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(_Section):
+    """The environment every rollout and evaluation worker builds."""
+
+    id: str = Field(min_length=1, description="A registered gymnasium id, or 'package.module:Class'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the env.")
+    vectorization: Literal["auto", "vector_entry_point", "sync", "async"] = Field(
+        "auto",
+        description="auto: the env's own vectorised implementation where it has one, else sync.",
+    )
+    max_episode_steps: int | None = Field(None, ge=1, description="Override the env's time limit.")
+
+
+class PolicyConfig(_Section):
+    """The actor-critic network (separate actor and critic MLPs)."""
+
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], description="Hidden layer widths.")
+    activation: Literal["tanh", "relu"] = Field("tanh", description="Hidden activation.")
+    log_std_init: float = Field(0.0, description="Initial log std of the Gaussian (Box actions only).")
+    normalize_observations: bool = Field(False, description="Running mean/std normalisation of obs.")
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _positive_sizes(cls, v: list[int]) -> list[int]:
+        if not v or any(h < 1 for h in v):
+            raise ValueError("expected a non-empty list of positive layer widths, e.g. [64, 64]")
+        return v
+
+
+class PPOConfig(_Section):
+    """The PPO update."""
+
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate.")
+    anneal_lr: bool = Field(False, description="Anneal lr linearly to 0 over stop.env_steps.")
+    adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon.")
+    gamma: float = Field(0.99, gt=0, le=1, description="Discount factor.")
+    gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    train_batch_size: int = Field(2048, ge=1, description="Env steps collected per iteration, all workers.")
+    minibatch_size: int = Field(256, ge=1, description="Samples per gradient step.")
+    num_epochs: int = Field(10, ge=1, description="Passes over the batch per iteration.")
+    clip: float = Field(0.2, gt=0, description="Policy ratio clip range.")
+    vf_clip: float | None = Field(None, gt=0, description="Value clip range; null disables.")
+    vf_coef: float = Field(0.5, ge=0, description="Value loss coefficient.")
+    ent_coef: float = Field(0.0, ge=0, description="Entropy bonus coefficient.")
+    max_grad_norm: float = Field(0.5, gt=0, description="Global gradient-norm clip.")
+    target_kl: float | None = Field(None, gt=0, description="Stop the epochs once approx KL exceeds this.")
+    normalize_advantages: bool = Field(True, description="Normalise advantages per minibatch.")
+
+    @model_validator(mode="after")
+    def _minibatch_divides_batch(self) -> PPOConfig:
+        if self.minibatch_size > self.train_batch_size or self.train_batch_size % self.minibatch_size:
+            raise ValueError(
+                f"minibatch_size ({self.minibatch_size}) must divide train_batch_size "
+                f"({self.train_batch_size})"
+            )
+        return self
+
+    @property
+    def num_minibatches(self) -> int:
+        return self.train_batch_size // self.minibatch_size
+
+
+class RolloutConfig(_Section):
+    """Where experience is collected."""
+
+    num_rollout_workers: int = Field(1, ge=0, description="Ray actors sampling; 0 samples in the trainable.")
+    num_envs_per_worker: int = Field(8, ge=1, description="Vectorised envs in each worker.")
+
+
+class EvaluationConfig(_Section):
+    """Deterministic evaluation on its own actor and its own seeds."""
+
+    interval: int = Field(1, ge=1, description="Evaluate every N iterations.")
+    episodes: int = Field(10, ge=1, description="Episodes per evaluation.")
+    deterministic: bool = Field(True, description="Greedy/mean actions instead of sampling.")
+
+
+class StopConfig(_Section):
+    """When a trial stops; whichever criterion is met first."""
+
+    target_return: float | None = Field(None, description="Stop once the evaluation mean reaches this.")
+    env_steps: int | None = Field(None, ge=1, description="Stop after this many env steps.")
+    time_s: float | None = Field(None, gt=0, description="Stop after this many seconds of training.")
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> StopConfig:
+        if self.target_return is None and self.env_steps is None and self.time_s is None:
+            raise ValueError("set at least one of target_return, env_steps, time_s")
+        return self
+
+
+class ResourcesConfig(_Section):
+    """What a trial asks of Ray; fractions are allowed."""
+
+    learner_cpus: float = Field(1.0, gt=0, description="CPUs for the trainable (learner).")
+    learner_gpus: float = Field(0.0, ge=0, description="GPUs for the learner; >0 trains on CUDA.")
+    worker_cpus: float = Field(0.5, gt=0, description="CPUs for each rollout worker.")
+    evaluation_cpus: float = Field(0.25, gt=0, description="CPUs for the evaluation worker.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the learner.")
+
+
+class ExperimentConfig(_Section):
+    """One experiment file."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name.")
+    seed: int = Field(0, ge=0, description="Seeds the learner, every worker and evaluation.")
+    results_dir: str = Field("results", description="Where Tune keeps trials and checkpoints.")
+    checkpoint_frequency: int = Field(0, ge=0, description="Checkpoint every N iterations (0: at end).")
+    env: EnvConfig
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    rollouts: RolloutConfig = Field(default_factory=RolloutConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    stop: StopConfig
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        envs = self.num_sampling_envs
+        if self.ppo.train_batch_size % envs:
+            raise ValueError(
+                f"ppo.train_batch_size ({self.ppo.train_batch_size}) must be a multiple of "
+                f"max(1, rollouts.num_rollout_workers) * rollouts.num_envs_per_worker ({envs})"
+            )
+        if self.ppo.anneal_lr and self.stop.env_steps is None:
+            raise ValueError("ppo.anneal_lr needs stop.env_steps (the horizon to anneal over)")
+        return self
+
+    @property
+    def num_sampling_envs(self) -> int:
+        return max(1, self.rollouts.num_rollout_workers) * self.rollouts.num_envs_per_worker
+
+    @property
+    def rollout_length(self) -> int:
+        """Steps each env takes per iteration."""
+        return self.ppo.train_batch_size // self.num_sampling_envs
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if p not in ("function-after",)) or "<top level>"
+
+
+def _section_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the section an unknown key was found in."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def explain(err: ValidationError, source: str) -> str:
+    """One line per problem, naming the source, the key and what was expected."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = _format_loc(loc)
+        if e["type"] == "extra_forbidden":
+            valid = ", ".join(_section_keys(loc))
+            lines.append(f"{source}: unknown key '{key}' (valid keys here: {valid})")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: missing required key '{key}'")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{source}: key '{key}': {msg}{shown}")
+    return "; ".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'stop.env_steps=20000' -> (['stop', 'env_steps'], 20000), the value read as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stop.env_steps=20000")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        value = _number_or_str(value)
+    return key.strip().split("."), value
+
+
+def _number_or_str(raw: str) -> Any:
+    # YAML 1.1 reads '1e-3' as a string; a user writing it means a number.
+    try:
+        f = float(raw)
+    except ValueError:
+        return raw
+    return int(f) if f.is_integer() and "e" not in raw.lower() and "." not in raw else f
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def validate(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(explain(e, source)) from None
+
+
+def load_experiment(
+    path: str | Path, overrides: list[str] | None = None, seed: int | None = None
+) -> ExperimentConfig:
+    """Read, override and validate an experiment file."""
+    data = apply_overrides(read_yaml(path), list(overrides or []))
+    if seed is not None:
+        data["seed"] = seed
+    return validate(data, str(path))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'ppo': {'lr': 1}} -> {'ppo.lr': 1}"""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def is_finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)

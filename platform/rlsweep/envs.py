@@ -1,0 +1,195 @@
+"""Environment construction and plain-data snapshots of environment state.
+
+Every vector env rlsweep builds runs in gymnasium's NEXT_STEP autoreset mode: the step that ends an
+episode returns that episode's final observation, and the following step ignores its action, resets
+the sub-env and returns the reset observation with reward 0. The sampler marks that step invalid and
+uses the value of the final observation to bootstrap truncations (see `gae.py`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.registration import EnvSpec
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from rlsweep.config import ConfigError, EnvConfig
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    """What the networks need to know about an env: flat observation size and the action space."""
+
+    obs_dim: int
+    discrete: bool
+    act_dim: int  # number of actions (Discrete) or action vector size (Box)
+    act_low: np.ndarray | None = None
+    act_high: np.ndarray | None = None
+
+
+def resolve_spec(cfg: EnvConfig) -> EnvSpec:
+    """A registered id, 'module:Registered-v0', or 'package.module:Class' -> an EnvSpec."""
+    env_id = cfg.id
+    if ":" in env_id:
+        module_name, _, name = env_id.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ConfigError(f"env.id {env_id!r}: cannot import module {module_name!r} ({e})") from None
+        if name in gym.registry:
+            spec = gym.spec(name)
+        elif isinstance(getattr(module, name, None), type):
+            spec = EnvSpec(id=f"{module_name}.{name}", entry_point=env_id)
+        else:
+            raise ConfigError(f"env.id {env_id!r}: {module_name!r} has no class or registered env {name!r}")
+    else:
+        try:
+            spec = gym.spec(env_id)
+        except gym.error.Error as e:
+            raise ConfigError(f"env.id {env_id!r}: not a registered gymnasium environment ({e})") from None
+    spec = copy.deepcopy(spec)
+    if cfg.max_episode_steps is not None:
+        spec.max_episode_steps = cfg.max_episode_steps
+    return spec
+
+
+def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
+    """A vector env of `num_envs` copies in NEXT_STEP autoreset mode (not yet reset)."""
+    spec = resolve_spec(cfg)
+    mode = cfg.vectorization
+    if mode == "auto":
+        mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+    kwargs = dict(cfg.kwargs)
+    if mode == "vector_entry_point":
+        if spec.vector_entry_point is None:
+            raise ConfigError(f"env.vectorization: {cfg.id!r} has no vectorised implementation; use sync")
+        if cfg.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = cfg.max_episode_steps
+        env = gym.make_vec(spec, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+    else:
+        env = gym.make_vec(
+            spec,
+            num_envs=num_envs,
+            vectorization_mode=mode,
+            vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
+            **kwargs,
+        )
+    autoreset = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    if autoreset != AutoresetMode.NEXT_STEP:
+        env.close()
+        raise ConfigError(f"env {cfg.id!r}: its vector env autoresets in {autoreset}, rlsweep needs NEXT_STEP")
+    return env
+
+
+def space_info(cfg: EnvConfig) -> SpaceInfo:
+    """Build one sub-env to read its spaces; raises ConfigError for envs rlsweep cannot drive."""
+    try:
+        env = gym.make(resolve_spec(cfg), **cfg.kwargs)
+    except ConfigError:
+        raise
+    except Exception as e:  # the env's own constructor failed: report it as bad input
+        raise ConfigError(f"env {cfg.id!r}: cannot be created with kwargs {cfg.kwargs}: {e}") from None
+    try:
+        obs, act = env.observation_space, env.action_space
+    finally:
+        env.close()
+    if not isinstance(obs, gym.spaces.Box):
+        raise ConfigError(f"env {cfg.id!r}: observation space {obs} is not a Box")
+    if isinstance(act, gym.spaces.Discrete):
+        return SpaceInfo(obs_dim=int(np.prod(obs.shape)), discrete=True, act_dim=int(act.n))
+    if isinstance(act, gym.spaces.Box) and len(act.shape) == 1:
+        return SpaceInfo(
+            obs_dim=int(np.prod(obs.shape)),
+            discrete=False,
+            act_dim=int(act.shape[0]),
+            act_low=act.low.astype(np.float32),
+            act_high=act.high.astype(np.float32),
+        )
+    raise ConfigError(f"env {cfg.id!r}: action space {act} is neither Discrete nor a 1-d Box")
+
+
+# --------------------------------------------------------------------------------------------------
+# Snapshots: an environment's plain-data attributes (numbers, strings, numpy arrays, RNG states),
+# walked through wrappers and sub-envs. That is the whole state of the classic-control, toy-text and
+# natively vectorised envs, so a restored trainable continues its episodes exactly. Envs whose state
+# lives elsewhere (a physics engine, a subprocess) cannot be snapshotted: `env_state` returns None
+# and their episodes restart after a restore.
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def encode_value(value: Any) -> Any:
+    """A JSON-able form of plain data; TypeError for anything else."""
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, np.generic):
+        return {"__np__": value.dtype.str, "v": value.item()}
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        return {"__nd__": value.dtype.str, "shape": list(value.shape), "v": value.ravel().tolist()}
+    if isinstance(value, np.random.Generator):
+        return {"__rng__": value.bit_generator.state}
+    if isinstance(value, (tuple, list)) and all(isinstance(v, _SCALARS) for v in value):
+        return {"__seq__": type(value).__name__, "v": list(value)}
+    raise TypeError
+
+
+def decode_value(value: Any, current: Any = None) -> Any:
+    if not isinstance(value, dict):
+        return value
+    if "__np__" in value:
+        return np.dtype(value["__np__"]).type(value["v"])
+    if "__nd__" in value:
+        return np.asarray(value["v"], dtype=np.dtype(value["__nd__"])).reshape(value["shape"])
+    if "__rng__" in value:
+        rng = current if isinstance(current, np.random.Generator) else np.random.default_rng()
+        rng.bit_generator.state = value["__rng__"]
+        return rng
+    if "__seq__" in value:
+        return tuple(value["v"]) if value["__seq__"] == "tuple" else list(value["v"])
+    raise ValueError(f"unknown encoded value {value!r}")
+
+
+def _children(obj: Any) -> dict[str, Any]:
+    kids = {}
+    inner = obj.__dict__.get("env")
+    if isinstance(inner, (gym.Env, VectorEnv)):
+        kids["env"] = inner
+    envs = obj.__dict__.get("envs")
+    if isinstance(envs, (list, tuple)):
+        kids.update({f"envs.{i}": e for i, e in enumerate(envs)})
+    return kids
+
+
+def env_state(env: Any) -> dict[str, Any] | None:
+    """JSON-able snapshot of `env`, or None where its state is not plain data."""
+    if isinstance(env, gym.vector.AsyncVectorEnv):
+        return None
+    own: dict[str, Any] = {}
+    for name, value in vars(env).items():
+        if name in ("env", "envs"):
+            continue
+        try:
+            own[name] = encode_value(value)
+        except TypeError:
+            continue
+    children = {}
+    for key, child in _children(env).items():
+        state = env_state(child)
+        if state is None:
+            return None
+        children[key] = state
+    return {"attrs": own, "children": children}
+
+
+def set_env_state(env: Any, state: dict[str, Any]) -> None:
+    """Inverse of `env_state` on an env built from the same config."""
+    for name, value in state["attrs"].items():
+        setattr(env, name, decode_value(value, vars(env).get(name)))
+    kids = _children(env)
+    for key, child_state in state["children"].items():
+        set_env_state(kids[key], child_state)

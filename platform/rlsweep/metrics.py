@@ -1,0 +1,27 @@
+"""Every metric name a trainable reports, in one place (the README's table lists them)."""
+
+ENV_STEPS = "env_steps"  # env steps sampled so far, all workers (autoreset steps included)
+EPISODES = "episodes"  # training episodes completed so far
+EPISODE_RETURN_MEAN = "episode_return_mean"  # mean return of the last 100 training episodes
+EPISODE_LENGTH_MEAN = "episode_length_mean"  # mean length of the last 100 training episodes
+EVAL_RETURN_MEAN = "eval_return_mean"  # deterministic evaluation: mean return (latest evaluation)
+EVAL_RETURN_STD = "eval_return_std"
+EVAL_LENGTH_MEAN = "eval_length_mean"
+POLICY_LOSS = "policy_loss"  # clipped surrogate loss, mean over minibatches
+VALUE_LOSS = "value_loss"
+ENTROPY = "entropy"
+APPROX_KL = "approx_kl"  # mean k3 estimate of KL(old || new) over minibatches
+CLIP_FRACTION = "clip_fraction"  # share of samples whose ratio left [1-clip, 1+clip]
+EXPLAINED_VARIANCE = "explained_variance"  # of the returns by the values the rollout used
+GRAD_NORM = "grad_norm"  # global gradient norm before clipping, mean over minibatches
+LR = "lr"
+UPDATE_EPOCHS = "update_epochs"  # epochs run (fewer than num_epochs when target_kl stopped them)
+TIME_SAMPLE_S = "time_sample_s"  # this iteration: waiting for rollouts
+TIME_LEARN_S = "time_learn_s"  # GAE and the PPO epochs
+TIME_EVAL_S = "time_eval_s"  # evaluation (0 when none ran)
+TIME_OTHER_S = "time_other_s"  # everything else in step()
+ENV_STEPS_PER_S = "env_steps_per_s"  # this iteration's env steps / its step() time
+
+# Tune's own keys that rlsweep reads.
+TIME_TOTAL_S = "time_total_s"
+TRAINING_ITERATION = "training_iteration"
