@@ -40,18 +40,18 @@ def resolve_spec(cfg: EnvConfig) -> EnvSpec:
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
-            raise ConfigError(f"env.id {env_id!r}: cannot import module {module_name!r} ({e})") from None
+            raise ConfigError(f"key 'env.id': {env_id!r}: cannot import module {module_name!r} ({e})") from None
         if name in gym.registry:
             spec = gym.spec(name)
         elif isinstance(getattr(module, name, None), type):
             spec = EnvSpec(id=f"{module_name}.{name}", entry_point=env_id)
         else:
-            raise ConfigError(f"env.id {env_id!r}: {module_name!r} has no class or registered env {name!r}")
+            raise ConfigError(f"key 'env.id': {env_id!r}: {module_name!r} has no class or registered env {name!r}")
     else:
         try:
             spec = gym.spec(env_id)
         except gym.error.Error as e:
-            raise ConfigError(f"env.id {env_id!r}: not a registered gymnasium environment ({e})") from None
+            raise ConfigError(f"key 'env.id': {env_id!r} is not a registered gymnasium environment ({e})") from None
     spec = copy.deepcopy(spec)
     if cfg.max_episode_steps is not None:
         spec.max_episode_steps = cfg.max_episode_steps
@@ -67,7 +67,7 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
     kwargs = dict(cfg.kwargs)
     if mode == "vector_entry_point":
         if spec.vector_entry_point is None:
-            raise ConfigError(f"env.vectorization: {cfg.id!r} has no vectorised implementation; use sync")
+            raise ConfigError(f"key 'env.vectorization': {cfg.id!r} has no vectorised implementation; use sync")
         if cfg.max_episode_steps is not None:
             kwargs["max_episode_steps"] = cfg.max_episode_steps
         env = gym.make_vec(spec, num_envs=num_envs, vectorization_mode=mode, **kwargs)
@@ -93,13 +93,13 @@ def space_info(cfg: EnvConfig) -> SpaceInfo:
     except ConfigError:
         raise
     except Exception as e:  # the env's own constructor failed: report it as bad input
-        raise ConfigError(f"env {cfg.id!r}: cannot be created with kwargs {cfg.kwargs}: {e}") from None
+        raise ConfigError(f"key 'env.kwargs': {cfg.id!r} cannot be created with kwargs {cfg.kwargs}: {e}") from None
     try:
         obs, act = env.observation_space, env.action_space
     finally:
         env.close()
     if not isinstance(obs, gym.spaces.Box):
-        raise ConfigError(f"env {cfg.id!r}: observation space {obs} is not a Box")
+        raise ConfigError(f"key 'env.id': {cfg.id!r} has observation space {obs}; rlsweep needs a Box")
     if isinstance(act, gym.spaces.Discrete):
         return SpaceInfo(obs_dim=int(np.prod(obs.shape)), discrete=True, act_dim=int(act.n))
     if isinstance(act, gym.spaces.Box) and len(act.shape) == 1:
@@ -110,7 +110,7 @@ def space_info(cfg: EnvConfig) -> SpaceInfo:
             act_low=act.low.astype(np.float32),
             act_high=act.high.astype(np.float32),
         )
-    raise ConfigError(f"env {cfg.id!r}: action space {act} is neither Discrete nor a 1-d Box")
+    raise ConfigError(f"key 'env.id': {cfg.id!r} has action space {act}, neither Discrete nor a 1-d Box")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,129 @@
+"""Ray Tune plumbing: starting Ray, stop criteria, progress, and the Tuner for a single trial."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from rlsweep import metrics as M
+from rlsweep.config import ExperimentConfig, StopConfig
+from rlsweep.trainable import PPOTrainable, resource_request
+
+
+def init_ray() -> None:
+    """Start (or join, where RAY_ADDRESS says so) Ray with little noise."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Tune's TensorBoard logger costs per-iteration time and nobody reads it: MLflow is the record.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=True)
+
+
+class TrialStopper(tune.Stopper):
+    """Stops a trial at the first of: evaluation mean >= target, env-step budget, training time."""
+
+    def __init__(self, stop: StopConfig):
+        self.stop = stop
+
+    def reason(self, result: dict[str, Any]) -> str | None:
+        s = self.stop
+        ev = result.get(M.EVAL_RETURN_MEAN, math.nan)
+        if s.target_return is not None and ev == ev and ev >= s.target_return:
+            return f"reached target return {s.target_return:g}"
+        if s.env_steps is not None and result.get(M.ENV_STEPS, 0) >= s.env_steps:
+            return f"reached {s.env_steps} env steps"
+        if s.time_s is not None and result.get(M.TIME_TOTAL_S, 0.0) >= s.time_s:
+            return f"reached {s.time_s:g} s of training"
+        return None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return self.reason(result) is not None
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class ProgressLine(tune.Callback):
+    """One live line per trial on stderr (rewritten in place on a terminal, every few seconds otherwise)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.tty = sys.stderr.isatty()
+        self.every_s = every_s
+        self._last = 0.0
+
+    @staticmethod
+    def line(trial_id: str, r: dict[str, Any]) -> str:
+        return (
+            f"[{trial_id}] iter {r.get(M.TRAINING_ITERATION, 0):>4} | {r.get(M.ENV_STEPS, 0):>9,} steps | "
+            f"return {r.get(M.EPISODE_RETURN_MEAN, math.nan):8.2f} | eval {r.get(M.EVAL_RETURN_MEAN, math.nan):8.2f} | "
+            f"{r.get(M.ENV_STEPS_PER_S, 0):>8,.0f} steps/s | {r.get(M.TIME_TOTAL_S, 0):6.1f} s"
+        )
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        text = self.line(trial.trial_id, result)
+        if self.tty:
+            print("\r" + text, end="", file=sys.stderr, flush=True)
+        elif time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            print(text, file=sys.stderr, flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def trainable_for(restore_from: str | None = None) -> Any:
+    """PPOTrainable with its resources computed from each trial's own config."""
+    trainable = PPOTrainable
+    if restore_from is not None:
+        trainable = tune.with_parameters(PPOTrainable, restore_from=restore_from)
+    return tune.with_resources(trainable, lambda config: resource_request(ExperimentConfig.model_validate(config)))
+
+
+@dataclass
+class TrainOutcome:
+    metrics: dict[str, Any]
+    checkpoint: str | None
+    stop_reason: str | None
+    error: str | None
+    trial_dir: str
+
+
+def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOutcome:
+    """One trial of `cfg` through a Tuner; returns its last metrics and checkpoint."""
+    init_ray()
+    storage = Path(cfg.results_dir).resolve()
+    stopper = TrialStopper(cfg.stop)
+    tuner = tune.Tuner(
+        trainable_for(restore_from),
+        param_space=cfg.model_dump(mode="json"),
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(
+            name=f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(storage),
+            stop=stopper,
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True
+            ),
+            callbacks=[ProgressLine()],
+            verbose=0,
+        ),
+    )
+    result = tuner.fit()[0]
+    metrics = dict(result.metrics or {})
+    return TrainOutcome(
+        metrics=metrics,
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        stop_reason=stopper.reason(metrics),
+        error=None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+        trial_dir=str(result.path),
+    )

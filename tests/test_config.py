@@ -1,0 +1,98 @@
+"""Config loading: unknown keys, bounds, cross-field checks and --set overrides."""
+
+import pytest
+
+from rlsweep.config import ConfigError, apply_overrides, flatten, load_experiment, parse_override
+
+BASE = """\
+name: t
+env: {id: CartPole-v1}
+ppo: {train_batch_size: 64, minibatch_size: 32}
+rollouts: {num_rollout_workers: 1, num_envs_per_worker: 4}
+stop: {env_steps: 1000}
+"""
+
+
+@pytest.fixture
+def exp(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text(BASE)
+    return p
+
+
+def test_shipped_experiments_validate():
+    for name in ("cartpole_ppo", "pendulum_ppo"):
+        cfg = load_experiment(f"experiments/{name}.yaml")
+        assert cfg.name == name
+
+
+def test_overrides_and_seed(exp):
+    cfg = load_experiment(exp, ["stop.env_steps=20000", "ppo.lr=1e-3", "policy.hidden_sizes=[8, 8]"], seed=7)
+    assert cfg.stop.env_steps == 20000 and cfg.ppo.lr == 1e-3 and cfg.policy.hidden_sizes == [8, 8]
+    assert cfg.seed == 7
+    assert cfg.rollout_length == 16
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("stop.foo=1", "unknown key 'stop.foo' (valid keys here: target_return, env_steps, time_s)"),
+    ("bogus=1", "unknown key 'bogus'"),
+    ("ppo.gamma=0", "key 'ppo.gamma': Input should be greater than 0"),
+    ("ppo.gamma=1.5", "key 'ppo.gamma': Input should be less than or equal to 1"),
+    ("ppo.minibatch_size=48", "minibatch_size (48) must divide train_batch_size (64)"),
+    ("ppo.train_batch_size=30", "must divide train_batch_size (30)"),
+    ("rollouts.num_envs_per_worker=5", "must be a multiple of"),
+    ("rollouts.num_rollout_workers=-1", "key 'rollouts.num_rollout_workers': Input should be greater than or equal to 0"),
+    ("ppo.lr=fast", "key 'ppo.lr': Input should be a valid number"),
+    ("ppo.anneal_lr=true", None),
+    ("policy.hidden_sizes=[]", "non-empty list"),
+    ("env.vectorization=threads", "key 'env.vectorization'"),
+])
+def test_bad_values_name_file_and_key(exp, override, fragment):
+    if fragment is None:  # a valid override
+        load_experiment(exp, [override])
+        return
+    with pytest.raises(ConfigError) as e:
+        load_experiment(exp, [override])
+    assert str(exp) in str(e.value) and fragment in str(e.value)
+
+
+def test_anneal_needs_an_env_step_budget(exp):
+    with pytest.raises(ConfigError, match="anneal_lr needs stop.env_steps"):
+        load_experiment(exp, ["ppo.anneal_lr=true", "stop.env_steps=null", "stop.target_return=1"])
+
+
+def test_stop_needs_a_criterion(exp):
+    with pytest.raises(ConfigError, match="set at least one of"):
+        load_experiment(exp, ["stop.env_steps=null"])
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_experiment(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: not valid YAML \(line"):
+        load_experiment(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_experiment(listy)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("name: x\n")
+    with pytest.raises(ConfigError, match="missing required key 'env'"):
+        load_experiment(missing)
+
+
+def test_parse_override_forms():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=1e-3") == (["a"], 0.001)
+    assert parse_override("a=hello") == (["a"], "hello")
+    assert parse_override("a=null") == (["a"], None)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("novalue")
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"a": 1}, ["a.b=2"])
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3, "f": {}}) == {"a.b": 1, "a.c.d": 2, "e": 3, "f": {}}

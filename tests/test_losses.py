@@ -1,0 +1,46 @@
+"""The clipped PPO loss on a two-sample example worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from rlsweep.losses import ppo_loss
+
+
+def example(vf_clip):
+    return ppo_loss(
+        new_logp=torch.tensor([math.log(1.1), math.log(1.5)]),
+        old_logp=torch.tensor([0.0, 0.0]),
+        advantages=torch.tensor([1.0, -1.0]),
+        new_values=torch.tensor([1.4, 2.0]),
+        old_values=torch.tensor([1.0, 1.8]),
+        returns=torch.tensor([1.5, 1.0]),
+        entropy=torch.tensor([0.5, 0.7]),
+        clip=0.2, vf_clip=vf_clip, vf_coef=0.5, ent_coef=0.01,
+    )
+
+
+def test_policy_loss_takes_the_pessimistic_side_of_the_clip():
+    t = example(vf_clip=None)
+    # sample 0: ratio 1.1 inside the clip -> -1.1; sample 1: A<0, ratio 1.5 -> max(1.5, 1.2) = 1.5
+    assert t.policy_loss.item() == pytest.approx(0.2, abs=1e-6)
+    assert t.clip_fraction.item() == pytest.approx(0.5)
+    assert t.approx_kl.item() == pytest.approx(((0.1 - math.log(1.1)) + (0.5 - math.log(1.5))) / 2, rel=1e-5)
+    assert t.entropy.item() == pytest.approx(0.6)
+
+
+def test_value_loss_unclipped_and_clipped():
+    assert example(vf_clip=None).value_loss.item() == pytest.approx(0.5 * (0.01 + 1.0) / 2, rel=1e-5)
+    # clipped values 1.1 and 1.9: errors 0.16 and 0.81; the max with 0.01 and 1.0 is 0.16 and 1.0
+    t = example(vf_clip=0.1)
+    assert t.value_loss.item() == pytest.approx(0.5 * (0.16 + 1.0) / 2, rel=1e-5)
+    assert t.loss.item() == pytest.approx(0.2 + 0.5 * 0.29 - 0.01 * 0.6, rel=1e-5)
+
+
+def test_gradient_is_zero_outside_the_clip_in_the_advantage_direction():
+    new_logp = torch.tensor([math.log(1.5)], requires_grad=True)
+    t = ppo_loss(new_logp, torch.zeros(1), torch.ones(1), torch.zeros(1), torch.zeros(1), torch.zeros(1),
+                 torch.zeros(1), clip=0.2, vf_clip=None, vf_coef=0.0, ent_coef=0.0)
+    t.loss.backward()
+    assert new_logp.grad.item() == 0.0
