@@ -33,12 +33,28 @@ def read(directory: str | Path) -> tuple[bytes, dict[str, Any]]:
     return (d / LEARNER_FILE).read_bytes(), state
 
 
-def check(directory: str | Path) -> Path:
-    """The checkpoint directory, or a ConfigError saying what is missing."""
+def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> Path:
+    """The checkpoint directory, or a ConfigError saying what is missing or does not fit.
+
+    With `experiment` (a config dict), also checks that the checkpoint was trained on the same env
+    with the same network, so a mismatch is reported before anything starts.
+    """
     d = Path(directory)
     if not d.is_dir():
         raise ConfigError(f"--restore {directory}: no such checkpoint directory")
     missing = [f for f in (LEARNER_FILE, STATE_FILE) if not (d / f).is_file()]
     if missing:
         raise ConfigError(f"--restore {directory}: not an rlsweep checkpoint (missing {', '.join(missing)})")
+    if experiment is not None:
+        saved = json.loads((d / STATE_FILE).read_text()).get("config", {})
+        for section, key in _MUST_MATCH:
+            old, new = saved.get(section, {}).get(key), experiment[section][key]
+            if old != new:
+                raise ConfigError(
+                    f"--restore {directory}: checkpoint has {section}.{key}={old!r}, the experiment {new!r}"
+                )
     return d
+
+
+_MUST_MATCH = [("env", "id"), ("policy", "hidden_sizes"), ("policy", "activation"),
+               ("policy", "normalize_observations")]

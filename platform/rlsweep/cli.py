@@ -37,7 +37,7 @@ def _validated_train_inputs(args: argparse.Namespace) -> ExperimentConfig:
     except ConfigError as e:
         raise ConfigError(f"{args.experiment}: {e}") from None
     if args.restore is not None:
-        checkpoint.check(args.restore)
+        checkpoint.check(args.restore, cfg.model_dump(mode="json"))
     return cfg
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -46,23 +47,25 @@ class PPOTrainable(tune.Trainable):
         return resource_request(ExperimentConfig.model_validate(config))
 
     def setup(self, config: dict[str, Any], restore_from: str | None = None) -> None:
-        import torch  # here, not at import: the driver and the rollout actors never need torch
-
-        from rlsweep.ppo import Learner
-
         self.cfg = cfg = ExperimentConfig.model_validate(config)
-        torch.set_num_threads(cfg.resources.torch_threads)
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)  # no line per saved checkpoint
         space = space_info(cfg.env)
-        device = "cuda" if cfg.resources.learner_gpus > 0 else "cpu"
-        self.learner: Learner = Learner(space, cfg.policy, cfg.ppo, cfg.seed, device)
-        self.obs_stats = RunningMeanStd.zeros(space.obs_dim) if cfg.policy.normalize_observations else None
         self.remote = cfg.rollouts.num_rollout_workers > 0
-        if self.remote:
+        if self.remote:  # actors first: their processes start while this one imports torch
             self.samplers: list[Any] = remote_samplers(cfg)
             self.evaluator: Any = remote_evaluator(cfg)
         else:
             self.samplers = [Sampler(cfg, 0)]
             self.evaluator = Evaluator(cfg)
+
+        import torch  # here, not at import: the driver and the rollout actors never need torch
+
+        from rlsweep.ppo import Learner
+
+        torch.set_num_threads(cfg.resources.torch_threads)
+        device = "cuda" if cfg.resources.learner_gpus > 0 else "cpu"
+        self.learner: Learner = Learner(space, cfg.policy, cfg.ppo, cfg.seed, device)
+        self.obs_stats = RunningMeanStd.zeros(space.obs_dim) if cfg.policy.normalize_observations else None
         self.env_steps = 0
         self.episodes = 0
         self.iterations = 0
@@ -72,6 +75,8 @@ class PPOTrainable(tune.Trainable):
         self.last_rollout_pids: list[int] = []
         if restore_from is not None:
             self.load_checkpoint(restore_from)
+        if self.remote:  # so that step() times steps, not actor start-up
+            ray.get([a.__ray_ready__.remote() for a in [*self.samplers, self.evaluator]])
 
     # -- one iteration -----------------------------------------------------------------------------
 

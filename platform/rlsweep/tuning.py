@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig, StopConfig
@@ -23,7 +24,10 @@ def init_ray() -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    # Tune's TensorBoard logger costs per-iteration time and nobody reads it: MLflow is the record.
+    # rlsweep prints its own progress line; Tune's tables would bury it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune's CSV and TensorBoard loggers cost time every iteration; result.json (which Tune itself
+    # reads back) is kept by passing its callback explicitly.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=True)
 
@@ -89,6 +93,11 @@ def trainable_for(restore_from: str | None = None) -> Any:
     return tune.with_resources(trainable, lambda config: resource_request(ExperimentConfig.model_validate(config)))
 
 
+def trial_dirname(trial: Any) -> str:
+    """Short trial folders (Tune's default embeds the whole config in the name)."""
+    return f"trial_{trial.trial_id}"
+
+
 @dataclass
 class TrainOutcome:
     metrics: dict[str, Any]
@@ -106,7 +115,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOu
     tuner = tune.Tuner(
         trainable_for(restore_from),
         param_space=cfg.model_dump(mode="json"),
-        tune_config=tune.TuneConfig(num_samples=1),
+        tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(storage),
@@ -114,7 +123,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOu
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True
             ),
-            callbacks=[ProgressLine()],
+            callbacks=[JsonLoggerCallback(), ProgressLine()],
             verbose=0,
         ),
     )

@@ -1,0 +1,42 @@
+# `make sweep` and `make test` create the virtualenv and install what they need when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# A CPU build of this torch may already sit in pip's find-links (it does on the project's CI
+# machines); installing it first satisfies the project's `torch>=` bound without a multi-GB
+# CUDA download. Elsewhere pip simply downloads this version.
+TORCH ?= torch==2.13.0
+
+.PHONY: venv sweep train test test-fast lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+sweep: venv  ## the main job (a single training run until `rlsweep sweep` lands)
+	$(BIN)/rlsweep train experiments/cartpole_ppo.yaml
+
+train: venv
+	$(BIN)/rlsweep train experiments/cartpole_ppo.yaml
+
+test: venv  ## the whole suite, slow tests included
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check platform tests benchmarks
+
+bench: venv
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python benchmarks/cartpole_time_to_solve.py
+
+clean:
+	rm -rf results .pytest_cache

@@ -1,0 +1,80 @@
+"""`rlsweep train` as a user runs it: a real subprocess, real Ray, real gymnasium."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+EXP = """\
+name: clitest
+seed: 1
+results_dir: {results}
+env: {{id: CartPole-v1}}
+policy: {{hidden_sizes: [16, 16]}}
+ppo: {{train_batch_size: 256, minibatch_size: 128, num_epochs: 2}}
+rollouts: {{num_rollout_workers: 1, num_envs_per_worker: 8}}
+evaluation: {{interval: 2, episodes: 3}}
+stop: {{env_steps: 1024}}
+resources: {{learner_cpus: 0.5, worker_cpus: 0.25, evaluation_cpus: 0.25}}
+"""
+
+
+def rlsweep(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "rlsweep.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "platform")})
+
+
+def printed(out: str, key: str) -> float:
+    return float(re.search(rf"^\s+{key}\s+(\S+)$", out, re.M).group(1))
+
+
+@pytest.fixture
+def exp(tmp_path):
+    p = tmp_path / "exp.yaml"
+    p.write_text(EXP.format(results=tmp_path / "results"))
+    return p
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--set", "ppo.gamma=2"], "key 'ppo.gamma': Input should be less than or equal to 1 (got 2)"),
+    (["--set", "stop.nope=1"], "unknown key 'stop.nope'"),
+    (["--set", "env.id=NoSuchEnv-v9"], "key 'env.id': 'NoSuchEnv-v9' is not a registered"),
+    (["--set", "ppo.minibatch_size=100"], "minibatch_size (100) must divide train_batch_size (256)"),
+    (["--restore", "/nonexistent/ckpt"], "--restore /nonexistent/ckpt: no such checkpoint directory"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_ray(exp, tmp_path, args, fragment):
+    r = rlsweep("train", exp, *args, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rlsweep: error: ") and fragment in lines[0], r.stderr
+    assert not (tmp_path / "results").exists()  # nothing was created: Ray never started
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [\n")
+    r = rlsweep("train", bad, timeout=60)
+    assert r.returncode == 2 and f"{bad}: not valid YAML" in r.stderr
+    r = rlsweep("train", tmp_path / "missing.yaml", timeout=60)
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_train_then_restore_continues(exp, tmp_path):
+    first = rlsweep("train", exp)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert printed(first.stdout, "env_steps") == 1024
+    ckpt = Path(re.search(r"^checkpoint: (.+)$", first.stdout, re.M).group(1))
+    assert (ckpt / "learner.pt").is_file() and (ckpt / "state.json").is_file()
+
+    # a checkpoint from another network is refused before anything starts
+    r = rlsweep("train", exp, "--restore", ckpt, "--set", "policy.hidden_sizes=[8]", timeout=60)
+    assert r.returncode == 2 and "policy.hidden_sizes=[16, 16]" in r.stderr
+
+    second = rlsweep("train", exp, "--restore", ckpt, "--set", "stop.env_steps=2048")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert printed(second.stdout, "env_steps") == 2048  # continued from 1024, not from 0
+    assert printed(second.stdout, "training_iteration") == 4  # 4 more iterations of 256
