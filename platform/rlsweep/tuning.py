@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,21 @@ from rlsweep.config import ExperimentConfig, StopConfig
 from rlsweep.trainable import PPOTrainable, resource_request
 
 
+def _warm_imports() -> None:
+    # Tune imports its MLflow/W&B/Comet integrations (mlflow alone takes ~2 s) to count callbacks for
+    # usage stats whenever callbacks are given. ray.init mostly waits on the processes it starts, so
+    # importing them on a thread meanwhile takes that off the critical path.
+    import ray.air._internal.usage as usage
+
+    usage._count_callbacks([])
+
+
 def init_ray() -> None:
     """Start (or join, where RAY_ADDRESS says so) Ray with little noise."""
     if ray.is_initialized():
         return
+    warm = threading.Thread(target=_warm_imports, daemon=True)
+    warm.start()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # rlsweep prints its own progress line; Tune's tables would bury it.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -30,6 +42,7 @@ def init_ray() -> None:
     # reads back) is kept by passing its callback explicitly.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=True)
+    warm.join()
 
 
 class TrialStopper(tune.Stopper):
