@@ -6,7 +6,6 @@ expected, so the CLI can print one line and exit 2.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -278,7 +277,3 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def is_finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

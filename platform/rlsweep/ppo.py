@@ -83,7 +83,9 @@ class Learner:
         return buf.getvalue()
 
     def load_state_bytes(self, data: bytes) -> None:
-        state = torch.load(io.BytesIO(data), map_location=self.device, weights_only=True)
+        # on the CPU first: the RNG state must stay a CPU tensor; parameters and optimiser state are
+        # copied to the learner's device by load_state_dict
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         self.net.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])

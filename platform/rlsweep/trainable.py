@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -200,7 +199,3 @@ class PPOTrainable(tune.Trainable):
             self.samplers[0].close()
             self.evaluator.close()
         self.samplers = []
-
-    @property
-    def pid(self) -> int:
-        return os.getpid()
