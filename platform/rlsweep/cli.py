@@ -1,44 +1,58 @@
 """The `rlsweep` command. Input is parsed and validated before Ray (or torch) is imported, so `--help`
-and bad-input errors are instant: one line naming the file and key, exit code 2."""
+and bad-input errors are quick: one line naming the file and key, exit code 2, nothing created."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from rlsweep.config import ConfigError, ExperimentConfig, load_experiment
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlsweep", description="Tune reinforcement-learning hyperparameters.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def experiment_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("experiment", help="experiment YAML, e.g. experiments/cartpole_ppo.yaml")
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set stop.env_steps=20000 (repeatable)")
+
     t = sub.add_parser("train", help="train one trial of an experiment through Ray Tune")
-    t.add_argument("experiment", help="experiment YAML, e.g. experiments/cartpole_ppo.yaml")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set stop.env_steps=20000 (repeatable)")
+    experiment_args(t)
     t.add_argument("--seed", type=int, default=None, help="override the experiment's seed")
     t.add_argument("--restore", metavar="CHECKPOINT", default=None,
-                   help="continue from this checkpoint directory")
+                   help="continue from a checkpoint directory or an MLflow artifact URI (runs:/<id>/...)")
+
+    s = sub.add_parser("sweep", help="search hyperparameters with Optuna through Ray Tune, tracked in MLflow")
+    experiment_args(s)
+    s.add_argument("--space", default=None, help="search space YAML (default: the experiment's sweep.search_space)")
+    s.add_argument("--trials", type=int, default=None, help="number of trials (default: sweep.trials)")
+    s.add_argument("--name", default=None, help="sweep name (default: <experiment>-<date>-<time>)")
+
+    r = sub.add_parser("resume", help="continue an interrupted sweep")
+    r.add_argument("sweep", metavar="NAME_OR_PATH", help="a sweep name under --results-dir, or its directory")
+    r.add_argument("--results-dir", default="results")
+
+    b = sub.add_parser("best", help="write a sweep's best trial as an experiment file")
+    b.add_argument("sweep", metavar="NAME_OR_PATH", help="a sweep name under --results-dir, or its directory")
+    b.add_argument("-o", "--output", default=None, help="write here (default: print); never overwrites a file")
+    b.add_argument("--results-dir", default="results")
+
+    u = sub.add_parser("ui", help="start the MLflow UI on rlsweep's store")
+    u.add_argument("experiment", nargs="?", default=None, help="use this experiment's tracking settings")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--host", default="127.0.0.1")
     return p
-
-
-def _validated_train_inputs(args: argparse.Namespace) -> ExperimentConfig:
-    from rlsweep import checkpoint
-    from rlsweep.envs import space_info
-
-    cfg = load_experiment(args.experiment, args.overrides, seed=args.seed)
-    try:
-        space_info(cfg.env)  # unknown env ids, bad kwargs and unsupported spaces fail here
-    except ConfigError as e:
-        raise ConfigError(f"{args.experiment}: {e}") from None
-    if args.restore is not None:
-        checkpoint.check(args.restore, cfg.model_dump(mode="json"))
-    return cfg
 
 
 def _fmt(v: object) -> str:
@@ -47,13 +61,56 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def _load(args: argparse.Namespace, seed: int | None = None) -> ExperimentConfig:
+    from rlsweep.envs import space_info
+
+    cfg = load_experiment(args.experiment, args.overrides, seed=seed)
+    try:
+        space_info(cfg.env)  # unknown env ids, bad kwargs and unsupported spaces fail here
+    except ConfigError as e:
+        raise ConfigError(f"{args.experiment}: {e}") from None
+    return cfg
+
+
+def _check_store(cfg: ExperimentConfig) -> str:
+    from rlsweep.tracking import check_store, resolve_uri
+
+    uri = resolve_uri(cfg)
+    check_store(uri)
+    return uri
+
+
+def _fetch_checkpoint(ref: str, cfg: ExperimentConfig, uri: str) -> str:
+    """A local checkpoint directory for `--restore` (MLflow artifact URIs are downloaded first)."""
+    from rlsweep import checkpoint
+
+    if ref.startswith(("runs:/", "mlflow-artifacts:/", "models:/")):
+        import mlflow.artifacts
+
+        dest = tempfile.mkdtemp(prefix="rlsweep-restore-")
+        try:
+            ref_local = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=dest, tracking_uri=uri)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"--restore {ref}: cannot download ({first})") from None
+        checkpoint.check(ref_local, cfg.model_dump(mode="json"))
+        return ref_local
+    checkpoint.check(ref, cfg.model_dump(mode="json"))
+    return str(Path(ref).resolve())
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _validated_train_inputs(args)
+    cfg = _load(args, seed=args.seed)
+    uri = _check_store(cfg)
+    restore = _fetch_checkpoint(args.restore, cfg, uri) if args.restore else None
 
     from rlsweep import metrics as M
     from rlsweep.tuning import run_train
 
-    out = run_train(cfg, restore_from=args.restore)
+    out = run_train(cfg, restore_from=restore)
     keys = [M.ENV_STEPS, M.TRAINING_ITERATION, M.EPISODE_RETURN_MEAN, M.EVAL_RETURN_MEAN, M.EVAL_RETURN_STD,
             M.EXPLAINED_VARIANCE, M.ENV_STEPS_PER_S, M.TIME_TOTAL_S]
     print(f"finished: {out.stop_reason or 'stopped'}" if out.error is None else f"failed: {out.error}")
@@ -62,19 +119,144 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  {k:<22} {_fmt(out.metrics[k])}")
     print(f"checkpoint: {out.checkpoint}")
     print(f"trial dir:  {out.trial_dir}")
+    print(f"mlflow run: {out.run_id} at {uri}")
     return 0 if out.error is None else 1
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rlsweep.search_space import load_search_space
+    from rlsweep.sweep import plan
+
+    overrides = list(args.overrides)
+    if args.trials is not None:
+        overrides.append(f"sweep.trials={args.trials}")
+    args.overrides = overrides
+    cfg = _load(args)
+    space_file = args.space or cfg.sweep.search_space
+    space = load_search_space(space_file, cfg.model_dump(mode="json"), args.experiment)
+    p = plan(cfg, space, args.name)
+    _check_store(cfg)
+
+    from rlsweep.sweep import run_sweep
+
+    print(f"sweep {p.name}: {cfg.sweep.trials} trials of {args.experiment} over {space_file} "
+          f"({', '.join(space.params)}); results in {p.directory}", flush=True)
+    return _sweep_outcome(run_sweep(p), p.directory)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from rlsweep.sweep import find_sweep, read_meta, resume_sweep
+    from rlsweep.tracking import check_store
+
+    directory = find_sweep(args.sweep, args.results_dir)
+    meta = read_meta(directory)
+    check_store(meta["tracking_uri"])
+    print(f"resuming sweep {meta['name']} from {directory}", flush=True)
+    return _sweep_outcome(resume_sweep(directory), directory)
+
+
+def _sweep_outcome(results, directory: Path) -> int:
+    from rlsweep.sweep import read_meta
+    from rlsweep.tracking import TAG_DIR, TAG_KIND, TAG_TRIAL, Tracker
+
+    meta = read_meta(directory)
+    done = results.num_terminated + results.num_errors
+    if done < meta["trials"]:
+        print(f"sweep {meta['name']} interrupted ({done}/{meta['trials']} trials done); "
+              f"continue it with: rlsweep resume {directory}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    best = results.get_best_result(metric=meta["metric"], mode=meta["mode"], scope="last", filter_nan_and_inf=True)
+    print(f"sweep {meta['name']} done: {results.num_terminated} trials finished, {results.num_errors} failed")
+    if best is None or best.metrics is None:
+        print("no trial reported the metric; nothing to recommend")
+        return 1
+    flat = {k: v for k, v in _flatten(best.config).items() if k in meta["params"]}
+    exp = meta["experiment"]
+    tracker = Tracker(meta["tracking_uri"], exp["tracking"]["experiment"] or exp["name"], None)
+    run_id = tracker.find(**{TAG_KIND: "trial", TAG_DIR: str(directory), TAG_TRIAL: best.metrics["trial_id"]})
+    print(f"best trial:  {best.metrics['trial_id']} with {meta['metric']} = {_fmt(best.metrics[meta['metric']])} "
+          f"after {best.metrics.get('env_steps')} env steps")
+    print("its config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in flat.items()))
+    print(f"checkpoint:  {best.checkpoint.path if best.checkpoint else None}")
+    print(f"mlflow run:  {run_id} (experiment {exp['tracking']['experiment'] or exp['name']}, {meta['tracking_uri']})")
+    print(f"next: rlsweep best {directory} -o best.yaml   |   rlsweep ui   (compare the runs in MLflow)")
+    return 0
+
+
+def _flatten(d: dict) -> dict:
+    from rlsweep.config import flatten
+
+    return flatten(d)
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from rlsweep.report import best_experiment, rank
+    from rlsweep.sweep import find_sweep, read_meta
+
+    directory = find_sweep(args.sweep, args.results_dir)
+    meta = read_meta(directory)
+    if args.output and Path(args.output).exists():
+        raise ConfigError(f"-o {args.output}: file exists; rlsweep never overwrites it (pick another path)")
+    rows = []
+    for trial_dir in sorted(directory.glob("trial_*")):
+        results = trial_dir / "result.json"
+        lines = results.read_text().splitlines() if results.is_file() else []
+        if lines:
+            last = json.loads(lines[-1])
+            rows.append({"trial_id": last["trial_id"], meta["metric"]: last.get(meta["metric"], math.nan),
+                         "config": last["config"]})
+    ranked = rank(rows, meta["metric"], meta["mode"])
+    if not ranked:
+        raise ConfigError(f"sweep {directory}: no trial has reported {meta['metric']} yet")
+    top = ranked[0]
+    text = (f"# best trial {top['trial_id']} of sweep {meta['name']}: {meta['metric']} = {top[meta['metric']]}\n"
+            + yaml.safe_dump(best_experiment(top["config"], f"{meta['name']}-best"), sort_keys=False))
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output} (trial {top['trial_id']}, {meta['metric']} = {_fmt(top[meta['metric']])}); "
+              f"run it with: rlsweep train {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from rlsweep.tracking import resolve_uri
+
+    if args.experiment:
+        cfg = load_experiment(args.experiment)
+    else:
+        cfg = ExperimentConfig.model_validate({"name": "ui", "env": {"id": "CartPole-v1"}, "stop": {"env_steps": 1}})
+    uri = resolve_uri(cfg)
+    if uri.startswith(("http://", "https://")):
+        print(f"the store is a server already: open {uri}")
+        return 0
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on {uri}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    except KeyboardInterrupt:
+        return 0
+
+
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "best": cmd_best, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"train": cmd_train}[args.command](args)
+        return COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"rlsweep: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("rlsweep: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

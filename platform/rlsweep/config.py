@@ -121,6 +121,46 @@ class ResourcesConfig(_Section):
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the learner.")
 
 
+class SweepConfig(_Section):
+    """How `rlsweep sweep` searches: Optuna through Ray Tune."""
+
+    search_space: str = Field("search_spaces/ppo_core.yaml", description="Search space file (--space overrides).")
+    trials: int = Field(16, ge=1, description="Trials to run.")
+    max_concurrent: int | None = Field(None, ge=1, description="Trials at once (default: as many as the CPUs hold).")
+    metric: str = Field("eval_return_mean", description="The metric the sampler and scheduler optimise.")
+    mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric.")
+    sampler: Literal["tpe", "random", "cmaes", "gp"] = Field("tpe", description="Optuna sampler.")
+    seed: int = Field(0, ge=0, description="Sampler seed.")
+    n_startup_trials: int = Field(5, ge=0, description="Random trials before TPE/GP/CMA-ES model the space.")
+    tpe_multivariate: bool = Field(True, description="TPE models parameters jointly.")
+    tpe_constant_liar: bool = Field(True, description="TPE avoids re-suggesting what running trials try.")
+    scheduler: Literal["fifo", "asha"] = Field("fifo", description="fifo runs every trial to its stop; asha stops weak ones early.")
+    grace_period: int = Field(10_000, ge=1, description="ASHA: env steps before a trial can be stopped early.")
+    reduction_factor: float = Field(3.0, gt=1, description="ASHA: keep 1/reduction_factor at each rung.")
+    keep_checkpoints: int | None = Field(2, ge=1, description="Checkpoints kept per trial (best by metric); null keeps all.")
+    time_budget_s: float | None = Field(None, gt=0, description="Stop the whole sweep after this many seconds.")
+    study_storage: str | None = Field(None, description="Optuna storage URL (default: sqlite next to the results).")
+    reuse_actors: bool = Field(True, description="Reuse trial actors between trials (reset_config).")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        from rlsweep import metrics
+
+        if v not in metrics.REPORTED:
+            raise ValueError(f"unknown metric {v!r} (one of: {', '.join(sorted(metrics.REPORTED))})")
+        return v
+
+
+class TrackingConfig(_Section):
+    """Where MLflow records runs."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite).")
+    experiment: str | None = Field(None, description="MLflow experiment name (default: the experiment's name).")
+    local_dir: str = Field(".", description="Where the default store keeps mlflow.db and mlartifacts/.")
+    log_checkpoints: bool = Field(True, description="Upload each trial's best and final checkpoint.")
+
+
 class ExperimentConfig(_Section):
     """One experiment file."""
 
@@ -135,6 +175,8 @@ class ExperimentConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     stop: StopConfig
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -146,6 +188,8 @@ class ExperimentConfig(_Section):
             )
         if self.ppo.anneal_lr and self.stop.env_steps is None:
             raise ValueError("ppo.anneal_lr needs stop.env_steps (the horizon to anneal over)")
+        if self.sweep.scheduler == "asha" and self.stop.env_steps is None:
+            raise ValueError("sweep.scheduler asha needs stop.env_steps (the budget its rungs divide)")
         return self
 
     @property

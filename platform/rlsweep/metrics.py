@@ -25,3 +25,8 @@ ENV_STEPS_PER_S = "env_steps_per_s"  # this iteration's env steps / its step() t
 # Tune's own keys that rlsweep reads.
 TIME_TOTAL_S = "time_total_s"
 TRAINING_ITERATION = "training_iteration"
+
+# Everything a trainable reports that a sweep may optimise or MLflow records.
+REPORTED = frozenset(
+    v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and k != "TRAINING_ITERATION"
+) | {TRAINING_ITERATION}

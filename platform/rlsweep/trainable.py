@@ -47,7 +47,8 @@ class PPOTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any], restore_from: str | None = None) -> None:
         self.cfg = cfg = ExperimentConfig.model_validate(config)
-        logging.getLogger("ray.tune").setLevel(logging.WARNING)  # no line per saved checkpoint
+        for name in ("ray.tune", "ray.train"):  # no line per saved checkpoint
+            logging.getLogger(name).setLevel(logging.WARNING)
         space = space_info(cfg.env)
         self.remote = cfg.rollouts.num_rollout_workers > 0
         if self.remote:  # actors first: their processes start while this one imports torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -41,6 +42,10 @@ def init_ray() -> None:
     # Tune's CSV and TensorBoard loggers cost time every iteration; result.json (which Tune itself
     # reads back) is kept by passing its callback explicitly.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Checkpoints every few iterations with num_to_keep make Tune snapshot often; that is intended.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=True)
     warm.join()
 
@@ -70,31 +75,51 @@ class TrialStopper(tune.Stopper):
 
 
 class ProgressLine(tune.Callback):
-    """One live line per trial on stderr (rewritten in place on a terminal, every few seconds otherwise)."""
+    """A live line on stderr, rewritten in place on a terminal and printed every few seconds otherwise.
 
-    def __init__(self, every_s: float = 5.0):
-        self.tty = sys.stderr.isatty()
+    One trial (`rlsweep train`): its iteration, steps, returns and speed. A sweep: trials running and
+    done, and the best metric so far.
+    """
+
+    def __init__(self, sweep_trials: int | None = None, metric: str = M.EVAL_RETURN_MEAN, every_s: float = 5.0):
+        self.sweep_trials, self.metric = sweep_trials, metric
         self.every_s = every_s
         self._last = 0.0
+        self._start = time.monotonic()
 
     @staticmethod
-    def line(trial_id: str, r: dict[str, Any]) -> str:
+    def trial_line(trial_id: str, r: dict[str, Any]) -> str:
         return (
             f"[{trial_id}] iter {r.get(M.TRAINING_ITERATION, 0):>4} | {r.get(M.ENV_STEPS, 0):>9,} steps | "
             f"return {r.get(M.EPISODE_RETURN_MEAN, math.nan):8.2f} | eval {r.get(M.EVAL_RETURN_MEAN, math.nan):8.2f} | "
             f"{r.get(M.ENV_STEPS_PER_S, 0):>8,.0f} steps/s | {r.get(M.TIME_TOTAL_S, 0):6.1f} s"
         )
 
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        text = self.line(trial.trial_id, result)
-        if self.tty:
+    def sweep_line(self, trials: list[Any]) -> str:
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        scores = [t.last_result.get(self.metric) for t in trials if t.last_result]
+        scores = [x for x in scores if isinstance(x, (int, float)) and x == x]
+        best = f"{max(scores):.2f}" if scores else "-"
+        return (f"trials {done}/{self.sweep_trials} done, {running} running | best {self.metric} so far {best} | "
+                f"{time.monotonic() - self._start:6.1f} s")
+
+    def _show(self, text: str, force: bool = False) -> None:
+        if sys.stderr.isatty():
             print("\r" + text, end="", file=sys.stderr, flush=True)
-        elif time.monotonic() - self._last >= self.every_s:
+        elif force or time.monotonic() - self._last >= self.every_s:
             self._last = time.monotonic()
             print(text, file=sys.stderr, flush=True)
 
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._show(self.sweep_line(trials) if self.sweep_trials else self.trial_line(trial.trial_id, result))
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        if self.tty:
+        if self.sweep_trials:
+            self._show(self.sweep_line(trials), force=True)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if sys.stderr.isatty():
             print(file=sys.stderr)
 
 
@@ -113,6 +138,7 @@ def trial_dirname(trial: Any) -> str:
 
 @dataclass
 class TrainOutcome:
+    run_id: str | None
     metrics: dict[str, Any]
     checkpoint: str | None
     stop_reason: str | None
@@ -122,27 +148,37 @@ class TrainOutcome:
 
 def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOutcome:
     """One trial of `cfg` through a Tuner; returns its last metrics and checkpoint."""
+    from rlsweep.tracking import MlflowCallback, local_artifact_root, resolve_uri
+
     init_ray()
     storage = Path(cfg.results_dir).resolve()
+    name = f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     stopper = TrialStopper(cfg.stop)
+    uri = resolve_uri(cfg)
+    tracker = MlflowCallback(
+        uri=uri, experiment=cfg.tracking.experiment or cfg.name, artifact_root=local_artifact_root(uri, cfg),
+        run_dir=str(storage / name), sweep_name=None, metric=cfg.sweep.metric, mode=cfg.sweep.mode,
+        stop_reason=stopper.reason, log_checkpoints=cfg.tracking.log_checkpoints,
+    )
     tuner = tune.Tuner(
         trainable_for(restore_from),
         param_space=cfg.model_dump(mode="json"),
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=name,
             storage_path=str(storage),
             stop=stopper,
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True
             ),
-            callbacks=[JsonLoggerCallback(), ProgressLine()],
+            callbacks=[JsonLoggerCallback(), tracker, ProgressLine()],
             verbose=0,
         ),
     )
     result = tuner.fit()[0]
     metrics = dict(result.metrics or {})
     return TrainOutcome(
+        run_id=next(iter(tracker.runs.values()), None),
         metrics=metrics,
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         stop_reason=stopper.reason(metrics),

@@ -1,0 +1,161 @@
+"""The sweep's summary on its parent MLflow run: best config, results table, plots."""
+
+from __future__ import annotations
+
+import csv
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlsweep import metrics as M
+from rlsweep.config import flatten
+from rlsweep.tracking import TAG_STATUS, Tracker, run_config_dict
+
+TOP_CURVES = 5
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+def rank(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    """Rows with a finite metric, best first."""
+    scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    return sorted(scored, key=lambda r: r[metric], reverse=(mode == "max"))
+
+
+def best_experiment(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """A trial's config as an experiment file `rlsweep train` runs as is."""
+    exp = run_config_dict(config)
+    exp["name"] = name
+    return exp
+
+
+def sweep_summary(tracker: Tracker, parent_run_id: str, trials: list[Any], runs: dict[str, str], *,
+                  metric: str, mode: str, params: list[str], name: str,
+                  study: tuple[str, str] | None = None) -> dict[str, Any] | None:
+    """Writes results.csv, best_config.yaml and the PNG plots to the parent run; returns the best row.
+
+    `study` is the Optuna (storage URL, study name), for parameter importance.
+    """
+    rows = []
+    for t in trials:
+        r = t.last_result or {}
+        flat = flatten(t.config)
+        run_id = runs.get(t.trial_id)
+        status = tracker.client.get_run(run_id).data.tags.get(TAG_STATUS, "") if run_id else t.status.lower()
+        rows.append({
+            "trial_id": t.trial_id, "status": status, metric: r.get(metric, math.nan),
+            M.ENV_STEPS: r.get(M.ENV_STEPS), M.TIME_TOTAL_S: r.get(M.TIME_TOTAL_S),
+            **{p: flat.get(p) for p in params}, "mlflow_run_id": run_id, "config": t.config,
+        })
+    ranked = rank(rows, metric, mode)
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d)
+        with open(out / "results.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "config"] if rows else ["trial_id"])
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: v for k, v in row.items() if k != "config"})
+        if ranked:
+            (out / "best_config.yaml").write_text(
+                f"# best trial {ranked[0]['trial_id']} of sweep {name}: {metric} = {ranked[0][metric]}\n"
+                + yaml.safe_dump(best_experiment(ranked[0]["config"], f"{name}-best"), sort_keys=False)
+            )
+        _plot_history(rows, metric, mode, out / "optimization_history.png")
+        _plot_importance(load_study(*study) if study else None, out / "param_importance.png")
+        _plot_curves(tracker, ranked[:TOP_CURVES], metric, out / "learning_curves.png")
+        tracker.client.log_artifacts(parent_run_id, str(out))
+    if ranked:
+        best = ranked[0]
+        tracker.log_metrics(parent_run_id, {f"best_{metric}": best[metric]}, step=0)
+        tracker.client.set_tag(parent_run_id, "rlsweep.best_trial_id", best["trial_id"])
+        if best["mlflow_run_id"]:
+            tracker.client.set_tag(parent_run_id, "rlsweep.best_run_id", best["mlflow_run_id"])
+        return best
+    return None
+
+
+def load_study(storage: str, name: str) -> Any:
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except Exception:  # no study yet, or a storage that cannot be opened: the report goes without it
+        return None
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(8, 4.5), dpi=100)
+
+
+def _plot_history(rows: list[dict[str, Any]], metric: str, mode: str, path: Path) -> None:
+    plt, fig, ax = _figure()
+    xs, ys, best, best_line = [], [], None, []
+    for i, r in enumerate(rows):
+        v = r[metric]
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            xs.append(i)
+            ys.append(v)
+            best = v if best is None or _better(v, best, mode) else best
+        best_line.append(best if best is not None else math.nan)
+    ax.scatter(xs, ys, label=f"trial {metric}")
+    ax.plot(range(len(rows)), best_line, color="C1", label="best so far")
+    ax.set_xlabel("trial (in start order)")
+    ax.set_ylabel(metric)
+    ax.set_title("Optimisation history")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_importance(study: Any, path: Path) -> None:
+    plt, fig, ax = _figure()
+    importances: dict[str, float] = {}
+    note = ""
+    if study is not None:
+        try:
+            import optuna
+
+            importances = optuna.importance.get_param_importances(study)
+        except Exception as e:  # too few or too uniform completed trials
+            note = f"not available: {e}"
+    else:
+        note = "no study"
+    if importances:
+        names = list(importances)[::-1]
+        ax.barh(names, [importances[n] for n in names])
+        ax.set_xlabel("importance (fANOVA)")
+    else:
+        ax.text(0.5, 0.5, f"Parameter importance {note}", ha="center", va="center", wrap=True)
+        ax.set_axis_off()
+    ax.set_title("Parameter importance")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_curves(tracker: Tracker, top: list[dict[str, Any]], metric: str, path: Path) -> None:
+    plt, fig, ax = _figure()
+    for row in top:
+        if not row["mlflow_run_id"]:
+            continue
+        hist = sorted(tracker.client.get_metric_history(row["mlflow_run_id"], metric), key=lambda m: m.step)
+        ax.plot([m.step for m in hist], [m.value for m in hist], label=f"{row['trial_id']} ({row[metric]:.4g})")
+    ax.set_xlabel(M.ENV_STEPS)
+    ax.set_ylabel(metric)
+    ax.set_title(f"Learning curves of the top {len(top)} trials")
+    if top:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,205 @@
+"""Search spaces as files: experiment key (dotted) -> distribution, validated against the schema.
+
+    ppo.lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}
+    ppo.gamma: {type: loguniform, low: 0.95, high: 0.999, complement: true}  # 1 - gamma on a log scale
+    ppo.num_epochs: {type: int, low: 2, high: 10}
+    ppo.train_batch_size: {type: choice, values: [512, 1024, 2048, 4096]}
+
+Each parameter becomes one Optuna `suggest_*` call (define-by-run); the trial's config holds the value
+actually used (gamma, never 1 - gamma).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from rlsweep.config import ConfigError, ExperimentConfig, read_yaml, validate
+
+NESTING = "/"  # Tune unflattens suggested configs on "/"
+
+
+class _Dist(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Uniform(_Dist):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Uniform:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high)
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class LogUniform(_Dist):
+    """Log-uniform on [low, high]; with `complement`, 1 - x is what is log-uniform."""
+
+    type: Literal["loguniform"]
+    low: float
+    high: float
+    complement: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> LogUniform:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        lo, hi = (1 - self.high, 1 - self.low) if self.complement else (self.low, self.high)
+        if lo <= 0:
+            what = "1 - high" if self.complement else "low"
+            raise ValueError(f"a log scale needs positive bounds ({what} = {lo:g})")
+        return self
+
+    def suggest(self, trial: Any, name: str) -> float:
+        if self.complement:
+            return 1.0 - trial.suggest_float(f"1-{name}", 1 - self.high, 1 - self.low, log=True)
+        return trial.suggest_float(name, self.low, self.high, log=True)
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class Int(_Dist):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Int:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step != 1):
+            raise ValueError("log: true needs low > 0 and step 1")
+        return self
+
+    def suggest(self, trial: Any, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    def extremes(self) -> list[Any]:
+        return [self.low, self.high - (self.high - self.low) % self.step]
+
+
+class Choice(_Dist):
+    type: Literal["choice"]
+    values: list[Any] = Field(min_length=1)
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        # Optuna stores choices of plain scalars only; lists (e.g. layer sizes) go by index.
+        if all(isinstance(v, (bool, int, float, str)) or v is None for v in self.values):
+            return trial.suggest_categorical(name, self.values)
+        return self.values[trial.suggest_categorical(name, list(range(len(self.values))))]
+
+    def extremes(self) -> list[Any]:
+        return list(self.values)
+
+
+Distribution = Annotated[Uniform | LogUniform | Int | Choice, Field(discriminator="type")]
+_DIST = TypeAdapter(Distribution)
+_MAX_COMBINATIONS = 4096
+
+
+def tunable_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Every leaf key of the experiment schema that a search space may name."""
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += tunable_keys(ann, f"{prefix}{name}.")
+        elif f"{prefix}{name}" not in ("name", "results_dir", "env.id"):
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+class SearchSpace:
+    """Parameters in file order; `suggest` is the define-by-run function Optuna calls."""
+
+    def __init__(self, params: dict[str, Any], source: str):
+        self.params = params
+        self.source = source
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        return {name.replace(".", NESTING): dist.suggest(trial, name) for name, dist in self.params.items()}
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        data = data.setdefault(p, {})
+    data[leaf] = value
+
+
+def load_search_space(path: str | Path, experiment: dict[str, Any], experiment_source: str) -> SearchSpace:
+    """Read and check a search space against an experiment (as a validated config dict).
+
+    Every named key must exist in the schema, every distribution must be well formed, and every
+    combination of the distributions' extremes must give a valid experiment.
+    """
+    raw = read_yaml(path)
+    valid = tunable_keys()
+    params: dict[str, Any] = {}
+    for name, spec in raw.items():
+        if name not in valid:
+            raise ConfigError(f"{path}: unknown parameter '{name}' (tunable keys: {', '.join(valid)})")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: parameter '{name}': expected a mapping like {{type: uniform, low: 0, high: 1}}")
+        try:
+            params[name] = _DIST.validate_python(spec)
+        except ValidationError as e:
+            raise ConfigError(f"{path}: parameter '{name}': {_explain_dist(e)}") from None
+    if not params:
+        raise ConfigError(f"{path}: no parameters (expected 'key: {{type: ..., ...}}' entries)")
+
+    names = list(params)
+    combos = itertools.product(*(params[n].extremes() for n in names))
+    for combo in itertools.islice(combos, _MAX_COMBINATIONS):
+        data = _deepcopy(experiment)
+        for n, v in zip(names, combo, strict=True):
+            _set(data, n, v)
+        try:
+            validate(data, experiment_source)
+        except ConfigError as e:
+            setting = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True))
+            raise ConfigError(f"{path}: the space allows an invalid experiment ({setting}): {e}") from None
+    return SearchSpace(params, str(path))
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def _explain_dist(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"][1:])  # drop the union tag
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "union_tag_invalid":
+            msg = f"unknown type {err['input'].get('type')!r} (expected uniform, loguniform, int or choice)"
+            loc = "type"
+        elif err["type"] == "union_tag_not_found":
+            msg = "missing 'type' (uniform, loguniform, int or choice)"
+            loc = ""
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)

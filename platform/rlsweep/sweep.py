@@ -1,0 +1,204 @@
+"""Sweeps: Optuna (define-by-run) through Ray Tune, every trial in MLflow, resumable.
+
+A sweep lives in `<results_dir>/<name>/`: Tune's experiment state and trials, `optuna.db` (the
+study, unless `sweep.study_storage` names another storage) and `rlsweep_sweep.json` (what `resume`
+and `best` need).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlsweep.config import ConfigError, ExperimentConfig
+from rlsweep.search_space import SearchSpace
+
+SWEEP_FILE = "rlsweep_sweep.json"
+
+
+@dataclass
+class SweepPlan:
+    """Everything a sweep needs, resolved and validated before Ray starts."""
+
+    cfg: ExperimentConfig
+    space: SearchSpace
+    name: str
+    directory: Path
+    tracking_uri: str
+    artifact_root: str | None
+    study_storage: str
+
+    @property
+    def mlflow_experiment(self) -> str:
+        return self.cfg.tracking.experiment or self.cfg.name
+
+
+def plan(cfg: ExperimentConfig, space: SearchSpace, name: str | None) -> SweepPlan:
+    from rlsweep.tracking import local_artifact_root, resolve_uri
+
+    name = name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ConfigError(f"--name {name!r}: use letters, digits, '-', '_' and '.'")
+    directory = Path(cfg.results_dir).resolve() / name
+    if directory.exists():
+        raise ConfigError(f"sweep {name!r} already exists at {directory}: `rlsweep resume {name}` continues it, "
+                          "or pick another --name")
+    uri = resolve_uri(cfg)
+    storage = cfg.sweep.study_storage or f"sqlite:///{directory / 'optuna.db'}"
+    return SweepPlan(cfg, space, name, directory, uri, local_artifact_root(uri, cfg), storage)
+
+
+def find_sweep(name_or_path: str, results_dir: str = "results") -> Path:
+    """A sweep directory from a path or a name under results_dir; ConfigError if there is none."""
+    for candidate in (Path(name_or_path), Path(results_dir) / name_or_path):
+        if (candidate / SWEEP_FILE).is_file():
+            return candidate.resolve()
+    raise ConfigError(f"no sweep {name_or_path!r}: neither a sweep directory nor a sweep under "
+                      f"{Path(results_dir).resolve()}")
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / SWEEP_FILE).read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# Optuna
+
+
+def make_sampler(cfg: ExperimentConfig) -> Any:
+    import optuna
+
+    s = cfg.sweep
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
+                                          multivariate=s.tpe_multivariate, constant_liar=s.tpe_constant_liar)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+    return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+
+
+def _searcher_class() -> type:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class ResumableOptunaSearch(OptunaSearch):
+        """OptunaSearch that, after a crash, hands the Optuna trials Tune never recorded to the new
+        Tune trials that replace them, so the study holds each trial once; and whose trial configs
+        hold only what the define-by-run function returns (the values used, never 1 - gamma)."""
+
+        def _suggest_from_define_by_run_func(self, func: Any, ot_trial: Any) -> dict:
+            return func(ot_trial)
+
+        def suggest(self, trial_id: str) -> dict | None:
+            if trial_id not in self._ot_trials:
+                orphan = self._orphan()
+                if orphan is not None:
+                    self._ot_trials[trial_id] = orphan
+            config = super().suggest(trial_id)
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+            return config
+
+        def _orphan(self) -> Any:
+            known = {t._trial_id for t in self._ot_trials.values()}
+            for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if frozen._trial_id not in known:
+                    return optuna.trial.Trial(self._ot_study, frozen._trial_id)
+            return None
+
+    return ResumableOptunaSearch
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+
+
+def max_concurrent(cfg: ExperimentConfig) -> int:
+    import ray
+
+    from rlsweep.trainable import resource_request
+
+    if cfg.sweep.max_concurrent:
+        return cfg.sweep.max_concurrent
+    per_trial = sum(b.get("CPU", 0) for b in resource_request(cfg).bundles)
+    return max(1, math.floor(ray.cluster_resources().get("CPU", 1) / per_trial + 1e-9))
+
+
+def run_sweep(p: SweepPlan) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from rlsweep import metrics as M
+    from rlsweep import report, tuning
+    from rlsweep.tracking import MlflowCallback
+
+    cfg, s = p.cfg, p.cfg.sweep
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    p.directory.mkdir(parents=True)
+    (p.directory / SWEEP_FILE).write_text(json.dumps({
+        "name": p.name, "experiment": cfg.model_dump(mode="json"), "space": p.space.source,
+        "params": list(p.space.params), "tracking_uri": p.tracking_uri, "study_storage": p.study_storage,
+        "metric": s.metric, "mode": s.mode, "trials": s.trials,
+    }, indent=2))
+    tuning.init_ray()
+    searcher = _searcher_class()(
+        space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),
+        study_name=p.name, storage=optuna.storages.RDBStorage(p.study_storage),
+    )
+    concurrent = max_concurrent(cfg)
+    if s.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr=M.ENV_STEPS, metric=s.metric, mode=s.mode, max_t=cfg.stop.env_steps,
+                                  grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    stopper = tuning.TrialStopper(cfg.stop)
+    tracker = MlflowCallback(
+        uri=p.tracking_uri, experiment=p.mlflow_experiment, artifact_root=p.artifact_root,
+        run_dir=str(p.directory), sweep_name=p.name, metric=s.metric, mode=s.mode, stop_reason=stopper.reason,
+        log_checkpoints=cfg.tracking.log_checkpoints,
+        sweep_params={"search_space": p.space.source, "trials": s.trials, "max_concurrent": concurrent,
+                      "sampler": s.sampler, "sampler_seed": s.seed, "scheduler": s.scheduler,
+                      "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)},
+        on_sweep_end=functools.partial(report.sweep_summary, metric=s.metric, mode=s.mode,
+                                       params=list(p.space.params), name=p.name,
+                                       study=(p.study_storage, p.name)),
+    )
+    tuner = tune.Tuner(
+        tuning.trainable_for(),
+        param_space=cfg.model_dump(mode="json"),
+        tune_config=tune.TuneConfig(
+            num_samples=s.trials, search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
+            scheduler=scheduler, reuse_actors=s.reuse_actors, trial_dirname_creator=tuning.trial_dirname,
+            time_budget_s=s.time_budget_s,
+        ),
+        run_config=tune.RunConfig(
+            name=p.name, storage_path=str(p.directory.parent), stop=stopper,
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True,
+                num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
+            ),
+            callbacks=[JsonLoggerCallback(), tracker, tuning.ProgressLine(sweep_trials=s.trials)],
+            verbose=0,
+        ),
+    )
+    return tuner.fit()
+
+
+def resume_sweep(directory: Path) -> Any:
+    from ray import tune
+
+    from rlsweep import tuning
+
+    tuning.init_ray()
+    tuner = tune.Tuner.restore(str(directory), trainable=tuning.trainable_for(), resume_unfinished=True,
+                               resume_errored=False)
+    return tuner.fit()
