@@ -204,13 +204,29 @@ class MlflowCallback(tune.Callback):
             t.client.update_run(self.parent_run_id, status="RUNNING")
             t.set_status(self.parent_run_id, "running")
 
-    def run_for(self, trial: Any) -> str:
+    def _orphan(self, config: dict[str, Any], known: set[str]) -> str | None:
+        """An unfinished run of this sweep whose trial the restored Tune experiment does not know
+        (it started after Tune's last snapshot before a crash) and whose params are this config's."""
+        params = {k: str(v)[:6000] for k, v in flatten(config).items()}
+        query = f"tags.`{TAG_KIND}` = 'trial' and tags.`{TAG_DIR}` = '{self.run_dir}'"
+        for run in self.tracker.client.search_runs([self.tracker.experiment_id], filter_string=query, max_results=1000):
+            tags = run.data.tags
+            if tags.get(TAG_TRIAL) not in known and tags.get(TAG_STATUS) != "finished" and run.data.params == params:
+                return run.info.run_id
+        return None
+
+    def run_for(self, trial: Any, trials: list[Any] | None = None) -> str:
         tid = trial.trial_id
         if tid in self.runs:
             return self.runs[tid]
         t = self.tracker
         kind = "trial" if self.sweep_name else "train"
         run_id = t.find(**{TAG_KIND: kind, TAG_DIR: self.run_dir, TAG_TRIAL: tid})
+        if run_id is None and self.sweep_name and trials is not None:
+            run_id = self._orphan(run_config_dict(trial.config), {x.trial_id for x in trials})
+            if run_id is not None:  # the same Optuna trial, replayed from scratch under a new Tune id
+                t.client.set_tag(run_id, "rlsweep.replaces_trial_id", t.client.get_run(run_id).data.tags[TAG_TRIAL])
+                t.client.set_tag(run_id, TAG_TRIAL, tid)
         if run_id is not None:  # resumed: carry on where its history ends
             t.client.update_run(run_id, status="RUNNING")
             t.set_status(run_id, "running")
@@ -229,7 +245,7 @@ class MlflowCallback(tune.Callback):
         return run_id
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.run_for(trial)
+        self.run_for(trial, trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         run_id = self.run_for(trial)

@@ -1,0 +1,310 @@
+"""`rlsweep sweep / resume / best / ui` as a user runs them, against real Ray, Optuna and MLflow."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+
+EXP = """\
+name: sweeptest
+seed: 2
+results_dir: {results}
+checkpoint_frequency: 2
+env: {{id: CartPole-v1}}
+policy: {{hidden_sizes: [16, 16]}}
+ppo: {{lr: 0.001, train_batch_size: 512, minibatch_size: 256, num_epochs: 2}}
+rollouts: {{num_rollout_workers: 1, num_envs_per_worker: 8}}
+evaluation: {{interval: 1, episodes: 3}}
+stop: {{env_steps: {steps}}}
+resources: {{learner_cpus: 0.5, worker_cpus: 0.25, evaluation_cpus: 0.25}}
+sweep: {{trials: 4, max_concurrent: {concurrent}, sampler: tpe, n_startup_trials: 2, seed: 3}}
+tracking: {{local_dir: {store}}}
+"""
+CORE = "search_spaces/ppo_core.yaml"
+LR_ONLY = "ppo.lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}\n"
+
+
+def env_for(uri=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "platform")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+    return env
+
+
+def rlsweep(*args, uri=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "rlsweep.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env_for(uri))
+
+
+def experiment(tmp_path, steps=2048, concurrent=2):
+    p = tmp_path / "exp.yaml"
+    p.write_text(EXP.format(results=tmp_path / "results", store=tmp_path, steps=steps, concurrent=concurrent))
+    return p
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, proc, seconds=90):
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert proc.poll() is None, "server exited"
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on loopback with its own SQLite store and artifact folder."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(uri + "/health", proc)
+        yield uri
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def runs_of(client, experiment="sweeptest"):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def trial_results(sweep_dir):
+    out = {}
+    for d in sorted(Path(sweep_dir).glob("trial_*")):
+        lines = (d / "result.json").read_text().splitlines() if (d / "result.json").exists() else []
+        rows = [json.loads(x) for x in lines]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
+    exp = experiment(tmp_path)
+    r = rlsweep("sweep", exp, "--space", CORE, "--name", "s1", uri=mlflow_server)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "best trial:" in r.stdout and "rlsweep ui" in r.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # the server is the store, not the local default
+
+    client = MlflowClient(mlflow_server)
+    runs = runs_of(client)
+    parents = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
+    children = [x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    results = trial_results(tmp_path / "results" / "s1")
+    assert len(results) == 4
+    for child in children:
+        tags, params = child.data.tags, child.data.params
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["rlsweep.status"] == "finished" and child.info.status == "FINISHED"
+        rows = results[tags["rlsweep.trial_id"]]
+        config = rows[0]["config"]
+        # params are the values the trial used
+        assert float(params["ppo.lr"]) == config["ppo"]["lr"]
+        assert float(params["ppo.gamma"]) == config["ppo"]["gamma"]
+        assert int(params["ppo.train_batch_size"]) == config["ppo"]["train_batch_size"]
+        assert params["seed"] == "2" and tags["rlsweep.seed"] == "2"
+        # one point per iteration, at increasing env steps
+        for metric in ("env_steps", "eval_return_mean", "policy_loss"):
+            hist = client.get_metric_history(child.info.run_id, metric)
+            assert sorted(m.step for m in hist) == [row["env_steps"] for row in rows], metric
+        arts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.yaml", "checkpoints"} <= arts
+        ckpts = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
+        assert {"checkpoints/final", "checkpoints/best"} <= ckpts
+    parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_config.yaml", "results.csv", "optimization_history.png", "param_importance.png",
+            "learning_curves.png"} <= parent_arts
+
+    # the best config is a runnable experiment, and `best` writes the same trial
+    best_file = tmp_path / "best.yaml"
+    r = rlsweep("best", "s1", "-o", best_file, "--results-dir", tmp_path / "results")
+    assert r.returncode == 0, r.stderr
+    best = yaml.safe_load(best_file.read_text())
+    assert best["name"] == "s1-best"
+    local = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(local).read_text()) == best
+    r = rlsweep("best", "s1", "-o", best_file, "--results-dir", tmp_path / "results")
+    assert r.returncode == 2 and "file exists" in r.stderr  # never overwrites
+
+    # and a checkpoint logged to MLflow restores a training run (runs:/ URI)
+    child = next(c for c in children if c.data.tags["rlsweep.trial_id"] == parent.data.tags.get("rlsweep.best_trial_id", c.data.tags["rlsweep.trial_id"]))
+    r = rlsweep("train", best_file, "--restore", f"runs:/{child.info.run_id}/checkpoints/final",
+                "--set", "stop.env_steps=4096", "--set", "stop.target_return=null",
+                "--set", f"results_dir={tmp_path / 'results'}", uri=mlflow_server)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "env_steps              4096" in r.stdout
+
+
+def _sweep_process(exp, space, name):
+    return subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "sweep", str(exp), "--space", str(space),
+                             "--name", name, "--set", "checkpoint_frequency=3", "--set", "ppo.num_epochs=6"],
+                            cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            # niced, so that on 2 cores the test's watcher sees every iteration land
+                            preexec_fn=lambda: os.nice(10))
+
+
+def _wait_mid_sweep(tmp_path, proc, per_trial, timeout=240):
+    """Until MLflow shows one trial finished and another part-way through and past its last
+    checkpoint (they come every 3 iterations), so that resuming must replay iterations it logged.
+
+    MLflow is watched because the driver logs every iteration at once; Tune's own result files only
+    reach the results folder when a checkpoint is synced.
+    """
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        try:
+            children = [r for r in runs_of(client) if r.data.tags.get("rlsweep.kind") == "trial"]
+            finished = [r for r in children if r.data.tags.get("rlsweep.status") == "finished"]
+            mid = []
+            for r in children:
+                if r.data.tags.get("rlsweep.status") == "running":
+                    n = len(client.get_metric_history(r.info.run_id, "env_steps"))
+                    if n >= 4 and n % 3 and n * 512 < per_trial - 512:
+                        mid.append(r)
+        except Exception:  # the store is created by the sweep; it may not exist yet or be busy
+            finished, mid = [], []
+        if finished and mid:
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the sweep never reached the middle of a second trial")
+
+
+def _check_resumed(tmp_path, name, per_trial):
+    sweep_dir = tmp_path / "results" / name
+    r = rlsweep("resume", name, "--results-dir", tmp_path / "results")
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = trial_results(sweep_dir)
+    assert len(res) == 4 and all(rows[-1]["env_steps"] >= per_trial for rows in res.values())
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = runs_of(client)
+    parents = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
+    children = [x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.data.tags["rlsweep.trial_id"] for c in children) == sorted(res)  # one run per trial
+    for c in children:  # no gap and no repeated step, though iterations past a checkpoint were replayed
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "env_steps")]
+        assert steps == list(range(512, per_trial + 1, 512)), (c.data.tags["rlsweep.trial_id"], steps)
+        assert c.info.status == "FINISHED"
+
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 4
+    assert sorted(t.user_attrs["tune_trial_id"] for t in trials) == sorted(res)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_resume(tmp_path):
+    per_trial = 6144  # 12 iterations of 512, checkpoints every 3
+    exp = experiment(tmp_path, steps=per_trial, concurrent=1)
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    proc = _sweep_process(exp, tmp_path / "space.yaml", "crash")
+    try:
+        _wait_mid_sweep(tmp_path, proc, per_trial)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    _check_resumed(tmp_path, "crash", per_trial)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+    per_trial = 6144
+    exp = experiment(tmp_path, steps=per_trial, concurrent=1)
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    proc = _sweep_process(exp, tmp_path / "space.yaml", "ctrlc")
+    _wait_mid_sweep(tmp_path, proc, per_trial)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "rlsweep resume" in err
+    _check_resumed(tmp_path, "ctrlc", per_trial)
+
+
+@pytest.mark.parametrize("setup,args,fragment", [
+    (lambda t: (t / "s.yaml").write_text("ppo.nope: {type: uniform, low: 0, high: 1}\n"),
+     ["--space", "{tmp}/s.yaml"], "unknown parameter 'ppo.nope'"),
+    (lambda t: (t / "s.yaml").write_text("ppo.lr: {type: uniform, low: 1, high: 0.1}\n"),
+     ["--space", "{tmp}/s.yaml"], "low (1.0) must be below high (0.1)"),
+    (lambda t: (t / "s.yaml").write_text("ppo.lr: {type: normal, low: 0, high: 1}\n"),
+     ["--space", "{tmp}/s.yaml"], "unknown type 'normal'"),
+    (None, ["--space", "{tmp}/missing.yaml"], "missing.yaml: no such file"),
+    (None, ["--set", "tracking.local_dir={tmp}/no/such/folder"], "does not exist"),
+    (None, ["--set", "tracking.uri=http://127.0.0.1:9"], "cannot be reached"),
+    (None, ["--set", "sweep.metric=accuracy"], "unknown metric 'accuracy'"),
+])
+def test_bad_sweep_input_exits_2_and_creates_nothing(tmp_path, setup, args, fragment):
+    exp = experiment(tmp_path)
+    if setup:
+        setup(tmp_path)
+    r = rlsweep("sweep", exp, *[a.format(tmp=tmp_path) for a in args], timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rlsweep: error: ") and fragment in lines[0], r.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_resume_or_best_of_an_unknown_sweep(tmp_path):
+    for cmd in ("resume", "best"):
+        r = rlsweep(cmd, "nope", "--results-dir", tmp_path, timeout=60)
+        assert r.returncode == 2 and "no sweep 'nope'" in r.stderr
+
+
+def test_an_existing_sweep_name_is_not_overwritten(tmp_path):
+    exp = experiment(tmp_path)
+    existing = tmp_path / "results" / "taken"
+    existing.mkdir(parents=True)
+    (existing / "keep.txt").write_text("mine")
+    r = rlsweep("sweep", exp, "--name", "taken", timeout=60)
+    assert r.returncode == 2 and "already exists" in r.stderr
+    assert (existing / "keep.txt").read_text() == "mine"
+
+
+def test_ui_serves_the_store(tmp_path):
+    exp = experiment(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "ui", str(exp), "--port", str(port)], cwd=ROOT,
+                            env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert (tmp_path / "mlflow.db").exists()
