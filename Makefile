@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-sweep: venv  ## the main job (a single training run until `rlsweep sweep` lands)
-	$(BIN)/rlsweep train experiments/cartpole_ppo.yaml
+sweep: venv  ## the main job: an Optuna sweep of PPO on CartPole, tracked in ./mlflow.db
+	$(BIN)/rlsweep sweep experiments/cartpole_ppo.yaml --space search_spaces/ppo_core.yaml
+	@echo "Compare the trials in the MLflow UI: $(BIN)/rlsweep ui   (then open http://127.0.0.1:5000)"
 
 train: venv
 	$(BIN)/rlsweep train experiments/cartpole_ppo.yaml

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.conftest import ROOT
 
 EXP = """\
@@ -19,6 +20,7 @@ rollouts: {{num_rollout_workers: 1, num_envs_per_worker: 8}}
 evaluation: {{interval: 2, episodes: 3}}
 stop: {{env_steps: 1024}}
 resources: {{learner_cpus: 0.5, worker_cpus: 0.25, evaluation_cpus: 0.25}}
+tracking: {{local_dir: {store}}}
 """
 
 
@@ -34,7 +36,7 @@ def printed(out: str, key: str) -> float:
 @pytest.fixture
 def exp(tmp_path):
     p = tmp_path / "exp.yaml"
-    p.write_text(EXP.format(results=tmp_path / "results"))
+    p.write_text(EXP.format(results=tmp_path / "results", store=tmp_path))
     return p
 
 
@@ -51,6 +53,7 @@ def test_bad_input_is_one_line_and_exit_2_before_ray(exp, tmp_path, args, fragme
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("rlsweep: error: ") and fragment in lines[0], r.stderr
     assert not (tmp_path / "results").exists()  # nothing was created: Ray never started
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
@@ -77,3 +80,18 @@ def test_train_then_restore_continues(exp, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert printed(second.stdout, "env_steps") == 2048  # continued from 1024, not from 0
     assert printed(second.stdout, "training_iteration") == 4  # 4 more iterations of 256
+
+    # each train is one MLflow run, no parent, with params, per-iteration metrics and checkpoints
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("clitest").experiment_id
+    runs = client.search_runs([exp_id], order_by=["attributes.start_time ASC"])
+    assert len(runs) == 2
+    for run, steps in zip(runs, ([256, 512, 768, 1024], [1280, 1536, 1792, 2048]), strict=True):
+        assert "mlflow.parentRunId" not in run.data.tags and run.data.tags["rlsweep.kind"] == "train"
+        assert run.data.tags["rlsweep.status"] == "finished" and run.info.status == "FINISHED"
+        assert run.data.params["ppo.train_batch_size"] == "256" and run.data.params["seed"] == "1"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == steps
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
+            "checkpoints/best", "checkpoints/final"}

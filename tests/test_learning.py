@@ -5,11 +5,13 @@ import re
 from pathlib import Path
 
 import pytest
+
 from tests.test_cli import printed, rlsweep
 
 
 def solve(experiment, seed, tmp_path):
-    r = rlsweep("train", experiment, "--seed", seed, "--set", f"results_dir={tmp_path}", timeout=900)
+    r = rlsweep("train", experiment, "--seed", seed, "--set", f"results_dir={tmp_path}",
+                "--set", f"tracking.local_dir={tmp_path}", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout
 

@@ -4,10 +4,10 @@ import math
 import os
 
 import pytest
-from tests.conftest import small_config
 
 from rlsweep import metrics as M
 from rlsweep.trainable import PPOTrainable
+from tests.conftest import small_config
 
 TIMINGS = {M.TIME_SAMPLE_S, M.TIME_LEARN_S, M.TIME_EVAL_S, M.TIME_OTHER_S, M.ENV_STEPS_PER_S}
 DOCUMENTED = {v for k, v in vars(M).items() if k.isupper() and not k.startswith(("TIME_TOTAL", "TRAINING_"))}

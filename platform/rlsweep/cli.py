@@ -4,6 +4,7 @@ and bad-input errors are quick: one line naming the file and key, exit code 2, n
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import subprocess
@@ -73,6 +74,7 @@ def _load(args: argparse.Namespace, seed: int | None = None) -> ExperimentConfig
 
 
 def _check_store(cfg: ExperimentConfig) -> str:
+    """Opens the tracking store: the last check, once every other input is known to be good."""
     from rlsweep.tracking import check_store, resolve_uri
 
     uri = resolve_uri(cfg)
@@ -80,11 +82,15 @@ def _check_store(cfg: ExperimentConfig) -> str:
     return uri
 
 
+def _is_mlflow_uri(ref: str) -> bool:
+    return ref.startswith(("runs:/", "mlflow-artifacts:/", "models:/"))
+
+
 def _fetch_checkpoint(ref: str, cfg: ExperimentConfig, uri: str) -> str:
     """A local checkpoint directory for `--restore` (MLflow artifact URIs are downloaded first)."""
     from rlsweep import checkpoint
 
-    if ref.startswith(("runs:/", "mlflow-artifacts:/", "models:/")):
+    if _is_mlflow_uri(ref):
         import mlflow.artifacts
 
         dest = tempfile.mkdtemp(prefix="rlsweep-restore-")
@@ -103,7 +109,11 @@ def _fetch_checkpoint(ref: str, cfg: ExperimentConfig, uri: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from rlsweep import checkpoint
+
     cfg = _load(args, seed=args.seed)
+    if args.restore and not _is_mlflow_uri(args.restore):
+        checkpoint.check(args.restore, cfg.model_dump(mode="json"))
     uri = _check_store(cfg)
     restore = _fetch_checkpoint(args.restore, cfg, uri) if args.restore else None
 
@@ -249,6 +259,8 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "best"
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not a line per store migration
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as e:
