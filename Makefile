@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # CUDA download. Elsewhere pip simply downloads this version.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv sweep train test test-fast lint bench clean
+.PHONY: venv sweep train test test-fast lint bench bench-rllib-venv clean
 
 venv: $(STAMP)
 
@@ -35,9 +35,18 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check platform tests benchmarks
 
-bench: venv
+bench: venv bench-rllib-venv
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python benchmarks/cartpole_time_to_solve.py
+	$(BIN)/python benchmarks/sweep_vs_rllib.py
+
+# RLlib pins an older gymnasium than rlsweep allows: its peer runs in a virtualenv of its own.
+bench-rllib-venv: .venv-rllib/.installed
+.venv-rllib/.installed:
+	test -x .venv-rllib/bin/python || $(PYTHON) -m venv .venv-rllib
+	.venv-rllib/bin/python -m pip install --quiet "$(TORCH)"
+	.venv-rllib/bin/python -m pip install --quiet "ray[rllib,tune]==2.60.0" optuna
+	touch $@
 
 clean:
 	rm -rf results .pytest_cache

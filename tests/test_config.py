@@ -34,7 +34,7 @@ def test_overrides_and_seed(exp):
 
 
 @pytest.mark.parametrize("override,fragment", [
-    ("stop.foo=1", "unknown key 'stop.foo' (valid keys here: target_return, env_steps, time_s)"),
+    ("stop.foo=1", "unknown key 'stop.foo' (valid keys here: target_return, episode_return, env_steps, time_s)"),
     ("bogus=1", "unknown key 'bogus'"),
     ("ppo.gamma=0", "key 'ppo.gamma': Input should be greater than 0"),
     ("ppo.gamma=1.5", "key 'ppo.gamma': Input should be less than or equal to 1"),
@@ -64,6 +64,7 @@ def test_anneal_needs_an_env_step_budget(exp):
 def test_stop_needs_a_criterion(exp):
     with pytest.raises(ConfigError, match="set at least one of"):
         load_experiment(exp, ["stop.env_steps=null"])
+    assert load_experiment(exp, ["stop.env_steps=null", "stop.episode_return=475"]).stop.episode_return == 475
 
 
 def test_missing_and_unreadable_files(tmp_path):

@@ -101,13 +101,16 @@ class StopConfig(_Section):
     """When a trial stops; whichever criterion is met first."""
 
     target_return: float | None = Field(None, description="Stop once the evaluation mean reaches this.")
+    episode_return: float | None = Field(
+        None, description="Stop once the training episode-return mean (last 100 episodes) reaches this."
+    )
     env_steps: int | None = Field(None, ge=1, description="Stop after this many env steps.")
     time_s: float | None = Field(None, gt=0, description="Stop after this many seconds of training.")
 
     @model_validator(mode="after")
     def _at_least_one(self) -> StopConfig:
-        if self.target_return is None and self.env_steps is None and self.time_s is None:
-            raise ValueError("set at least one of target_return, env_steps, time_s")
+        if all(v is None for v in (self.target_return, self.episode_return, self.env_steps, self.time_s)):
+            raise ValueError("set at least one of target_return, episode_return, env_steps, time_s")
         return self
 
 

@@ -167,6 +167,8 @@ class MlflowCallback(tune.Callback):
         self._reset()
 
     def _reset(self) -> None:
+        self.logging_s = 0.0  # driver time spent logging iterations (it delays the trial's next step)
+        self.logged_iterations = 0
         self._tracker: Tracker | None = None
         self.parent_run_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id
@@ -175,7 +177,7 @@ class MlflowCallback(tune.Callback):
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the run config
         state = self.__dict__.copy()
-        for k in ("_tracker", "parent_run_id", "runs", "_last_step", "_best"):
+        for k in ("_tracker", "parent_run_id", "runs", "_last_step", "_best", "logging_s", "logged_iterations"):
             state.pop(k)
         return state
 
@@ -248,12 +250,15 @@ class MlflowCallback(tune.Callback):
         self.run_for(trial, trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        t0 = time.perf_counter()
         run_id = self.run_for(trial)
         step = int(result.get(M.ENV_STEPS, 0))
         if step <= self._last_step[trial.trial_id]:
             return  # an iteration replayed from an older checkpoint: already logged
         self.tracker.log_metrics(run_id, {k: v for k, v in result.items() if k in M.REPORTED}, step)
         self._last_step[trial.trial_id] = step
+        self.logging_s += time.perf_counter() - t0
+        self.logged_iterations += 1
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         if not self.log_checkpoints:
@@ -290,6 +295,10 @@ class MlflowCallback(tune.Callback):
         if unfinished:
             self.tracker.set_status(self.parent_run_id, "interrupted", None, "KILLED")
             return
+        if self.logged_iterations:
+            self.tracker.log_metrics(self.parent_run_id, {
+                "tracking_ms_per_iteration": 1000 * self.logging_s / self.logged_iterations,
+                "tracking_s": self.logging_s}, step=0)
         if self.on_sweep_end is not None:
             self.on_sweep_end(self.tracker, self.parent_run_id, trials, dict(self.runs))
         self.tracker.set_status(self.parent_run_id, "finished", None, "FINISHED")

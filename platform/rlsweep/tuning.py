@@ -48,7 +48,8 @@ def init_ray() -> None:
 
 
 class TrialStopper(tune.Stopper):
-    """Stops a trial at the first of: evaluation mean >= target, env-step budget, training time."""
+    """Stops a trial at the first of: evaluation mean >= target, training return >= its target,
+    env-step budget, training time."""
 
     def __init__(self, stop: StopConfig):
         self.stop = stop
@@ -58,6 +59,9 @@ class TrialStopper(tune.Stopper):
         ev = result.get(M.EVAL_RETURN_MEAN, math.nan)
         if s.target_return is not None and ev == ev and ev >= s.target_return:
             return f"reached target return {s.target_return:g}"
+        tr = result.get(M.EPISODE_RETURN_MEAN, math.nan)
+        if s.episode_return is not None and tr == tr and tr >= s.episode_return:
+            return f"reached training episode return {s.episode_return:g}"
         if s.env_steps is not None and result.get(M.ENV_STEPS, 0) >= s.env_steps:
             return f"reached {s.env_steps} env steps"
         if s.time_s is not None and result.get(M.TIME_TOTAL_S, 0.0) >= s.time_s:

@@ -1,0 +1,154 @@
+"""Sweep benchmark: rlsweep vs RLlib PPO + Ray Tune + OptunaSearch, side by side in one run.
+
+Both sweep CartPole-v1 with 16 trials, 2 at a time, over the same space (lr log-uniform 1e-4..3e-3,
+gamma uniform 0.95..0.999, train batch 512/1024/2048/4096) with the same Optuna TPE settings
+(seed 0, 5 startup trials, multivariate, constant liar), and the same per-trial stop: training
+episode-return mean >= 475 (RLlib's own criterion) or 100k env steps. rlsweep runs its shipped
+CartPole experiment (network, epochs, evaluation every iteration) with only those settings changed;
+RLlib runs its tuned CartPole settings (see rllib_sweep.py).
+
+Reported: the wall time of each command (process start to exit), time from process start to the
+first solving trial, trials solved, and rlsweep's MLflow logging time per iteration against its
+mean iteration wall time. Writes the table to BENCHMARKS.md between its markers.
+
+    python benchmarks/sweep_vs_rllib.py      # needs .venv-rllib: make bench-rllib-venv
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as stdlib_platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RLLIB_PY = ROOT / ".venv-rllib" / "bin" / "python"
+MARK_BEGIN, MARK_END = "<!-- sweep-vs-rllib:begin -->", "<!-- sweep-vs-rllib:end -->"
+TARGET, MAX_STEPS = 475.0, 100_000
+
+
+def run_rlsweep(out: Path, trials: int, concurrent: int) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    exe = ROOT / ".venv" / "bin" / "rlsweep"
+    cmd = [str(exe) if exe.exists() else "rlsweep", "sweep", "experiments/cartpole_ppo.yaml",
+           "--space", "search_spaces/ppo_core.yaml", "--trials", str(trials), "--name", "bench",
+           "--set", "stop.target_return=null", "--set", f"stop.episode_return={TARGET}",
+           "--set", f"stop.env_steps={MAX_STEPS}", "--set", f"sweep.max_concurrent={concurrent}",
+           "--set", "sweep.metric=episode_return_mean", "--set", "sweep.seed=0", "--set", "sweep.n_startup_trials=5",
+           "--set", f"results_dir={out / 'results'}", "--set", f"tracking.local_dir={out}"]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    t_exit = time.time()
+    if proc.returncode != 0:
+        raise SystemExit(f"rlsweep sweep failed:\n{proc.stderr[-3000:]}")
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cartpole_ppo")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get("rlsweep.kind") == "sweep")
+    children = [r for r in runs if r.data.tags.get("rlsweep.kind") == "trial"]
+    solved = [r for r in children if r.data.metrics.get("episode_return_mean", 0) >= TARGET]
+    iter_s = []
+    for r in children:
+        hist = sorted(client.get_metric_history(r.info.run_id, "time_total_s"), key=lambda m: m.step)
+        if hist:
+            wall = (r.info.end_time - r.info.start_time) / 1000
+            iter_s.append(wall / len(hist))
+    return {
+        "process_s": t_exit - t0,
+        "first_solve_from_process_s": min(r.info.end_time / 1000 for r in solved) - t0 if solved else None,
+        "trials": len(children), "solved": len(solved),
+        "tracking_ms_per_iteration": parent.data.metrics.get("tracking_ms_per_iteration"),
+        "iteration_wall_ms": 1000 * statistics.mean(iter_s) if iter_s else None,
+        "per_trial": [{"env_steps": r.data.metrics.get("env_steps"), "return": r.data.metrics.get("episode_return_mean"),
+                       "lr": r.data.params["ppo.lr"], "gamma": r.data.params["ppo.gamma"],
+                       "batch": r.data.params["ppo.train_batch_size"]} for r in children],
+    }
+
+
+def run_rllib(out: Path, trials: int, concurrent: int) -> dict:
+    if not RLLIB_PY.exists():
+        raise SystemExit("no .venv-rllib: create it with `make bench-rllib-venv`")
+    t0 = time.time()
+    proc = subprocess.run([str(RLLIB_PY), str(ROOT / "benchmarks" / "rllib_sweep.py"), "--trials", str(trials),
+                           "--concurrent", str(concurrent), "--storage", str(out / "rllib")],
+                          cwd=ROOT, capture_output=True, text=True)
+    t_exit = time.time()
+    if proc.returncode != 0:
+        raise SystemExit(f"RLlib sweep failed:\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["process_s"] = t_exit - t0  # first_solve_from_process_s is measured inside, from its start
+    return res
+
+
+def fmt(v, spec=".1f"):
+    return "n/a" if v is None else format(v, spec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--concurrent", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    out = ROOT / "benchmarks" / "out" / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True)
+    ours = run_rlsweep(out, args.trials, args.concurrent)
+    print("rlsweep", json.dumps(ours), flush=True)
+    peer = run_rllib(out, args.trials, args.concurrent)
+    print("rllib  ", json.dumps(peer), flush=True)
+
+    import ray
+
+    rllib_ray = subprocess.run([str(RLLIB_PY), "-c", "import ray, gymnasium; print(ray.__version__, gymnasium.__version__)"],
+                               capture_output=True, text=True).stdout.split()
+    overhead = (ours["tracking_ms_per_iteration"] / ours["iteration_wall_ms"]
+                if ours["tracking_ms_per_iteration"] and ours["iteration_wall_ms"] else None)
+    speedup = peer["process_s"] / ours["process_s"]
+    lines = [
+        MARK_BEGIN,
+        f"Run {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPU cores ({stdlib_platform.machine()}), no GPU; "
+        f"rlsweep on ray {ray.__version__}, RLlib on ray {rllib_ray[0] if rllib_ray else '?'} with gymnasium "
+        f"{rllib_ray[1] if len(rllib_ray) > 1 else '?'}. {args.trials} trials, {args.concurrent} at a time. "
+        f"Command: `python benchmarks/sweep_vs_rllib.py`.",
+        "",
+        "| | rlsweep | RLlib + Tune + Optuna |",
+        "|---|---|---|",
+        f"| wall time, process start to exit (s) | {fmt(ours['process_s'])} | {fmt(peer['process_s'])} |",
+        f"| process start to first solving trial (s) | {fmt(ours['first_solve_from_process_s'])} | "
+        f"{fmt(peer.get('first_solve_from_process_s'))} |",
+        f"| trials solved (training return >= {TARGET:g}) | {ours['solved']}/{ours['trials']} | "
+        f"{peer['solved']}/{peer['trials']} |",
+        "",
+        f"RLlib / rlsweep wall time: {speedup:.1f}x.",
+        "",
+        f"rlsweep MLflow logging: {fmt(ours['tracking_ms_per_iteration'], '.1f')} ms per iteration (driver side, "
+        f"one batched call) against a mean iteration wall time of {fmt(ours['iteration_wall_ms'], '.0f')} ms: "
+        f"{fmt(100 * overhead if overhead is not None else None, '.1f')}% of trial wall time.",
+        "",
+        "rlsweep trials (final env steps, training return, lr, gamma, batch): "
+        + "; ".join(f"{t['env_steps']:.0f}, {t['return']:.0f}, {float(t['lr']):.2g}, {float(t['gamma']):.3f}, {t['batch']}"
+                    for t in ours["per_trial"]) + ".",
+        "",
+        "RLlib trials (final env steps, training return): "
+        + "; ".join(f"{t['env_steps']}, {fmt(t['return'], '.0f')}" for t in peer["per_trial"]) + ".",
+        MARK_END,
+    ]
+    block = "\n".join(lines)
+    print(block)
+    if not args.no_write:
+        path = ROOT / "BENCHMARKS.md"
+        text = path.read_text()
+        if MARK_BEGIN not in text:
+            text += "\n## Sweep: rlsweep vs RLlib + Tune + Optuna\n\n" + MARK_BEGIN + "\n" + MARK_END + "\n"
+        start, end = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)
+        path.write_text(text[:start] + block + text[end:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
