@@ -45,7 +45,7 @@ bench-rllib-venv: .venv-rllib/.installed
 .venv-rllib/.installed:
 	test -x .venv-rllib/bin/python || $(PYTHON) -m venv .venv-rllib
 	.venv-rllib/bin/python -m pip install --quiet "$(TORCH)"
-	.venv-rllib/bin/python -m pip install --quiet "ray[rllib,tune]==2.60.0" optuna
+	.venv-rllib/bin/python -m pip install --quiet "ray[rllib,tune]==2.60.0" optuna pillow
 	touch $@
 
 clean:

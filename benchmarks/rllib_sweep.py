@@ -23,6 +23,7 @@ from ray.rllib.algorithms.ppo import PPOConfig  # noqa: E402
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig  # noqa: E402
 from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+from ray.tune.utils import flatten_dict  # noqa: E402
 
 RETURN = "env_runners/episode_return_mean"
 STEPS = "num_env_steps_sampled_lifetime"
@@ -33,7 +34,7 @@ class Timeline(tune.Callback):
         self.trials = {}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        r = trial.last_result or {}
+        r = flatten_dict(trial.last_result or {}, delimiter="/")
         self.trials[trial.trial_id] = {"end": time.time(), "return": r.get(RETURN), "env_steps": r.get(STEPS)}
 
 
