@@ -3,9 +3,12 @@
 Both sweep CartPole-v1 with 16 trials, 2 at a time, over the same space (lr log-uniform 1e-4..3e-3,
 gamma uniform 0.95..0.999, train batch 512/1024/2048/4096) with the same Optuna TPE settings
 (seed 0, 5 startup trials, multivariate, constant liar), and the same per-trial stop: training
-episode-return mean >= 475 (RLlib's own criterion) or 100k env steps. rlsweep runs its shipped
-CartPole experiment (network, epochs, evaluation every iteration) with only those settings changed;
-RLlib runs its tuned CartPole settings (see rllib_sweep.py).
+episode-return mean >= 475 (RLlib's own criterion: the mean over the episodes of the latest
+iteration, which rlsweep's `episode_return_mean` also is) or 100k env steps. Neither side runs
+evaluation episodes (the criterion does not need them), and both update in 128-sample minibatches for
+6 epochs (RLlib's default minibatch and its tuned CartPole epochs). rlsweep otherwise runs its shipped
+CartPole experiment (64x64 tanh actor and critic); RLlib its tuned CartPole network (see
+rllib_sweep.py).
 
 Reported: the wall time of each command (process start to exit), time from process start to the
 first solving trial, trials solved, and rlsweep's MLflow logging time per iteration against its
@@ -30,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RLLIB_PY = ROOT / ".venv-rllib" / "bin" / "python"
 MARK_BEGIN, MARK_END = "<!-- sweep-vs-rllib:begin -->", "<!-- sweep-vs-rllib:end -->"
 TARGET, MAX_STEPS = 475.0, 100_000
+MINIBATCH, EPOCHS = 128, 6  # RLlib's: its default minibatch and its tuned CartPole epochs
 
 
 def run_rlsweep(out: Path, trials: int, concurrent: int) -> dict:
@@ -41,6 +45,7 @@ def run_rlsweep(out: Path, trials: int, concurrent: int) -> dict:
            "--set", "stop.target_return=null", "--set", f"stop.episode_return={TARGET}",
            "--set", f"stop.env_steps={MAX_STEPS}", "--set", f"sweep.max_concurrent={concurrent}",
            "--set", "sweep.metric=episode_return_mean", "--set", "sweep.seed=0", "--set", "sweep.n_startup_trials=5",
+           "--set", "evaluation.interval=0", "--set", f"ppo.minibatch_size={MINIBATCH}", "--set", f"ppo.num_epochs={EPOCHS}",
            "--set", f"results_dir={out / 'results'}", "--set", f"tracking.local_dir={out}"]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -143,7 +148,7 @@ def main() -> None:
     print(block)
     if not args.no_write:
         path = ROOT / "BENCHMARKS.md"
-        text = path.read_text()
+        text = path.read_text() if path.exists() else "# Benchmarks\n"
         if MARK_BEGIN not in text:
             text += "\n## Sweep: rlsweep vs RLlib + Tune + Optuna\n\n" + MARK_BEGIN + "\n" + MARK_END + "\n"
         start, end = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)

@@ -45,7 +45,7 @@ def exp(tmp_path):
     (["--set", "stop.nope=1"], "unknown key 'stop.nope'"),
     (["--set", "env.id=NoSuchEnv-v9"], "key 'env.id': 'NoSuchEnv-v9' is not a registered"),
     (["--set", "ppo.minibatch_size=100"], "minibatch_size (100) must divide train_batch_size (256)"),
-    (["--restore", "/nonexistent/ckpt"], "--restore /nonexistent/ckpt: no such checkpoint directory"),
+    (["--restore", "/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt: no such checkpoint directory"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_ray(exp, tmp_path, args, fragment):
     r = rlsweep("train", exp, *args, timeout=60)
@@ -71,6 +71,14 @@ def test_train_then_restore_continues(exp, tmp_path):
     assert printed(first.stdout, "env_steps") == 1024
     ckpt = Path(re.search(r"^checkpoint: (.+)$", first.stdout, re.M).group(1))
     assert (ckpt / "learner.pt").is_file() and (ckpt / "state.json").is_file()
+
+    # the checkpoint's policy plays deterministic episodes without Ray, the same way twice
+    evals = [rlsweep("evaluate", ckpt, "--episodes", "4", "--seed", "5", timeout=120) for _ in range(2)]
+    assert all(e.returncode == 0 for e in evals), evals[0].stderr
+    assert evals[0].stdout == evals[1].stdout and printed(evals[0].stdout, "eval_return_mean") > 0
+    assert "4 episodes, deterministic actions, seed 5" in evals[0].stdout
+    r = rlsweep("evaluate", tmp_path / "nope", timeout=60)
+    assert r.returncode == 2 and "no such checkpoint directory" in r.stderr
 
     # a checkpoint from another network is refused before anything starts
     r = rlsweep("train", exp, "--restore", ckpt, "--set", "policy.hidden_sizes=[8]", timeout=60)

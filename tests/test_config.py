@@ -61,6 +61,14 @@ def test_anneal_needs_an_env_step_budget(exp):
         load_experiment(exp, ["ppo.anneal_lr=true", "stop.env_steps=null", "stop.target_return=1"])
 
 
+def test_evaluation_off_excludes_what_needs_it(exp):
+    assert load_experiment(exp, ["evaluation.interval=0", "sweep.metric=env_steps"]).evaluation.interval == 0
+    with pytest.raises(ConfigError, match="target_return is on the evaluation mean"):
+        load_experiment(exp, ["evaluation.interval=0", "stop.target_return=400", "sweep.metric=episode_return_mean"])
+    with pytest.raises(ConfigError, match="sweep.metric eval_return_mean needs evaluation.interval > 0"):
+        load_experiment(exp, ["evaluation.interval=0", "sweep.metric=eval_return_mean"])
+
+
 def test_stop_needs_a_criterion(exp):
     with pytest.raises(ConfigError, match="set at least one of"):
         load_experiment(exp, ["stop.env_steps=null"])

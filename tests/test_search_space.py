@@ -77,3 +77,23 @@ def test_tunable_keys_are_schema_leaves():
     keys = tunable_keys()
     assert "ppo.lr" in keys and "policy.hidden_sizes" in keys and "sweep.trials" in keys
     assert "ppo" not in keys and "name" not in keys
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])
+def test_every_sampler_drives_the_wide_space(sampler):
+    from rlsweep.sweep import make_sampler
+
+    cfg = load_experiment(EXP, [f"sweep.sampler={sampler}", "sweep.n_startup_trials=2", "sweep.seed=4"])
+    s = load_search_space("search_spaces/ppo_wide.yaml", cfg.model_dump(mode="json"), EXP)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(cfg))
+    seen = []
+    for i in range(5):
+        trial = study.ask()
+        seen.append(s.suggest(trial))
+        study.tell(trial, float(i))
+    assert len({round(c["ppo/lr"], 12) for c in seen}) >= 3  # a search, not a constant (GP may exploit a bound)
+    assert all(0.95 <= c["ppo/gamma"] <= 0.999 for c in seen)
+    # the same seed gives the same suggestions
+    again = optuna.create_study(direction="maximize", sampler=make_sampler(cfg))
+    first = again.ask()
+    assert s.suggest(first) == seen[0]

@@ -221,6 +221,14 @@ def _check_resumed(tmp_path, name, per_trial):
         assert steps == list(range(512, per_trial + 1, 512)), (c.data.tags["rlsweep.trial_id"], steps)
         assert c.info.status == "FINISHED"
 
+    # the summary on the parent covers every trial, also those that finished before the interruption
+    import csv
+
+    table = client.download_artifacts(parents[0].info.run_id, "results.csv", str(tmp_path))
+    with open(table) as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["mlflow_run_id"] for r in rows) == sorted(c.info.run_id for c in children)
+
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 4
@@ -308,3 +316,29 @@ def test_ui_serves_the_store(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     assert (tmp_path / "mlflow.db").exists()
+
+
+def test_asha_stops_weak_trials_early(tmp_path):
+    exp = experiment(tmp_path, steps=8192, concurrent=2)
+    (tmp_path / "space.yaml").write_text("ppo.lr: {type: loguniform, low: 1.0e-5, high: 3.0e-3}\n")
+    r = rlsweep("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "asha", "--trials", "6",
+                "--set", "sweep.scheduler=asha", "--set", "sweep.grace_period=1024",
+                "--set", "sweep.reduction_factor=2", "--set", "sweep.sampler=random")
+    assert r.returncode == 0, r.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    children = [x for x in runs_of(client) if x.data.tags.get("rlsweep.kind") == "trial"]
+    assert len(children) == 6
+    statuses = {c.data.tags["rlsweep.status"] for c in children}
+    steps = sorted(c.data.metrics["env_steps"] for c in children)
+    assert "stopped early" in statuses and steps[0] < 8192 <= steps[-1], (statuses, steps)
+
+
+@pytest.mark.slow
+def test_make_sweep_job_finds_a_solving_config(tmp_path):
+    """What `make sweep` runs, in a scratch results folder and store: the best trial solves CartPole."""
+    r = rlsweep("sweep", "experiments/cartpole_ppo.yaml", "--space", CORE, "--name", "make-sweep",
+                "--set", f"results_dir={tmp_path / 'results'}", "--set", f"tracking.local_dir={tmp_path}",
+                timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    best = float(r.stdout.split("with eval_return_mean = ")[1].split()[0])
+    assert best >= 475, r.stdout

@@ -41,10 +41,10 @@ def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> Pa
     """
     d = Path(directory)
     if not d.is_dir():
-        raise ConfigError(f"--restore {directory}: no such checkpoint directory")
+        raise ConfigError(f"checkpoint {directory}: no such checkpoint directory")
     missing = [f for f in (LEARNER_FILE, STATE_FILE) if not (d / f).is_file()]
     if missing:
-        raise ConfigError(f"--restore {directory}: not an rlsweep checkpoint (missing {', '.join(missing)})")
+        raise ConfigError(f"checkpoint {directory}: not an rlsweep checkpoint (missing {', '.join(missing)})")
     if experiment is not None:
         saved = json.loads((d / STATE_FILE).read_text()).get("config", {})
         for section, key in _MUST_MATCH:
@@ -58,3 +58,23 @@ def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> Pa
 
 _MUST_MATCH = [("env", "id"), ("policy", "hidden_sizes"), ("policy", "activation"),
                ("policy", "normalize_observations")]
+
+
+def load_policy(directory: str | Path) -> tuple[Any, Any, Any]:
+    """(experiment config, numpy policy weights, observation statistics or None) of a checkpoint,
+    for acting without a learner or Ray."""
+    import io
+
+    import torch
+
+    from rlsweep.config import ExperimentConfig
+    from rlsweep.envs import space_info
+    from rlsweep.networks import ActorCritic
+    from rlsweep.normalization import RunningMeanStd
+
+    learner, state = read(directory)
+    cfg = ExperimentConfig.model_validate(state["config"])
+    net = ActorCritic(space_info(cfg.env), cfg.policy)
+    net.load_state_dict(torch.load(io.BytesIO(learner), map_location="cpu", weights_only=True)["model"])
+    stats = RunningMeanStd.from_dict(state["obs_stats"]) if state["obs_stats"] else None
+    return cfg, net.export_weights(), stats

@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", default=None, help="write here (default: print); never overwrites a file")
     b.add_argument("--results-dir", default="results")
 
+    e = sub.add_parser("evaluate", help="play deterministic episodes with a checkpoint's policy (no Ray)")
+    e.add_argument("checkpoint", help="a checkpoint directory or an MLflow artifact URI (runs:/<id>/...)")
+    e.add_argument("--episodes", type=int, default=None, help="default: the experiment's evaluation.episodes")
+    e.add_argument("--seed", type=int, default=0, help="seeds the evaluation episodes")
+    e.add_argument("--tracking-uri", default=None, help="store for runs:/ URIs (default: as `ui` finds it)")
+
     u = sub.add_parser("ui", help="start the MLflow UI on rlsweep's store")
     u.add_argument("experiment", nargs="?", default=None, help="use this experiment's tracking settings")
     u.add_argument("--port", type=int, default=5000)
@@ -90,19 +96,21 @@ def _fetch_checkpoint(ref: str, cfg: ExperimentConfig, uri: str) -> str:
     """A local checkpoint directory for `--restore` (MLflow artifact URIs are downloaded first)."""
     from rlsweep import checkpoint
 
-    if _is_mlflow_uri(ref):
-        import mlflow.artifacts
+    local = _download(ref, uri) if _is_mlflow_uri(ref) else ref
+    checkpoint.check(local, cfg.model_dump(mode="json"))
+    return str(Path(local).resolve())
 
-        dest = tempfile.mkdtemp(prefix="rlsweep-restore-")
-        try:
-            ref_local = mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=dest, tracking_uri=uri)
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"--restore {ref}: cannot download ({first})") from None
-        checkpoint.check(ref_local, cfg.model_dump(mode="json"))
-        return ref_local
-    checkpoint.check(ref, cfg.model_dump(mode="json"))
-    return str(Path(ref).resolve())
+
+def _download(ref: str, uri: str) -> str:
+    """An MLflow artifact URI downloaded to a fresh temporary folder."""
+    import mlflow.artifacts
+
+    dest = tempfile.mkdtemp(prefix="rlsweep-checkpoint-")
+    try:
+        return mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=dest, tracking_uri=uri)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{ref}: cannot download ({first})") from None
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -171,7 +179,10 @@ def _sweep_outcome(results, directory: Path) -> int:
 
     meta = read_meta(directory)
     done = results.num_terminated + results.num_errors
-    if done < meta["trials"]:
+    if done < meta["trials"] and done == len(results) and meta.get("time_budget_s"):
+        print(f"sweep {meta['name']}: the time budget of {meta['time_budget_s']:g} s ended it after {done} trials",
+              file=sys.stderr)
+    elif done < meta["trials"]:
         print(f"sweep {meta['name']} interrupted ({done}/{meta['trials']} trials done); "
               f"continue it with: rlsweep resume {directory}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -234,13 +245,43 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rlsweep import checkpoint
+    from rlsweep.tracking import resolve_uri
+
+    ref = args.checkpoint
+    if _is_mlflow_uri(ref):
+        uri = args.tracking_uri or resolve_uri(_default_config())
+        ref = _download(ref, uri)
+    checkpoint.check(ref)
+    if args.episodes is not None and args.episodes < 1:
+        raise ConfigError(f"--episodes {args.episodes}: expected at least 1")
+    cfg, weights, stats = checkpoint.load_policy(ref)
+    if args.episodes is not None:
+        cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"episodes": args.episodes})})
+
+    from rlsweep.rollout import Evaluator
+
+    evaluator = Evaluator(cfg.model_copy(update={"seed": args.seed}))
+    try:
+        result = evaluator.evaluate(weights, stats, iteration=0)
+    finally:
+        evaluator.close()
+    print(f"{cfg.env.id}: {cfg.evaluation.episodes} episodes, "
+          f"{'deterministic' if cfg.evaluation.deterministic else 'sampled'} actions, seed {args.seed}")
+    for k, v in result.items():
+        print(f"  {k:<22} {_fmt(v)}")
+    return 0
+
+
+def _default_config() -> ExperimentConfig:
+    return ExperimentConfig.model_validate({"name": "rlsweep", "env": {"id": "CartPole-v1"}, "stop": {"env_steps": 1}})
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from rlsweep.tracking import resolve_uri
 
-    if args.experiment:
-        cfg = load_experiment(args.experiment)
-    else:
-        cfg = ExperimentConfig.model_validate({"name": "ui", "env": {"id": "CartPole-v1"}, "stop": {"env_steps": 1}})
+    cfg = load_experiment(args.experiment) if args.experiment else _default_config()
     uri = resolve_uri(cfg)
     if uri.startswith(("http://", "https://")):
         print(f"the store is a server already: open {uri}")
@@ -254,7 +295,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
-COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "best": cmd_best, "ui": cmd_ui}
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "best": cmd_best,
+            "evaluate": cmd_evaluate, "ui": cmd_ui}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

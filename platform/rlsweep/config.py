@@ -92,7 +92,7 @@ class RolloutConfig(_Section):
 class EvaluationConfig(_Section):
     """Deterministic evaluation on its own actor and its own seeds."""
 
-    interval: int = Field(1, ge=1, description="Evaluate every N iterations.")
+    interval: int = Field(1, ge=0, description="Evaluate every N iterations; 0 never evaluates.")
     episodes: int = Field(10, ge=1, description="Episodes per evaluation.")
     deterministic: bool = Field(True, description="Greedy/mean actions instead of sampling.")
 
@@ -102,7 +102,7 @@ class StopConfig(_Section):
 
     target_return: float | None = Field(None, description="Stop once the evaluation mean reaches this.")
     episode_return: float | None = Field(
-        None, description="Stop once the training episode-return mean (last 100 episodes) reaches this."
+        None, description="Stop once the mean return of the training episodes ending in an iteration reaches this."
     )
     env_steps: int | None = Field(None, ge=1, description="Stop after this many env steps.")
     time_s: float | None = Field(None, gt=0, description="Stop after this many seconds of training.")
@@ -191,6 +191,11 @@ class ExperimentConfig(_Section):
             )
         if self.ppo.anneal_lr and self.stop.env_steps is None:
             raise ValueError("ppo.anneal_lr needs stop.env_steps (the horizon to anneal over)")
+        if self.evaluation.interval == 0:
+            if self.stop.target_return is not None:
+                raise ValueError("stop.target_return is on the evaluation mean: it needs evaluation.interval > 0")
+            if self.sweep.metric.startswith("eval_"):
+                raise ValueError(f"sweep.metric {self.sweep.metric} needs evaluation.interval > 0")
         if self.sweep.scheduler == "asha" and self.stop.env_steps is None:
             raise ValueError("sweep.scheduler asha needs stop.env_steps (the budget its rungs divide)")
         return self

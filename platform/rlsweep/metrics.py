@@ -2,8 +2,8 @@
 
 ENV_STEPS = "env_steps"  # env steps sampled so far, all workers (autoreset steps included)
 EPISODES = "episodes"  # training episodes completed so far
-EPISODE_RETURN_MEAN = "episode_return_mean"  # mean return of the last 100 training episodes
-EPISODE_LENGTH_MEAN = "episode_length_mean"  # mean length of the last 100 training episodes
+EPISODE_RETURN_MEAN = "episode_return_mean"  # training episodes that ended this iteration (else the last value)
+EPISODE_LENGTH_MEAN = "episode_length_mean"  # likewise, their mean length
 EVAL_RETURN_MEAN = "eval_return_mean"  # deterministic evaluation: mean return (latest evaluation)
 EVAL_RETURN_STD = "eval_return_std"
 EVAL_LENGTH_MEAN = "eval_length_mean"

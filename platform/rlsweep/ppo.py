@@ -25,7 +25,8 @@ class Learner:
         self.device = torch.device(device)
         torch.manual_seed(seed)
         self.net = ActorCritic(space, policy).to(self.device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=ppo.lr, eps=ppo.adam_eps, fused=True)
+        self.params = list(self.net.parameters())  # walked every minibatch: look it up once
+        self.optimizer = torch.optim.Adam(self.params, lr=ppo.lr, eps=ppo.adam_eps, fused=True)
         self.rng = np.random.default_rng([seed, 0x1EA7])
 
     def weights(self) -> Weights:
@@ -35,37 +36,40 @@ class Learner:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        t = {k: torch.as_tensor(v, device=self.device) for k, v in batch._asdict().items()}
+        data = [torch.as_tensor(v, device=self.device) for v in batch]
         n = len(batch.obs)
-        totals = torch.zeros(len(_STATS))
-        steps = epochs = 0
+        bounds = np.linspace(0, n, cfg.num_minibatches + 1).astype(int)
+        rows = []
+        epochs = 0
         for _ in range(cfg.num_epochs):
             epochs += 1
-            epoch_kl = torch.zeros(())
-            chunks = np.array_split(self.rng.permutation(n), cfg.num_minibatches)
-            for idx in chunks:
-                mb = torch.as_tensor(idx, device=self.device)
-                logp, entropy, values = self.net.evaluate(t["obs"][mb], t["actions"][mb])
-                adv = t["advantages"][mb]
-                if cfg.normalize_advantages and len(idx) > 1:
+            # one shuffle per epoch; minibatches are then contiguous slices (views, no gathers)
+            perm = torch.as_tensor(self.rng.permutation(n), device=self.device)
+            obs, actions, old_logp, old_values, advantages, returns = (x[perm] for x in data)
+            epoch_rows = []
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+                logp, entropy, values = self.net.evaluate(obs[lo:hi], actions[lo:hi])
+                adv = advantages[lo:hi]
+                if cfg.normalize_advantages and hi - lo > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 terms = ppo_loss(
-                    logp, t["logp"][mb], adv, values, t["values"][mb], t["returns"][mb], entropy,
+                    logp, old_logp[lo:hi], adv, values, old_values[lo:hi], returns[lo:hi], entropy,
                     clip=cfg.clip, vf_clip=cfg.vf_clip, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 terms.loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
                 self.optimizer.step()
-                totals += torch.stack([
+                epoch_rows.append(torch.stack([
                     terms.policy_loss.detach(), terms.value_loss.detach(), terms.entropy.detach(),
                     terms.approx_kl, terms.clip_fraction, grad_norm.detach(),
-                ]).cpu()
-                epoch_kl += terms.approx_kl.cpu()
-                steps += 1
-            if cfg.target_kl is not None and epoch_kl.item() / len(chunks) > cfg.target_kl:
+                ]))
+            epoch = torch.stack(epoch_rows)
+            rows.append(epoch)
+            if cfg.target_kl is not None and epoch[:, _STATS.index("approx_kl")].mean().item() > cfg.target_kl:
                 break
-        stats = dict(zip(_STATS, (totals / steps).tolist(), strict=True))
+        means = torch.cat(rows).mean(dim=0).cpu()
+        stats = dict(zip(_STATS, means.tolist(), strict=True))
         stats["explained_variance"] = explained_variance(batch.values, batch.returns)
         stats["lr"] = lr
         stats["update_epochs"] = epochs

@@ -26,37 +26,36 @@ class _Dist(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Uniform(_Dist):
-    type: Literal["uniform"]
+class _Range(_Dist):
     low: float
     high: float
 
     @model_validator(mode="after")
-    def _bounds(self) -> Uniform:
+    def _ordered(self) -> _Range:
         if not self.low < self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         return self
-
-    def suggest(self, trial: Any, name: str) -> float:
-        return trial.suggest_float(name, self.low, self.high)
 
     def extremes(self) -> list[Any]:
         return [self.low, self.high]
 
 
-class LogUniform(_Dist):
+class Uniform(_Range):
+    type: Literal["uniform"]
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high)
+
+
+class LogUniform(_Range):
     """Log-uniform on [low, high]; with `complement`, 1 - x is what is log-uniform."""
 
     type: Literal["loguniform"]
-    low: float
-    high: float
     complement: bool = False
 
     @model_validator(mode="after")
-    def _bounds(self) -> LogUniform:
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        lo, hi = (1 - self.high, 1 - self.low) if self.complement else (self.low, self.high)
+    def _positive(self) -> LogUniform:
+        lo = 1 - self.high if self.complement else self.low
         if lo <= 0:
             what = "1 - high" if self.complement else "low"
             raise ValueError(f"a log scale needs positive bounds ({what} = {lo:g})")
@@ -66,9 +65,6 @@ class LogUniform(_Dist):
         if self.complement:
             return 1.0 - trial.suggest_float(f"1-{name}", 1 - self.high, 1 - self.low, log=True)
         return trial.suggest_float(name, self.low, self.high, log=True)
-
-    def extremes(self) -> list[Any]:
-        return [self.low, self.high]
 
 
 class Int(_Dist):

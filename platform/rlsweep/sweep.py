@@ -96,6 +96,11 @@ def _searcher_class() -> type:
         def _suggest_from_define_by_run_func(self, func: Any, ot_trial: Any) -> dict:
             return func(ot_trial)
 
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            # OptunaSearch reports every iteration to the study (a database write each), for pruners;
+            # it installs a no-op pruner, and MLflow keeps the learning curves: skip the writes.
+            return
+
         def suggest(self, trial_id: str) -> dict | None:
             if trial_id not in self._ot_trials:
                 orphan = self._orphan()
@@ -147,7 +152,7 @@ def run_sweep(p: SweepPlan) -> Any:
     (p.directory / SWEEP_FILE).write_text(json.dumps({
         "name": p.name, "experiment": cfg.model_dump(mode="json"), "space": p.space.source,
         "params": list(p.space.params), "tracking_uri": p.tracking_uri, "study_storage": p.study_storage,
-        "metric": s.metric, "mode": s.mode, "trials": s.trials,
+        "metric": s.metric, "mode": s.mode, "trials": s.trials, "time_budget_s": s.time_budget_s,
     }, indent=2))
     tuning.init_ray()
     searcher = _searcher_class()(

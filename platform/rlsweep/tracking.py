@@ -31,6 +31,7 @@ TAG_TRIAL = "rlsweep.trial_id"
 TAG_SEED = "rlsweep.seed"
 TAG_STATUS = "rlsweep.status"  # running | finished | stopped early | interrupted | error
 TAG_REASON = "rlsweep.reason"
+TAG_BEST_SCORE = "rlsweep.best_checkpoint_score"  # the metric when checkpoints/best was saved
 TAG_PARENT = "mlflow.parentRunId"
 
 
@@ -115,12 +116,13 @@ class Tracker:
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def log_metrics(self, run_id: str, values: dict[str, Any], step: int) -> None:
+    def log_metrics(self, run_id: str, values: dict[str, Any], step: int, wait: bool = True) -> Any:
+        """One batch; with wait=False MLflow's async queue writes it and this returns its future."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         batch = [Metric(k, float(v), ts, step) for k, v in values.items() if _numeric(v)]
-        self.client.log_batch(run_id, metrics=batch)
+        return self.client.log_batch(run_id, metrics=batch, synchronous=wait)
 
     def last_step(self, run_id: str) -> int:
         history = self.client.get_metric_history(run_id, M.ENV_STEPS)
@@ -153,7 +155,7 @@ class MlflowCallback(tune.Callback):
     """Logs every trial of one Tune run (a sweep, or a single `train` trial) to MLflow.
 
     `sweep_name` set: a parent run for the sweep with a child per trial; None: one run, no parent.
-    `on_sweep_end(tracker, parent_run_id, trials)` writes the sweep's summary artifacts.
+    `on_sweep_end(tracker, parent_run_id, trials, runs)` writes the sweep's summary artifacts.
     """
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | None, run_dir: str,
@@ -172,12 +174,14 @@ class MlflowCallback(tune.Callback):
         self._tracker: Tracker | None = None
         self.parent_run_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id
+        self._pending: dict[str, list[Any]] = {}  # trial id -> metric batches still being written
         self._last_step: dict[str, int] = {}
         self._best: dict[str, float] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the run config
         state = self.__dict__.copy()
-        for k in ("_tracker", "parent_run_id", "runs", "_last_step", "_best", "logging_s", "logged_iterations"):
+        for k in ("_tracker", "parent_run_id", "runs", "_pending", "_last_step", "_best", "logging_s",
+                  "logged_iterations"):
             state.pop(k)
         return state
 
@@ -233,6 +237,9 @@ class MlflowCallback(tune.Callback):
             t.client.update_run(run_id, status="RUNNING")
             t.set_status(run_id, "running")
             self._last_step[tid] = t.last_step(run_id)
+            best = t.client.get_run(run_id).data.tags.get(TAG_BEST_SCORE)
+            if best is not None:
+                self._best[tid] = float(best)
         else:
             config = run_config_dict(trial.config)
             tags = {TAG_KIND: kind, TAG_DIR: self.run_dir, TAG_TRIAL: tid, TAG_SEED: str(config["seed"]),
@@ -255,7 +262,10 @@ class MlflowCallback(tune.Callback):
         step = int(result.get(M.ENV_STEPS, 0))
         if step <= self._last_step[trial.trial_id]:
             return  # an iteration replayed from an older checkpoint: already logged
-        self.tracker.log_metrics(run_id, {k: v for k, v in result.items() if k in M.REPORTED}, step)
+        # Tune schedules the trial's next step only once every callback has returned: the batch is
+        # queued (MLflow's async logging) and waited for before the run's status changes.
+        op = self.tracker.log_metrics(run_id, {k: v for k, v in result.items() if k in M.REPORTED}, step, wait=False)
+        self._pending.setdefault(trial.trial_id, []).append(op)
         self._last_step[trial.trial_id] = step
         self.logging_s += time.perf_counter() - t0
         self.logged_iterations += 1
@@ -267,25 +277,37 @@ class MlflowCallback(tune.Callback):
         best = self._best.get(trial.trial_id)
         if not math.isnan(score) and (best is None or (score > best if self.mode == "max" else score < best)):
             self._best[trial.trial_id] = score
-            self.tracker.client.log_artifacts(self.run_for(trial), checkpoint.path, "checkpoints/best")
+            run_id = self.run_for(trial)
+            self.tracker.client.log_artifacts(run_id, checkpoint.path, "checkpoints/best")
+            self.tracker.client.set_tag(run_id, TAG_BEST_SCORE, repr(score))
+
+    def _flush(self, trial_id: str) -> None:
+        for op in self._pending.pop(trial_id, []):
+            if op is not None:
+                op.wait()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_for(trial)
+        self._flush(trial.trial_id)
         if self.log_checkpoints and trial.checkpoint is not None:
             self.tracker.client.log_artifacts(run_id, trial.checkpoint.path, "checkpoints/final")
         reason = self.stop_reason(trial.last_result or {})
         if reason:
             self.tracker.set_status(run_id, "finished", reason, "FINISHED")
         else:
-            self.tracker.set_status(run_id, "stopped early", "the scheduler stopped it", "FINISHED")
+            self.tracker.set_status(run_id, "stopped early", "stopped before its stop criteria, by the scheduler "
+                                    "or the sweep's time budget", "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_for(trial)
+        self._flush(trial.trial_id)
         err = trial.get_error() if hasattr(trial, "get_error") else None
         reason = str(err).strip().splitlines()[-1] if err and str(err).strip() else "see the trial's error file"
         self.tracker.set_status(run_id, "error", reason, "FAILED")
 
     def on_experiment_end(self, trials, **info) -> None:
+        for trial_id in list(self._pending):
+            self._flush(trial_id)
         unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
         for trial in unfinished:  # interrupted: `rlsweep resume` picks these runs up again
             if trial.trial_id in self.runs:
@@ -299,6 +321,9 @@ class MlflowCallback(tune.Callback):
             self.tracker.log_metrics(self.parent_run_id, {
                 "tracking_ms_per_iteration": 1000 * self.logging_s / self.logged_iterations,
                 "tracking_s": self.logging_s}, step=0)
-        if self.on_sweep_end is not None:
-            self.on_sweep_end(self.tracker, self.parent_run_id, trials, dict(self.runs))
+        if self.on_sweep_end is not None:  # trials finished before a resume are not in self.runs
+            kind = {TAG_KIND: "trial", TAG_DIR: self.run_dir}
+            runs = {t.trial_id: self.runs.get(t.trial_id) or self.tracker.find(**kind, **{TAG_TRIAL: t.trial_id})
+                    for t in trials}
+            self.on_sweep_end(self.tracker, self.parent_run_id, trials, runs)
         self.tracker.set_status(self.parent_run_id, "finished", None, "FINISHED")

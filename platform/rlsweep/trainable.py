@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,8 +21,6 @@ from rlsweep.rollout import Evaluator, Sampler, remote_evaluator, remote_sampler
 
 if TYPE_CHECKING:
     from rlsweep.ppo import Learner
-
-EPISODE_WINDOW = 100
 
 
 def resource_request(cfg: ExperimentConfig) -> tune.PlacementGroupFactory:
@@ -69,8 +66,8 @@ class PPOTrainable(tune.Trainable):
         self.env_steps = 0
         self.episodes = 0
         self.iterations = 0
-        self.recent_returns: deque[float] = deque(maxlen=EPISODE_WINDOW)
-        self.recent_lengths: deque[int] = deque(maxlen=EPISODE_WINDOW)
+        # means over the episodes that ended in the latest iteration that ended any (RLlib's sense)
+        self.episode_means = {M.EPISODE_RETURN_MEAN: math.nan, M.EPISODE_LENGTH_MEAN: math.nan}
         self.last_eval = {M.EVAL_RETURN_MEAN: math.nan, M.EVAL_RETURN_STD: math.nan, M.EVAL_LENGTH_MEAN: math.nan}
         self.last_rollout_pids: list[int] = []
         if restore_from is not None:
@@ -114,12 +111,15 @@ class PPOTrainable(tune.Trainable):
         self.iterations += 1
         self.env_steps += cfg.ppo.train_batch_size
         self.last_rollout_pids = [r.pid for r in rollouts]
-        for r in rollouts:
-            self.episodes += len(r.episode_returns)
-            self.recent_returns.extend(r.episode_returns)
-            self.recent_lengths.extend(r.episode_lengths)
+        returns = [x for r in rollouts for x in r.episode_returns]
+        if returns:
+            self.episodes += len(returns)
+            self.episode_means = {
+                M.EPISODE_RETURN_MEAN: float(np.mean(returns)),
+                M.EPISODE_LENGTH_MEAN: float(np.mean([x for r in rollouts for x in r.episode_lengths])),
+            }
         t_eval = 0.0
-        if self.iterations % cfg.evaluation.interval == 0:
+        if cfg.evaluation.interval and self.iterations % cfg.evaluation.interval == 0:
             t3 = time.perf_counter()
             self.last_eval = self._evaluate()
             t_eval = time.perf_counter() - t3
@@ -127,8 +127,7 @@ class PPOTrainable(tune.Trainable):
         return {
             M.ENV_STEPS: self.env_steps,
             M.EPISODES: self.episodes,
-            M.EPISODE_RETURN_MEAN: float(np.mean(self.recent_returns)) if self.recent_returns else math.nan,
-            M.EPISODE_LENGTH_MEAN: float(np.mean(self.recent_lengths)) if self.recent_lengths else math.nan,
+            **self.episode_means,
             **self.last_eval,
             **stats,
             M.TIME_SAMPLE_S: t1 - t0,
@@ -150,8 +149,7 @@ class PPOTrainable(tune.Trainable):
             "iterations": self.iterations,
             "env_steps": self.env_steps,
             "episodes": self.episodes,
-            "recent_returns": list(self.recent_returns),
-            "recent_lengths": list(self.recent_lengths),
+            "episode_means": self.episode_means,
             "last_eval": self.last_eval,
             "obs_stats": None if self.obs_stats is None else self.obs_stats.to_dict(),
             "learner_rng": self.learner.rng_state(),
@@ -171,8 +169,7 @@ class PPOTrainable(tune.Trainable):
         self.iterations = state["iterations"]
         self.env_steps = state["env_steps"]
         self.episodes = state["episodes"]
-        self.recent_returns = deque(state["recent_returns"], maxlen=EPISODE_WINDOW)
-        self.recent_lengths = deque(state["recent_lengths"], maxlen=EPISODE_WINDOW)
+        self.episode_means = state["episode_means"]
         self.last_eval = state["last_eval"]
         if state["obs_stats"] is not None and self.obs_stats is not None:
             self.obs_stats = RunningMeanStd.from_dict(state["obs_stats"])

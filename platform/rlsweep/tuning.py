@@ -105,6 +105,10 @@ class ProgressLine(tune.Callback):
         return (f"trials {done}/{self.sweep_trials} done, {running} running | best {self.metric} so far {best} | "
                 f"{time.monotonic() - self._start:6.1f} s")
 
+    def setup(self, **info) -> None:  # also on resume: time from this process's start of the run
+        self._start = time.monotonic()
+        self._last = 0.0
+
     def _show(self, text: str, force: bool = False) -> None:
         if sys.stderr.isatty():
             print("\r" + text, end="", file=sys.stderr, flush=True)
