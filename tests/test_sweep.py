@@ -275,6 +275,8 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     (None, ["--set", "tracking.local_dir={tmp}/no/such/folder"], "does not exist"),
     (None, ["--set", "tracking.uri=http://127.0.0.1:9"], "cannot be reached"),
     (None, ["--set", "sweep.metric=accuracy"], "unknown metric 'accuracy'"),
+    (lambda t: (t / "not-a-db").write_text("hello"), ["--set", "tracking.uri=sqlite:///{tmp}/not-a-db"],
+     "is not an SQLite database"),
 ])
 def test_bad_sweep_input_exits_2_and_creates_nothing(tmp_path, setup, args, fragment):
     exp = experiment(tmp_path)

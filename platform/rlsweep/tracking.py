@@ -52,7 +52,11 @@ def local_artifact_root(uri: str, cfg: ExperimentConfig) -> str | None:
 
 
 def check_store(uri: str) -> None:
-    """Open the store once, before Ray starts; a ConfigError says why it cannot be used."""
+    """Check the store before Ray starts; a ConfigError says why it cannot be used.
+
+    SQLite files and HTTP servers are checked without importing MLflow (two seconds that the driver
+    otherwise spends while Ray starts); other stores are opened with an MLflow client.
+    """
     if uri.startswith(("http://", "https://")):
         import urllib.error
         import urllib.request
@@ -66,10 +70,16 @@ def check_store(uri: str) -> None:
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.parent.is_dir():
             raise ConfigError(f"tracking store {uri}: folder {path.parent} does not exist")
-        if path.exists() and not os.access(path, os.W_OK):
-            raise ConfigError(f"tracking store {uri}: {path} is not writable")
-        if not os.access(path.parent, os.W_OK):
+        if path.exists():
+            if not os.access(path, os.R_OK | os.W_OK):
+                raise ConfigError(f"tracking store {uri}: {path} is not readable and writable")
+            with open(path, "rb") as f:
+                header = f.read(16)
+            if header and header != b"SQLite format 3\x00":
+                raise ConfigError(f"tracking store {uri}: {path} is not an SQLite database")
+        elif not os.access(path.parent, os.W_OK):
             raise ConfigError(f"tracking store {uri}: folder {path.parent} is not writable")
+        return
     from mlflow.tracking import MlflowClient
 
     try:
