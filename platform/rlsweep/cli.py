@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlsweep.config import ConfigError, ExperimentConfig, load_experiment
+from rlsweep.config import ConfigError, ExperimentConfig, flatten, load_experiment
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -191,7 +191,7 @@ def _sweep_outcome(results, directory: Path) -> int:
     if best is None or best.metrics is None:
         print("no trial reported the metric; nothing to recommend")
         return 1
-    flat = {k: v for k, v in _flatten(best.config).items() if k in meta["params"]}
+    flat = {k: v for k, v in flatten(best.config).items() if k in meta["params"]}
     exp = meta["experiment"]
     tracker = Tracker(meta["tracking_uri"], exp["tracking"]["experiment"] or exp["name"], None)
     run_id = tracker.find(**{TAG_KIND: "trial", TAG_DIR: str(directory), TAG_TRIAL: best.metrics["trial_id"]})
@@ -202,12 +202,6 @@ def _sweep_outcome(results, directory: Path) -> int:
     print(f"mlflow run:  {run_id} (experiment {exp['tracking']['experiment'] or exp['name']}, {meta['tracking_uri']})")
     print(f"next: rlsweep best {directory} -o best.yaml   |   rlsweep ui   (compare the runs in MLflow)")
     return 0
-
-
-def _flatten(d: dict) -> dict:
-    from rlsweep.config import flatten
-
-    return flatten(d)
 
 
 def cmd_best(args: argparse.Namespace) -> int:

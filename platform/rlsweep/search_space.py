@@ -130,9 +130,6 @@ class SearchSpace:
     def suggest(self, trial: Any) -> dict[str, Any]:
         return {name.replace(".", NESTING): dist.suggest(trial, name) for name, dist in self.params.items()}
 
-    def __len__(self) -> int:
-        return len(self.params)
-
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
