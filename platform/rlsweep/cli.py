@@ -207,9 +207,7 @@ def _sweep_outcome(results, directory: Path) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     import json
 
-    import yaml
-
-    from rlsweep.report import best_experiment, rank
+    from rlsweep.report import best_config_yaml, rank
     from rlsweep.sweep import find_sweep, read_meta
 
     directory = find_sweep(args.sweep, args.results_dir)
@@ -228,8 +226,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     if not ranked:
         raise ConfigError(f"sweep {directory}: no trial has reported {meta['metric']} yet")
     top = ranked[0]
-    text = (f"# best trial {top['trial_id']} of sweep {meta['name']}: {meta['metric']} = {top[meta['metric']]}\n"
-            + yaml.safe_dump(best_experiment(top["config"], f"{meta['name']}-best"), sort_keys=False))
+    text = best_config_yaml(top, meta["name"], meta["metric"])
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output} (trial {top['trial_id']}, {meta['metric']} = {_fmt(top[meta['metric']])}); "

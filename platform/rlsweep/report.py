@@ -27,11 +27,12 @@ def rank(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, A
     return sorted(scored, key=lambda r: r[metric], reverse=(mode == "max"))
 
 
-def best_experiment(config: dict[str, Any], name: str) -> dict[str, Any]:
-    """A trial's config as an experiment file `rlsweep train` runs as is."""
-    exp = run_config_dict(config)
-    exp["name"] = name
-    return exp
+def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
+    """The best trial's config (a ranked row) as an experiment file `rlsweep train` runs as is."""
+    exp = run_config_dict(row["config"])
+    exp["name"] = f"{sweep}-best"
+    return (f"# best trial {row['trial_id']} of sweep {sweep}: {metric} = {row[metric]}\n"
+            + yaml.safe_dump(exp, sort_keys=False))
 
 
 def sweep_summary(tracker: Tracker, parent_run_id: str, trials: list[Any], runs: dict[str, str], *,
@@ -61,10 +62,7 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, trials: list[Any], runs:
             for row in rows:
                 w.writerow({k: v for k, v in row.items() if k != "config"})
         if ranked:
-            (out / "best_config.yaml").write_text(
-                f"# best trial {ranked[0]['trial_id']} of sweep {name}: {metric} = {ranked[0][metric]}\n"
-                + yaml.safe_dump(best_experiment(ranked[0]["config"], f"{name}-best"), sort_keys=False)
-            )
+            (out / "best_config.yaml").write_text(best_config_yaml(ranked[0], name, metric))
         _plot_history(rows, metric, mode, out / "optimization_history.png")
         _plot_importance(load_study(*study) if study else None, out / "param_importance.png")
         _plot_curves(tracker, ranked[:TOP_CURVES], metric, out / "learning_curves.png")
