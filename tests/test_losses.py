@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlsweep.losses import ppo_loss
+from rlsweep.losses import policy_shift, ppo_loss
 
 
 def example(vf_clip):
@@ -25,9 +25,13 @@ def test_policy_loss_takes_the_pessimistic_side_of_the_clip():
     t = example(vf_clip=None)
     # sample 0: ratio 1.1 inside the clip -> -1.1; sample 1: A<0, ratio 1.5 -> max(1.5, 1.2) = 1.5
     assert t.policy_loss.item() == pytest.approx(0.2, abs=1e-6)
-    assert t.clip_fraction.item() == pytest.approx(0.5)
-    assert t.approx_kl.item() == pytest.approx(((0.1 - math.log(1.1)) + (0.5 - math.log(1.5))) / 2, rel=1e-5)
     assert t.entropy.item() == pytest.approx(0.6)
+
+
+def test_policy_shift_counts_clipped_ratios_and_estimates_kl():
+    shift = policy_shift(torch.tensor([math.log(1.1), math.log(1.5)]), torch.zeros(2), clip=0.2)
+    assert shift.clip_fraction.item() == pytest.approx(0.5)
+    assert shift.approx_kl.item() == pytest.approx(((0.1 - math.log(1.1)) + (0.5 - math.log(1.5))) / 2, rel=1e-5)
 
 
 def test_value_loss_unclipped_and_clipped():

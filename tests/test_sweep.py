@@ -168,7 +168,10 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
 
 def _sweep_process(exp, space, name):
     return subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "sweep", str(exp), "--space", str(space),
-                             "--name", name, "--set", "checkpoint_frequency=3", "--set", "ppo.num_epochs=6"],
+                             "--name", name, "--set", "checkpoint_frequency=3",
+                             # iterations of ~0.5 s: the tracker writes metrics at checkpoints and at
+                             # least every second, and the watcher must see a trial between two of them
+                             "--set", "ppo.num_epochs=30", "--set", "ppo.minibatch_size=32"],
                             cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True,
                             # niced, so that on 2 cores the test's watcher sees every iteration land

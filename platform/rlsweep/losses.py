@@ -1,4 +1,4 @@
-"""The clipped PPO objective as a pure function of tensors."""
+"""The clipped PPO objective, and how far an update moved the policy, as pure functions of tensors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ class LossTerms(NamedTuple):
     policy_loss: torch.Tensor
     value_loss: torch.Tensor
     entropy: torch.Tensor
-    approx_kl: torch.Tensor  # http://joschu.net/blog/kl-approx.html, k3 estimator
-    clip_fraction: torch.Tensor
+
+
+class PolicyShift(NamedTuple):
+    approx_kl: torch.Tensor  # http://joschu.net/blog/kl-approx.html, k3 estimator of KL(old || new)
+    clip_fraction: torch.Tensor  # share of samples whose ratio left [1 - clip, 1 + clip]
 
 
 def ppo_loss(
@@ -29,8 +32,7 @@ def ppo_loss(
     vf_coef: float,
     ent_coef: float,
 ) -> LossTerms:
-    log_ratio = new_logp - old_logp
-    ratio = log_ratio.exp()
+    ratio = (new_logp - old_logp).exp()
     policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
 
     if vf_clip is None:
@@ -41,7 +43,11 @@ def ppo_loss(
 
     entropy_mean = entropy.mean()
     loss = policy_loss + vf_coef * value_loss - ent_coef * entropy_mean
-    with torch.no_grad():
-        approx_kl = ((ratio - 1) - log_ratio).mean()
-        clip_fraction = ((ratio - 1).abs() > clip).float().mean()
-    return LossTerms(loss, policy_loss, value_loss, entropy_mean, approx_kl, clip_fraction)
+    return LossTerms(loss, policy_loss, value_loss, entropy_mean)
+
+
+@torch.no_grad()
+def policy_shift(new_logp: torch.Tensor, old_logp: torch.Tensor, clip: float) -> PolicyShift:
+    log_ratio = new_logp - old_logp
+    ratio = log_ratio.exp()
+    return PolicyShift(((ratio - 1) - log_ratio).mean(), ((ratio - 1).abs() > clip).float().mean())

@@ -7,10 +7,11 @@ EPISODE_LENGTH_MEAN = "episode_length_mean"  # likewise, their mean length
 EVAL_RETURN_MEAN = "eval_return_mean"  # deterministic evaluation: mean return (latest evaluation)
 EVAL_RETURN_STD = "eval_return_std"
 EVAL_LENGTH_MEAN = "eval_length_mean"
-POLICY_LOSS = "policy_loss"  # clipped surrogate loss, mean over minibatches
+# The loss terms and the policy shift are of the updated policy on the whole batch, after the epochs.
+POLICY_LOSS = "policy_loss"  # clipped surrogate loss
 VALUE_LOSS = "value_loss"
 ENTROPY = "entropy"
-APPROX_KL = "approx_kl"  # mean k3 estimate of KL(old || new) over minibatches
+APPROX_KL = "approx_kl"  # k3 estimate of KL(old || new)
 CLIP_FRACTION = "clip_fraction"  # share of samples whose ratio left [1-clip, 1+clip]
 EXPLAINED_VARIANCE = "explained_variance"  # of the returns by the values the rollout used
 GRAD_NORM = "grad_norm"  # global gradient norm before clipping, mean over minibatches

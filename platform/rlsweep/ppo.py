@@ -7,14 +7,13 @@ import io
 import numpy as np
 import torch
 
+from rlsweep.adam import FlatAdam
 from rlsweep.batch import TrainBatch, explained_variance
 from rlsweep.config import PolicyConfig, PPOConfig
 from rlsweep.envs import SpaceInfo
-from rlsweep.losses import ppo_loss
+from rlsweep.losses import policy_shift, ppo_loss
 from rlsweep.networks import ActorCritic
 from rlsweep.policy import Weights
-
-_STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
 
 
 class Learner:
@@ -25,8 +24,18 @@ class Learner:
         self.device = torch.device(device)
         torch.manual_seed(seed)
         self.net = ActorCritic(space, policy).to(self.device)
-        self.params = list(self.net.parameters())  # walked every minibatch: look it up once
-        self.optimizer = torch.optim.Adam(self.params, lr=ppo.lr, eps=ppo.adam_eps, fused=True)
+        # every parameter is a view into one flat tensor and every gradient into another, so that
+        # zeroing, clipping and the Adam step are a few tensor ops each (see adam.py)
+        params = list(self.net.parameters())
+        self.flat = torch.cat([p.detach().reshape(-1) for p in params])
+        self.grad = torch.zeros_like(self.flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.data = self.flat[offset : offset + n].view_as(p)
+            p.grad = self.grad[offset : offset + n].view_as(p)  # backward accumulates into it in place
+            offset += n
+        self.adam = FlatAdam(self.flat, eps=ppo.adam_eps)
         self.rng = np.random.default_rng([seed, 0x1EA7])
 
     def weights(self) -> Weights:
@@ -34,53 +43,65 @@ class Learner:
 
     def update(self, batch: TrainBatch, lr: float) -> dict[str, float]:
         cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        data = [torch.as_tensor(v, device=self.device) for v in batch]
-        n = len(batch.obs)
-        bounds = np.linspace(0, n, cfg.num_minibatches + 1).astype(int)
-        rows = []
-        epochs = 0
+        obs, actions, old_logp, old_values, advantages, returns = (torch.as_tensor(v, device=self.device)
+                                                                    for v in batch)
+        data = (obs, actions, old_logp, old_values, advantages, returns)
+        n = len(obs)
+        bounds = np.linspace(0, n, cfg.num_minibatches + 1).astype(int).tolist()
+        grad_norm_sum = torch.zeros((), device=self.device)
+        epochs = steps = 0
         for _ in range(cfg.num_epochs):
             epochs += 1
             # one shuffle per epoch; minibatches are then contiguous slices (views, no gathers)
             perm = torch.as_tensor(self.rng.permutation(n), device=self.device)
-            obs, actions, old_logp, old_values, advantages, returns = (x[perm] for x in data)
-            epoch_rows = []
+            mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret = (x[perm] for x in data)
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-                logp, entropy, values = self.net.evaluate(obs[lo:hi], actions[lo:hi])
-                adv = advantages[lo:hi]
+                logp, entropy, values = self.net.evaluate(mb_obs[lo:hi], mb_act[lo:hi])
+                adv = mb_adv[lo:hi]
                 if cfg.normalize_advantages and hi - lo > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
                 terms = ppo_loss(
-                    logp, old_logp[lo:hi], adv, values, old_values[lo:hi], returns[lo:hi], entropy,
+                    logp, mb_logp[lo:hi], adv, values, mb_val[lo:hi], mb_ret[lo:hi], entropy,
                     clip=cfg.clip, vf_clip=cfg.vf_clip, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
                 )
-                self.optimizer.zero_grad(set_to_none=True)
+                self.grad.zero_()
                 terms.loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
-                self.optimizer.step()
-                epoch_rows.append(torch.stack([
-                    terms.policy_loss.detach(), terms.value_loss.detach(), terms.entropy.detach(),
-                    terms.approx_kl, terms.clip_fraction, grad_norm.detach(),
-                ]))
-            epoch = torch.stack(epoch_rows)
-            rows.append(epoch)
-            if cfg.target_kl is not None and epoch[:, _STATS.index("approx_kl")].mean().item() > cfg.target_kl:
+                grad_norm = torch.linalg.vector_norm(self.grad)
+                self.grad.mul_(torch.clamp(cfg.max_grad_norm / (grad_norm + 1e-6), max=1.0))
+                self.adam.step(self.grad, lr)
+                grad_norm_sum += grad_norm
+                steps += 1
+            if cfg.target_kl is not None and self._diagnostics(data)["approx_kl"] > cfg.target_kl:
                 break
-        means = torch.cat(rows).mean(dim=0).cpu()
-        stats = dict(zip(_STATS, means.tolist(), strict=True))
+        stats = self._diagnostics(data)
+        stats["grad_norm"] = grad_norm_sum.item() / steps
         stats["explained_variance"] = explained_variance(batch.values, batch.returns)
         stats["lr"] = lr
         stats["update_epochs"] = epochs
         return stats
+
+    @torch.no_grad()
+    def _diagnostics(self, data: tuple[torch.Tensor, ...]) -> dict[str, float]:
+        """The loss terms and the policy shift of the current parameters on the whole batch: one
+        forward pass per update, rather than a handful of extra ops in every minibatch step."""
+        obs, actions, old_logp, old_values, advantages, returns = data
+        logp, entropy, values = self.net.evaluate(obs, actions)
+        cfg = self.cfg
+        if cfg.normalize_advantages and len(advantages) > 1:  # over the batch here, not per minibatch
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        terms = ppo_loss(logp, old_logp, advantages, values, old_values, returns, entropy,
+                         clip=cfg.clip, vf_clip=cfg.vf_clip, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef)
+        shift = policy_shift(logp, old_logp, cfg.clip)
+        row = torch.stack([terms.policy_loss, terms.value_loss, terms.entropy, shift.approx_kl,
+                           shift.clip_fraction]).tolist()
+        return dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), row, strict=True))
 
     # -- checkpoint state: tensors only, loadable with weights_only=True --------------------------
 
     def state_bytes(self) -> bytes:
         buf = io.BytesIO()
         torch.save(
-            {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+            {"model": self.net.state_dict(), "optimizer": self.adam.state_dict(),
              "torch_rng": torch.get_rng_state()},
             buf,
         )
@@ -91,7 +112,7 @@ class Learner:
         # copied to the learner's device by load_state_dict
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.adam.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
 
     def rng_state(self) -> dict:

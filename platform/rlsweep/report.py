@@ -35,6 +35,13 @@ def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
             + yaml.safe_dump(exp, sort_keys=False))
 
 
+def warm_up() -> None:
+    """Import what the summary needs (matplotlib; Optuna's fANOVA pulls in scikit-learn: seconds),
+    so that the tracker can do it on its writer thread while the trials run, not after them."""
+    _figure_module()
+    import optuna.importance  # noqa: F401
+
+
 def sweep_summary(tracker: Tracker, parent_run_id: str, trials: list[Any], runs: dict[str, str], *,
                   metric: str, mode: str, params: list[str], name: str,
                   study: tuple[str, str] | None = None) -> dict[str, Any] | None:
@@ -86,12 +93,17 @@ def load_study(storage: str, name: str) -> Any:
         return None
 
 
-def _figure():
+def _figure_module() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure():
+    plt = _figure_module()
     return plt, *plt.subplots(figsize=(8, 4.5), dpi=100)
 
 

@@ -154,29 +154,30 @@ def run_sweep(p: SweepPlan) -> Any:
         "params": list(p.space.params), "tracking_uri": p.tracking_uri, "study_storage": p.study_storage,
         "metric": s.metric, "mode": s.mode, "trials": s.trials, "time_budget_s": s.time_budget_s,
     }, indent=2))
-    tuning.init_ray()
     searcher = _searcher_class()(
         space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),
         study_name=p.name, storage=optuna.storages.RDBStorage(p.study_storage),
     )
-    concurrent = max_concurrent(cfg)
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr=M.ENV_STEPS, metric=s.metric, mode=s.mode, max_t=cfg.stop.env_steps,
                                   grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
         scheduler = FIFOScheduler()
     stopper = tuning.TrialStopper(cfg.stop)
+    sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
+                    "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
     tracker = MlflowCallback(
         uri=p.tracking_uri, experiment=p.mlflow_experiment, artifact_root=p.artifact_root,
         run_dir=str(p.directory), sweep_name=p.name, metric=s.metric, mode=s.mode, stop_reason=stopper.reason,
-        log_checkpoints=cfg.tracking.log_checkpoints,
-        sweep_params={"search_space": p.space.source, "trials": s.trials, "max_concurrent": concurrent,
-                      "sampler": s.sampler, "sampler_seed": s.seed, "scheduler": s.scheduler,
-                      "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)},
+        log_checkpoints=cfg.tracking.log_checkpoints, sweep_params=sweep_params,
         on_sweep_end=functools.partial(report.sweep_summary, metric=s.metric, mode=s.mode,
                                        params=list(p.space.params), name=p.name,
                                        study=(p.study_storage, p.name)),
+        warm_up=report.warm_up,
     )
+    tuning.init_ray(tracker.open)
+    concurrent = max_concurrent(cfg)
+    sweep_params["max_concurrent"] = concurrent
     tuner = tune.Tuner(
         tuning.trainable_for(),
         param_space=cfg.model_dump(mode="json"),

@@ -12,9 +12,12 @@ the child's own history, so nothing is logged twice and no run is duplicated.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import queue
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -126,13 +129,11 @@ class Tracker:
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def log_metrics(self, run_id: str, values: dict[str, Any], step: int, wait: bool = True) -> Any:
-        """One batch; with wait=False MLflow's async queue writes it and this returns its future."""
+    def log_metrics(self, run_id: str, values: dict[str, Any], step: int) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step) for k, v in values.items() if _numeric(v)]
-        return self.client.log_batch(run_id, metrics=batch, synchronous=wait)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in values.items() if _numeric(v)])
 
     def last_step(self, run_id: str) -> int:
         history = self.client.get_metric_history(run_id, M.ENV_STEPS)
@@ -161,37 +162,113 @@ def run_config_dict(config: dict[str, Any]) -> dict[str, Any]:
 # The Tune callback
 
 
+class _Writer:
+    """One thread that makes the callback's MLflow calls, in the order they were submitted.
+
+    Tune runs the next step of a trial only after every callback has returned, so MLflow calls made
+    in the hooks would stall the trials (a run status change alone waits ~1 s for MLflow's own async
+    queue to stop). Here the hooks only queue work. Metric rows wait in `pending` and are written in
+    one batch per run by whichever flush reaches them first. The first error is raised again in the
+    driver at the next hook, so tracking never fails silently.
+    """
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.error: BaseException | None = None
+        self.busy_s = 0.0  # time spent in MLflow calls
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        self.check()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="rlsweep-mlflow", daemon=True)
+            self._thread.start()
+        self.queue.put((fn, args))
+
+    def barrier(self) -> None:
+        """Wait until everything submitted so far is written."""
+        if self._thread is not None:
+            self.queue.join()
+        self.check()
+
+    def check(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise RuntimeError(f"MLflow tracking failed: {type(err).__name__}: {err}") from err
+
+    def _loop(self) -> None:
+        while True:
+            fn, args = self.queue.get()
+            t0 = time.perf_counter()
+            try:
+                if self.error is None:  # after a failure, drop the rest: the driver stops the run
+                    fn(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the driver thread
+                self.error = e
+            finally:
+                self.busy_s += time.perf_counter() - t0
+                self.queue.task_done()
+
+
+def _timed(hook: Any) -> Any:
+    """Adds the hook's own time to `hook_s`: how long tracking holds up Tune's loop."""
+
+    @functools.wraps(hook)
+    def timed(self: MlflowCallback, *args: Any, **kwargs: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            hook(self, *args, **kwargs)
+        finally:
+            self.hook_s += time.perf_counter() - t0
+
+    return timed
+
+
 class MlflowCallback(tune.Callback):
     """Logs every trial of one Tune run (a sweep, or a single `train` trial) to MLflow.
 
     `sweep_name` set: a parent run for the sweep with a child per trial; None: one run, no parent.
-    `on_sweep_end(tracker, parent_run_id, trials, runs)` writes the sweep's summary artifacts.
+    `on_sweep_end(tracker, parent_run_id, trials, runs)` writes the sweep's summary artifacts;
+    `warm_up()`, if given, runs on a thread of its own once the first trial ends (to prepare
+    on_sweep_end while the other trials run, and not while the first ones start).
+    The hooks hand their MLflow calls to one writer thread; a checkpoint waits until every metric of
+    the iterations before it is written, so a resume from that checkpoint leaves no gap.
     """
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | None, run_dir: str,
                  sweep_name: str | None, metric: str, mode: str, stop_reason: Any,
                  log_checkpoints: bool = True, sweep_params: dict[str, Any] | None = None,
-                 on_sweep_end: Any = None):
+                 on_sweep_end: Any = None, warm_up: Any = None):
         self.uri, self.experiment, self.artifact_root = uri, experiment, artifact_root
         self.run_dir, self.sweep_name = run_dir, sweep_name
         self.metric, self.mode, self.stop_reason = metric, mode, stop_reason
         self.log_checkpoints, self.sweep_params, self.on_sweep_end = log_checkpoints, sweep_params or {}, on_sweep_end
+        self.warm_up = warm_up
         self._reset()
 
+    FLUSH_S = 1.0  # a trial's metric rows are written at least this often (and at its checkpoints and end)
+
+    _TRANSIENT = ("_tracker", "_writer", "_lock", "parent_run_id", "runs", "_opened", "_metrics", "_flushed_at",
+                  "_logged_step", "_best", "hook_s", "logged_iterations", "_warming")
+
     def _reset(self) -> None:
-        self.logging_s = 0.0  # driver time spent logging iterations (it delays the trial's next step)
+        self.hook_s = 0.0  # driver time in the trial hooks
+        self._warming = False
         self.logged_iterations = 0
         self._tracker: Tracker | None = None
+        self._writer = _Writer()
+        self._lock = threading.Lock()
         self.parent_run_id: str | None = None
-        self.runs: dict[str, str] = {}  # trial id -> run id
-        self._pending: dict[str, list[Any]] = {}  # trial id -> metric batches still being written
-        self._last_step: dict[str, int] = {}
+        self.runs: dict[str, str] = {}  # trial id -> run id (filled in by the writer)
+        self._opened: set[str] = set()  # trials whose run the driver has asked for
+        self._metrics: dict[str, list[tuple[int, list[Any]]]] = {}  # trial id -> (step, rows) not yet written
+        self._flushed_at: dict[str, float] = {}  # trial id -> when its rows were last handed to the writer
+        self._logged_step: dict[str, int] = {}  # trial id -> last env step in its run's history
         self._best: dict[str, float] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the run config
         state = self.__dict__.copy()
-        for k in ("_tracker", "parent_run_id", "runs", "_pending", "_last_step", "_best", "logging_s",
-                  "logged_iterations"):
+        for k in self._TRANSIENT:
             state.pop(k)
         return state
 
@@ -205,7 +282,21 @@ class MlflowCallback(tune.Callback):
             self._tracker = Tracker(self.uri, self.experiment, self.artifact_root)
         return self._tracker
 
-    # -- runs ----------------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the store now (a new SQLite store creates its tables: seconds), e.g. while Ray starts.
+        A failure here is raised again, with its reason, when Tune sets the callback up."""
+        if self._tracker is None:
+            try:
+                self._tracker = Tracker(self.uri, self.experiment, self.artifact_root)
+            except Exception:  # noqa: BLE001, S110
+                pass
+
+    @property
+    def tracking_s(self) -> float:
+        """Time MLflow cost the trials: the writer's calls plus the hooks' own time."""
+        return self._writer.busy_s + self.hook_s
+
+    # -- runs (called on the writer thread, except setup) ------------------------------------------
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
         if self.sweep_name is None:
@@ -231,27 +322,25 @@ class MlflowCallback(tune.Callback):
                 return run.info.run_id
         return None
 
-    def run_for(self, trial: Any, trials: list[Any] | None = None) -> str:
-        tid = trial.trial_id
-        if tid in self.runs:
-            return self.runs[tid]
+    def _open_run(self, tid: str, trial_config: dict[str, Any], known: set[str]) -> None:
+        """The trial's run: found again after a resume (or adopted from a crash), else created."""
         t = self.tracker
         kind = "trial" if self.sweep_name else "train"
+        config = run_config_dict(trial_config)
         run_id = t.find(**{TAG_KIND: kind, TAG_DIR: self.run_dir, TAG_TRIAL: tid})
-        if run_id is None and self.sweep_name and trials is not None:
-            run_id = self._orphan(run_config_dict(trial.config), {x.trial_id for x in trials})
+        if run_id is None and self.sweep_name:
+            run_id = self._orphan(config, known)
             if run_id is not None:  # the same Optuna trial, replayed from scratch under a new Tune id
                 t.client.set_tag(run_id, "rlsweep.replaces_trial_id", t.client.get_run(run_id).data.tags[TAG_TRIAL])
                 t.client.set_tag(run_id, TAG_TRIAL, tid)
         if run_id is not None:  # resumed: carry on where its history ends
             t.client.update_run(run_id, status="RUNNING")
             t.set_status(run_id, "running")
-            self._last_step[tid] = t.last_step(run_id)
+            self._logged_step[tid] = t.last_step(run_id)
             best = t.client.get_run(run_id).data.tags.get(TAG_BEST_SCORE)
             if best is not None:
                 self._best[tid] = float(best)
         else:
-            config = run_config_dict(trial.config)
             tags = {TAG_KIND: kind, TAG_DIR: self.run_dir, TAG_TRIAL: tid, TAG_SEED: str(config["seed"]),
                     TAG_STATUS: "running"}
             if self.parent_run_id:
@@ -259,68 +348,101 @@ class MlflowCallback(tune.Callback):
             run_id = t.start(tid if self.sweep_name else config["name"], tags)
             t.log_params(run_id, flatten(config))
             t.log_yaml(run_id, config, "config.yaml")
-            self._last_step[tid] = -1
+            self._logged_step[tid] = -1
         self.runs[tid] = run_id
-        return run_id
 
+    def _write_metrics(self, tid: str) -> None:
+        with self._lock:
+            queued, self._metrics[tid] = self._metrics.get(tid, []), []
+        rows = []
+        for step, metrics in queued:
+            # after a resume, the iterations replayed from an older checkpoint are already logged
+            if step > self._logged_step[tid]:
+                rows += metrics
+                self._logged_step[tid] = step
+                self.logged_iterations += 1
+        for i in range(0, len(rows), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.tracker.client.log_batch(self.runs[tid], metrics=rows[i:i + 1000])
+
+    def _log_best(self, tid: str, path: str, score: float) -> None:
+        best = self._best.get(tid)
+        if best is None or (score > best if self.mode == "max" else score < best):
+            self._best[tid] = score
+            self.tracker.client.log_artifacts(self.runs[tid], path, "checkpoints/best")
+            self.tracker.client.set_tag(self.runs[tid], TAG_BEST_SCORE, repr(score))
+
+    def _close_run(self, tid: str, final_checkpoint: str | None, status: str, reason: str | None,
+                   mlflow_status: str) -> None:
+        self._write_metrics(tid)
+        if final_checkpoint is not None:
+            self.tracker.client.log_artifacts(self.runs[tid], final_checkpoint, "checkpoints/final")
+        self.tracker.set_status(self.runs[tid], status, reason, mlflow_status)
+
+    # -- Tune hooks (driver thread): queue the work ------------------------------------------------
+
+    def _ensure_run(self, trial: Any, trials: list[Any] | None = None) -> None:
+        tid = trial.trial_id
+        if tid not in self._opened:
+            self._opened.add(tid)
+            known = {x.trial_id for x in trials or []}
+            self._writer.submit(self._open_run, tid, dict(trial.config), known)
+
+    @_timed
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.run_for(trial, trials)
+        self._ensure_run(trial, trials)
 
+    @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        t0 = time.perf_counter()
-        run_id = self.run_for(trial)
-        step = int(result.get(M.ENV_STEPS, 0))
-        if step <= self._last_step[trial.trial_id]:
-            return  # an iteration replayed from an older checkpoint: already logged
-        # Tune schedules the trial's next step only once every callback has returned: the batch is
-        # queued (MLflow's async logging) and waited for before the run's status changes.
-        op = self.tracker.log_metrics(run_id, {k: v for k, v in result.items() if k in M.REPORTED}, step, wait=False)
-        self._pending.setdefault(trial.trial_id, []).append(op)
-        self._last_step[trial.trial_id] = step
-        self.logging_s += time.perf_counter() - t0
-        self.logged_iterations += 1
+        from mlflow.entities import Metric
 
+        self._ensure_run(trial, trials)
+        step, ts = int(result.get(M.ENV_STEPS, 0)), int(time.time() * 1000)
+        rows = [Metric(k, float(v), ts, step) for k, v in result.items() if k in M.REPORTED and _numeric(v)]
+        with self._lock:
+            self._metrics.setdefault(trial.trial_id, []).append((step, rows))
+        now = time.monotonic()
+        if now - self._flushed_at.get(trial.trial_id, 0.0) >= self.FLUSH_S:
+            self._flushed_at[trial.trial_id] = now
+            self._writer.submit(self._write_metrics, trial.trial_id)
+
+    @_timed
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-        if not self.log_checkpoints:
-            return
+        tid = trial.trial_id
         score = (trial.last_result or {}).get(self.metric, math.nan)
-        best = self._best.get(trial.trial_id)
-        if not math.isnan(score) and (best is None or (score > best if self.mode == "max" else score < best)):
-            self._best[trial.trial_id] = score
-            run_id = self.run_for(trial)
-            self.tracker.client.log_artifacts(run_id, checkpoint.path, "checkpoints/best")
-            self.tracker.client.set_tag(run_id, TAG_BEST_SCORE, repr(score))
+        self._writer.submit(self._write_metrics, tid)
+        if self.log_checkpoints and not math.isnan(score):
+            self._writer.submit(self._log_best, tid, checkpoint.path, score)
+        # Tune records this checkpoint as the trial's restore point: what came before it must be in
+        # MLflow (and the checkpoint copied before Tune may delete it) before this returns
+        self._writer.barrier()
 
-    def _flush(self, trial_id: str) -> None:
-        for op in self._pending.pop(trial_id, []):
-            if op is not None:
-                op.wait()
-
+    @_timed
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_for(trial)
-        self._flush(trial.trial_id)
-        if self.log_checkpoints and trial.checkpoint is not None:
-            self.tracker.client.log_artifacts(run_id, trial.checkpoint.path, "checkpoints/final")
+        if self.warm_up is not None and not self._warming:
+            self._warming = True
+            threading.Thread(target=self.warm_up, name="rlsweep-warm-up", daemon=True).start()
+        final = trial.checkpoint.path if self.log_checkpoints and trial.checkpoint is not None else None
         reason = self.stop_reason(trial.last_result or {})
         if reason:
-            self.tracker.set_status(run_id, "finished", reason, "FINISHED")
+            status = ("finished", reason)
         else:
-            self.tracker.set_status(run_id, "stopped early", "stopped before its stop criteria, by the scheduler "
-                                    "or the sweep's time budget", "FINISHED")
+            status = ("stopped early", "stopped before its stop criteria, by the scheduler or the sweep's time budget")
+        self._ensure_run(trial, trials)
+        self._writer.submit(self._close_run, trial.trial_id, final, *status, "FINISHED")
 
+    @_timed
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        run_id = self.run_for(trial)
-        self._flush(trial.trial_id)
         err = trial.get_error() if hasattr(trial, "get_error") else None
         reason = str(err).strip().splitlines()[-1] if err and str(err).strip() else "see the trial's error file"
-        self.tracker.set_status(run_id, "error", reason, "FAILED")
+        self._ensure_run(trial, trials)
+        self._writer.submit(self._close_run, trial.trial_id, None, "error", reason, "FAILED")
 
     def on_experiment_end(self, trials, **info) -> None:
-        for trial_id in list(self._pending):
-            self._flush(trial_id)
+        self._writer.barrier()
         unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
         for trial in unfinished:  # interrupted: `rlsweep resume` picks these runs up again
             if trial.trial_id in self.runs:
+                self._write_metrics(trial.trial_id)
                 self.tracker.set_status(self.runs[trial.trial_id], "interrupted", None, "KILLED")
         if self.parent_run_id is None:
             return
@@ -329,8 +451,9 @@ class MlflowCallback(tune.Callback):
             return
         if self.logged_iterations:
             self.tracker.log_metrics(self.parent_run_id, {
-                "tracking_ms_per_iteration": 1000 * self.logging_s / self.logged_iterations,
-                "tracking_s": self.logging_s}, step=0)
+                "tracking_ms_per_iteration": 1000 * self.tracking_s / self.logged_iterations,
+                "tracking_blocking_ms_per_iteration": 1000 * self.hook_s / self.logged_iterations,
+                "tracking_s": self.tracking_s}, step=0)
         if self.on_sweep_end is not None:  # trials finished before a resume are not in self.runs
             kind = {TAG_KIND: "trial", TAG_DIR: self.run_dir}
             runs = {t.trial_id: self.runs.get(t.trial_id) or self.tracker.find(**kind, **{TAG_TRIAL: t.trial_id})

@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,20 @@ def _warm_imports() -> None:
     usage._count_callbacks([])
 
 
-def init_ray() -> None:
-    """Start (or join, where RAY_ADDRESS says so) Ray with little noise."""
+def init_ray(*meanwhile: Callable[[], None]) -> None:
+    """Start (or join, where RAY_ADDRESS says so) Ray with little noise; `meanwhile` run on a thread
+    while it starts (ray.init mostly waits on the processes it starts)."""
     if ray.is_initialized():
+        for fn in meanwhile:
+            fn()
         return
-    warm = threading.Thread(target=_warm_imports, daemon=True)
+
+    def warm_up() -> None:
+        _warm_imports()
+        for fn in meanwhile:
+            fn()
+
+    warm = threading.Thread(target=warm_up, daemon=True)
     warm.start()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # rlsweep prints its own progress line; Tune's tables would bury it.
@@ -155,7 +165,6 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOu
     """One trial of `cfg` through a Tuner; returns its last metrics and checkpoint."""
     from rlsweep.tracking import MlflowCallback, local_artifact_root, resolve_uri
 
-    init_ray()
     storage = Path(cfg.results_dir).resolve()
     name = f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     stopper = TrialStopper(cfg.stop)
@@ -165,6 +174,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOu
         run_dir=str(storage / name), sweep_name=None, metric=cfg.sweep.metric, mode=cfg.sweep.mode,
         stop_reason=stopper.reason, log_checkpoints=cfg.tracking.log_checkpoints,
     )
+    init_ray(tracker.open)
     tuner = tune.Tuner(
         trainable_for(restore_from),
         param_space=cfg.model_dump(mode="json"),
