@@ -21,7 +21,7 @@ def test_numpy_forward_matches_torch(space, activation):
     net = ActorCritic(space, cfg)
     # perturb the last actor layer so the distribution is far from uniform
     with torch.no_grad():
-        net.actor[-1].weight.normal_()
+        net.pi_head.weight.normal_()
     pol = NumpyPolicy(space, activation)
     pol.load(net.export_weights())
     obs = np.random.default_rng(0).normal(size=(64, space.obs_dim)).astype(np.float32)
@@ -55,7 +55,9 @@ def test_box_actions_are_clipped_only_at_the_env():
 
 def test_orthogonal_init_and_small_policy_head():
     net = ActorCritic(DISCRETE, PolicyConfig(hidden_sizes=[32, 32]))
-    w_in, w_hidden = net.actor[0].weight.detach(), net.actor[2].weight.detach()  # (32, 4), (32, 32)
-    np.testing.assert_allclose((w_in.T @ w_in).numpy(), 2.0 * np.eye(4), atol=1e-4)  # gain sqrt(2)
-    np.testing.assert_allclose((w_hidden @ w_hidden.T).numpy(), 2.0 * np.eye(32), atol=1e-4)
-    assert net.actor[-1].weight.abs().max() < 0.05
+    for i in (0, 1):  # the actor's and the critic's hidden layers
+        w_in, w_hidden = net.hidden_w[0][i].detach(), net.hidden_w[1][i].detach()  # (4, 32), (32, 32)
+        np.testing.assert_allclose((w_in @ w_in.T).numpy(), 2.0 * np.eye(4), atol=1e-4)  # gain sqrt(2)
+        np.testing.assert_allclose((w_hidden.T @ w_hidden).numpy(), 2.0 * np.eye(32), atol=1e-4)
+    assert not torch.equal(net.hidden_w[1][0], net.hidden_w[1][1])  # two networks, not one
+    assert net.pi_head.weight.abs().max() < 0.05

@@ -56,7 +56,7 @@ class Learner:
             perm = torch.as_tensor(self.rng.permutation(n), device=self.device)
             mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret = (x[perm] for x in data)
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-                logp, entropy, values = self.net.evaluate(mb_obs[lo:hi], mb_act[lo:hi])
+                logp, entropy, values = self.net.evaluate(mb_obs[lo:hi], mb_act[lo:hi], cfg.ent_coef != 0)
                 adv = mb_adv[lo:hi]
                 if cfg.normalize_advantages and hi - lo > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)

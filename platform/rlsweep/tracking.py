@@ -176,6 +176,8 @@ class _Writer:
         self.queue: queue.Queue[Any] = queue.Queue()
         self.error: BaseException | None = None
         self.busy_s = 0.0  # time spent in MLflow calls
+        self.cpu_s = 0.0  # CPU time of those calls
+        self.waited_s = 0.0  # time the driver spent waiting in barrier()
         self._thread: threading.Thread | None = None
 
     def submit(self, fn: Any, *args: Any) -> None:
@@ -188,7 +190,9 @@ class _Writer:
     def barrier(self) -> None:
         """Wait until everything submitted so far is written."""
         if self._thread is not None:
+            t0 = time.perf_counter()
             self.queue.join()
+            self.waited_s += time.perf_counter() - t0
         self.check()
 
     def check(self) -> None:
@@ -199,7 +203,7 @@ class _Writer:
     def _loop(self) -> None:
         while True:
             fn, args = self.queue.get()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 if self.error is None:  # after a failure, drop the rest: the driver stops the run
                     fn(*args)
@@ -207,6 +211,7 @@ class _Writer:
                 self.error = e
             finally:
                 self.busy_s += time.perf_counter() - t0
+                self.cpu_s += time.thread_time() - c0
                 self.queue.task_done()
 
 
@@ -246,13 +251,16 @@ class MlflowCallback(tune.Callback):
         self.warm_up = warm_up
         self._reset()
 
-    FLUSH_S = 1.0  # a trial's metric rows are written at least this often (and at its checkpoints and end)
+    # A trial's metric rows are written every FLUSH_S, at its checkpoints and at its end (one MLflow
+    # batch costs ~10 ms of driver CPU whatever its size: more often would cost the trials CPU).
+    FLUSH_S = 2.0
 
     _TRANSIENT = ("_tracker", "_writer", "_lock", "parent_run_id", "runs", "_opened", "_metrics", "_flushed_at",
-                  "_logged_step", "_best", "hook_s", "logged_iterations", "_warming")
+                  "_logged_step", "_best", "hook_s", "logged_iterations", "_warming", "_resumed")
 
     def _reset(self) -> None:
         self.hook_s = 0.0  # driver time in the trial hooks
+        self._resumed = False  # set up on a sweep whose parent run exists (rlsweep resume)
         self._warming = False
         self.logged_iterations = 0
         self._tracker: Tracker | None = None
@@ -293,8 +301,9 @@ class MlflowCallback(tune.Callback):
 
     @property
     def tracking_s(self) -> float:
-        """Time MLflow cost the trials: the writer's calls plus the hooks' own time."""
-        return self._writer.busy_s + self.hook_s
+        """Time MLflow cost the trials: the writer's calls, plus the hooks' time other than waiting for
+        the writer (which would count the same calls twice)."""
+        return self._writer.busy_s + self.hook_s - self._writer.waited_s
 
     # -- runs (called on the writer thread, except setup) ------------------------------------------
 
@@ -308,6 +317,7 @@ class MlflowCallback(tune.Callback):
                                                            TAG_STATUS: "running"})
             t.log_params(self.parent_run_id, self.sweep_params)
         else:  # resumed
+            self._resumed = True
             t.client.update_run(self.parent_run_id, status="RUNNING")
             t.set_status(self.parent_run_id, "running")
 
@@ -327,8 +337,10 @@ class MlflowCallback(tune.Callback):
         t = self.tracker
         kind = "trial" if self.sweep_name else "train"
         config = run_config_dict(trial_config)
-        run_id = t.find(**{TAG_KIND: kind, TAG_DIR: self.run_dir, TAG_TRIAL: tid})
-        if run_id is None and self.sweep_name:
+        run_id = None
+        if self._resumed:  # a new sweep (or `train`) has no runs to find
+            run_id = t.find(**{TAG_KIND: kind, TAG_DIR: self.run_dir, TAG_TRIAL: tid})
+        if run_id is None and self._resumed:
             run_id = self._orphan(config, known)
             if run_id is not None:  # the same Optuna trial, replayed from scratch under a new Tune id
                 t.client.set_tag(run_id, "rlsweep.replaces_trial_id", t.client.get_run(run_id).data.tags[TAG_TRIAL])
@@ -409,6 +421,7 @@ class MlflowCallback(tune.Callback):
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         tid = trial.trial_id
         score = (trial.last_result or {}).get(self.metric, math.nan)
+        self._flushed_at[tid] = time.monotonic()
         self._writer.submit(self._write_metrics, tid)
         if self.log_checkpoints and not math.isnan(score):
             self._writer.submit(self._log_best, tid, checkpoint.path, score)
@@ -453,6 +466,7 @@ class MlflowCallback(tune.Callback):
             self.tracker.log_metrics(self.parent_run_id, {
                 "tracking_ms_per_iteration": 1000 * self.tracking_s / self.logged_iterations,
                 "tracking_blocking_ms_per_iteration": 1000 * self.hook_s / self.logged_iterations,
+                "tracking_cpu_ms_per_iteration": 1000 * self._writer.cpu_s / self.logged_iterations,
                 "tracking_s": self.tracking_s}, step=0)
         if self.on_sweep_end is not None:  # trials finished before a resume are not in self.runs
             kind = {TAG_KIND: "trial", TAG_DIR: self.run_dir}
