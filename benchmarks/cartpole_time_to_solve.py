@@ -205,7 +205,7 @@ def main() -> None:
         f"learning {statistics.median(r['learn_s'] for r in ours):.2f}, "
         f"evaluation {statistics.median(r['eval_s'] for r in ours):.2f}; "
         f"process start to solve minus training {statistics.median(r['process_to_solve_s'] - r['train_s'] for r in ours):.2f} "
-        "(Python and Ray start, the Tune trial actor, torch import, rollout/evaluation actor start, final checkpoint).",
+        "(Python and Ray start, the Tune trial actor and its imports (torch), rollout/evaluation actors where the experiment has them, the final checkpoint).",
         MARK_END,
     ]
     block = "\n".join(lines)
