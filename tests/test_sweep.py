@@ -169,10 +169,11 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
 
 def _sweep_process(exp, space, name):
     return subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "sweep", str(exp), "--space", str(space),
-                             "--name", name, "--set", "checkpoint_frequency=5",
-                             # iterations of ~0.5 s: the tracker writes metrics at checkpoints and every
-                             # two seconds, and the watcher must see a trial between two checkpoints
-                             "--set", "ppo.num_epochs=30", "--set", "ppo.minibatch_size=32"],
+                             "--name", name, "--set", "checkpoint_frequency=3",
+                             # metrics every iteration, so that the watcher can catch a trial between
+                             # two checkpoints; iterations slow enough (~0.3 s) for it to look in time
+                             "--set", "tracking.flush_s=0", "--set", "ppo.num_epochs=20",
+                             "--set", "ppo.minibatch_size=32"],
                             cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True,
                             # niced, so that on 2 cores the test's watcher sees every iteration land
@@ -181,7 +182,7 @@ def _sweep_process(exp, space, name):
 
 def _wait_mid_sweep(tmp_path, proc, per_trial, timeout=240):
     """Until MLflow shows one trial finished and another part-way through and past its last
-    checkpoint (they come every 5 iterations), so that resuming must replay iterations it logged.
+    checkpoint (they come every 3 iterations), so that resuming must replay iterations it logged.
 
     MLflow is watched because the driver logs every iteration at once; Tune's own result files only
     reach the results folder when a checkpoint is synced.
@@ -197,7 +198,7 @@ def _wait_mid_sweep(tmp_path, proc, per_trial, timeout=240):
             for r in children:
                 if r.data.tags.get("rlsweep.status") == "running":
                     n = len(client.get_metric_history(r.info.run_id, "env_steps"))
-                    if n >= 6 and n % 5 and n * 512 < per_trial - 512:
+                    if n >= 4 and n % 3 and n * 512 < per_trial - 512:
                         mid.append(r)
         except Exception:  # the store is created by the sweep; it may not exist yet or be busy
             finished, mid = [], []
@@ -242,7 +243,7 @@ def _check_resumed(tmp_path, name, per_trial):
 
 @pytest.mark.slow
 def test_sigkill_mid_sweep_then_resume(tmp_path):
-    per_trial = 6144  # 12 iterations of 512, checkpoints every 5
+    per_trial = 6144  # 12 iterations of 512, checkpoints every 3
     exp = experiment(tmp_path, steps=per_trial, concurrent=1)
     (tmp_path / "space.yaml").write_text(LR_ONLY)
     proc = _sweep_process(exp, tmp_path / "space.yaml", "crash")

@@ -162,6 +162,8 @@ class TrackingConfig(_Section):
     experiment: str | None = Field(None, description="MLflow experiment name (default: the experiment's name).")
     local_dir: str = Field(".", description="Where the default store keeps mlflow.db and mlartifacts/.")
     log_checkpoints: bool = Field(True, description="Upload each trial's best and final checkpoint.")
+    flush_s: float = Field(2.0, ge=0, description="Write a trial's metrics to MLflow at least this often "
+                           "(seconds; also at its checkpoints and end); 0 = every iteration.")
 
 
 class ExperimentConfig(_Section):

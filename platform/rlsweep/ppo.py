@@ -71,9 +71,12 @@ class Learner:
                 self.adam.step(self.grad, lr)
                 grad_norm_sum += grad_norm
                 steps += 1
-            if cfg.target_kl is not None and self._diagnostics(data)["approx_kl"] > cfg.target_kl:
-                break
-        stats = self._diagnostics(data)
+            if cfg.target_kl is not None:  # stats of the policy as it stands after this epoch
+                stats = self._diagnostics(data)
+                if stats["approx_kl"] > cfg.target_kl:
+                    break
+        if cfg.target_kl is None:
+            stats = self._diagnostics(data)
         stats["grad_norm"] = grad_norm_sum.item() / steps
         stats["explained_variance"] = explained_variance(batch.values, batch.returns)
         stats["lr"] = lr

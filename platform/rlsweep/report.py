@@ -37,7 +37,7 @@ def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
 
 def warm_up() -> None:
     """Import what the summary needs (matplotlib; Optuna's fANOVA pulls in scikit-learn: seconds),
-    so that the tracker can do it on its writer thread while the trials run, not after them."""
+    so that the tracker can do it on a thread while the trials run, not after them."""
     _figure_module()
     import optuna.importance  # noqa: F401
 

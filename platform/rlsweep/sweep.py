@@ -173,7 +173,7 @@ def run_sweep(p: SweepPlan) -> Any:
         on_sweep_end=functools.partial(report.sweep_summary, metric=s.metric, mode=s.mode,
                                        params=list(p.space.params), name=p.name,
                                        study=(p.study_storage, p.name)),
-        warm_up=report.warm_up,
+        warm_up=report.warm_up, flush_s=cfg.tracking.flush_s,
     )
     tuning.init_ray(tracker.open)
     concurrent = max_concurrent(cfg)

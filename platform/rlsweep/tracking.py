@@ -167,9 +167,8 @@ class _Writer:
 
     Tune runs the next step of a trial only after every callback has returned, so MLflow calls made
     in the hooks would stall the trials (a run status change alone waits ~1 s for MLflow's own async
-    queue to stop). Here the hooks only queue work. Metric rows wait in `pending` and are written in
-    one batch per run by whichever flush reaches them first. The first error is raised again in the
-    driver at the next hook, so tracking never fails silently.
+    queue to stop). Here the hooks only queue work. The first error is raised again in the driver at
+    the next hook, so tracking never fails silently.
     """
 
     def __init__(self) -> None:
@@ -243,17 +242,16 @@ class MlflowCallback(tune.Callback):
     def __init__(self, uri: str, experiment: str, artifact_root: str | None, run_dir: str,
                  sweep_name: str | None, metric: str, mode: str, stop_reason: Any,
                  log_checkpoints: bool = True, sweep_params: dict[str, Any] | None = None,
-                 on_sweep_end: Any = None, warm_up: Any = None):
+                 on_sweep_end: Any = None, warm_up: Any = None, flush_s: float = 2.0):
         self.uri, self.experiment, self.artifact_root = uri, experiment, artifact_root
         self.run_dir, self.sweep_name = run_dir, sweep_name
         self.metric, self.mode, self.stop_reason = metric, mode, stop_reason
         self.log_checkpoints, self.sweep_params, self.on_sweep_end = log_checkpoints, sweep_params or {}, on_sweep_end
         self.warm_up = warm_up
+        # a trial's metric rows are written every flush_s, at its checkpoints and at its end (one
+        # MLflow batch costs ~10 ms of driver CPU whatever its size: more often costs the trials CPU)
+        self.flush_s = flush_s
         self._reset()
-
-    # A trial's metric rows are written every FLUSH_S, at its checkpoints and at its end (one MLflow
-    # batch costs ~10 ms of driver CPU whatever its size: more often would cost the trials CPU).
-    FLUSH_S = 2.0
 
     _TRANSIENT = ("_tracker", "_writer", "_lock", "parent_run_id", "runs", "_opened", "_metrics", "_flushed_at",
                   "_logged_step", "_best", "hook_s", "logged_iterations", "_warming", "_resumed")
@@ -340,11 +338,12 @@ class MlflowCallback(tune.Callback):
         run_id = None
         if self._resumed:  # a new sweep (or `train`) has no runs to find
             run_id = t.find(**{TAG_KIND: kind, TAG_DIR: self.run_dir, TAG_TRIAL: tid})
-        if run_id is None and self._resumed:
-            run_id = self._orphan(config, known)
-            if run_id is not None:  # the same Optuna trial, replayed from scratch under a new Tune id
-                t.client.set_tag(run_id, "rlsweep.replaces_trial_id", t.client.get_run(run_id).data.tags[TAG_TRIAL])
-                t.client.set_tag(run_id, TAG_TRIAL, tid)
+            if run_id is None:
+                run_id = self._orphan(config, known)
+                if run_id is not None:  # the same Optuna trial, replayed from scratch under a new Tune id
+                    old = t.client.get_run(run_id).data.tags[TAG_TRIAL]
+                    t.client.set_tag(run_id, "rlsweep.replaces_trial_id", old)
+                    t.client.set_tag(run_id, TAG_TRIAL, tid)
         if run_id is not None:  # resumed: carry on where its history ends
             t.client.update_run(run_id, status="RUNNING")
             t.set_status(run_id, "running")
@@ -413,7 +412,7 @@ class MlflowCallback(tune.Callback):
         with self._lock:
             self._metrics.setdefault(trial.trial_id, []).append((step, rows))
         now = time.monotonic()
-        if now - self._flushed_at.get(trial.trial_id, 0.0) >= self.FLUSH_S:
+        if now - self._flushed_at.get(trial.trial_id, -math.inf) >= self.flush_s:
             self._flushed_at[trial.trial_id] = now
             self._writer.submit(self._write_metrics, trial.trial_id)
 

@@ -172,7 +172,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOu
     tracker = MlflowCallback(
         uri=uri, experiment=cfg.tracking.experiment or cfg.name, artifact_root=local_artifact_root(uri, cfg),
         run_dir=str(storage / name), sweep_name=None, metric=cfg.sweep.metric, mode=cfg.sweep.mode,
-        stop_reason=stopper.reason, log_checkpoints=cfg.tracking.log_checkpoints,
+        stop_reason=stopper.reason, log_checkpoints=cfg.tracking.log_checkpoints, flush_s=cfg.tracking.flush_s,
     )
     init_ray(tracker.open)
     tuner = tune.Tuner(
