@@ -12,13 +12,9 @@ import yaml
 
 from rlsweep import metrics as M
 from rlsweep.config import flatten
-from rlsweep.tracking import TAG_STATUS, Tracker, run_config_dict
+from rlsweep.tracking import TAG_STATUS, Tracker, better, run_config_dict
 
 TOP_CURVES = 5
-
-
-def _better(a: float, b: float, mode: str) -> bool:
-    return a > b if mode == "max" else a < b
 
 
 def rank(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
@@ -115,7 +111,7 @@ def _plot_history(rows: list[dict[str, Any]], metric: str, mode: str, path: Path
         if isinstance(v, (int, float)) and math.isfinite(v):
             xs.append(i)
             ys.append(v)
-            best = v if best is None or _better(v, best, mode) else best
+            best = v if best is None or better(v, best, mode) else best
         best_line.append(best if best is not None else math.nan)
     ax.scatter(xs, ys, label=f"trial {metric}")
     ax.plot(range(len(rows)), best_line, color="C1", label="best so far")

@@ -92,6 +92,11 @@ def check_store(uri: str) -> None:
         raise ConfigError(f"tracking store {uri}: cannot be opened ({first})") from None
 
 
+def better(a: float, b: float, mode: str) -> bool:
+    """Whether metric value a beats b under the sweep's mode ("max" or "min")."""
+    return a > b if mode == "max" else a < b
+
+
 def _numeric(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
 
@@ -251,10 +256,8 @@ class MlflowCallback(tune.Callback):
         # a trial's metric rows are written every flush_s, at its checkpoints and at its end (one
         # MLflow batch costs ~10 ms of driver CPU whatever its size: more often costs the trials CPU)
         self.flush_s = flush_s
+        self._settings = (*self.__dict__, "_settings")  # what a pickle keeps; _reset makes the rest
         self._reset()
-
-    _TRANSIENT = ("_tracker", "_writer", "_lock", "parent_run_id", "runs", "_opened", "_metrics", "_flushed_at",
-                  "_logged_step", "_best", "hook_s", "logged_iterations", "_warming", "_resumed")
 
     def _reset(self) -> None:
         self.hook_s = 0.0  # driver time in the trial hooks
@@ -273,10 +276,7 @@ class MlflowCallback(tune.Callback):
         self._best: dict[str, float] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the run config
-        state = self.__dict__.copy()
-        for k in self._TRANSIENT:
-            state.pop(k)
-        return state
+        return {k: self.__dict__[k] for k in self._settings}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -377,7 +377,7 @@ class MlflowCallback(tune.Callback):
 
     def _log_best(self, tid: str, path: str, score: float) -> None:
         best = self._best.get(tid)
-        if best is None or (score > best if self.mode == "max" else score < best):
+        if best is None or better(score, best, self.mode):
             self._best[tid] = score
             self.tracker.client.log_artifacts(self.runs[tid], path, "checkpoints/best")
             self.tracker.client.set_tag(self.runs[tid], TAG_BEST_SCORE, repr(score))
