@@ -1,10 +1,12 @@
 """The RLlib peer of the sweep benchmark: RLlib PPO + Ray Tune + OptunaSearch on CartPole-v1.
 
 Runs in its own virtualenv (ray[rllib] pins an older gymnasium than rlsweep allows); started by
-`sweep_vs_rllib.py`, it prints one JSON line of results. RLlib's tuned CartPole settings
-(rllib/tuned_examples/ppo/cartpole_ppo.py: a [32] linear network with shared value layers, 6 epochs,
-vf_loss_coeff 0.01, KL loss); the sweep searches the same space with the same Optuna sampler as
-rlsweep's side. `num_env_runners=0` (sampling in the learner's process) so that each trial asks for
+`sweep_vs_rllib.py`, it prints one JSON line of results. Two configurations (`--model`):
+- `default`: RLlib's default PPO model ([256, 256] tanh, separate value network) with 128-sample
+  minibatches, 6 epochs and vf_loss_coeff 0.01, otherwise RLlib's defaults;
+- `tuned`: RLlib's tuned CartPole example (rllib/tuned_examples/ppo/cartpole_ppo.py: a [32] linear
+  network with shared value layers, 6 epochs, vf_loss_coeff 0.01, KL loss).
+The sweep searches the same space with the same Optuna sampler as rlsweep's side. `num_env_runners=0` (sampling in the learner's process) so that each trial asks for
 one CPU and two trials fit at once on two cores, as rlsweep's do.
 
     .venv-rllib/bin/python benchmarks/rllib_sweep.py --trials 16 --concurrent 2 --storage /abs/dir
@@ -46,20 +48,20 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", type=float, default=475.0)
     ap.add_argument("--max-steps", type=int, default=100_000)
+    ap.add_argument("--model", choices=["default", "tuned"], default="default")
     args = ap.parse_args()
 
     ray.init(include_dashboard=False, logging_level="ERROR")
-    config = (
-        PPOConfig()
-        .environment("CartPole-v1")
-        .env_runners(num_env_runners=0)
-        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[32], fcnet_activation="linear",
-                                                   vf_share_layers=True))
-        .training(num_epochs=6, vf_loss_coeff=0.01, use_kl_loss=True,
-                  lr=tune.loguniform(1e-4, 3e-3), gamma=tune.uniform(0.95, 0.999),
-                  train_batch_size_per_learner=tune.choice([512, 1024, 2048, 4096]))
-        .debugging(seed=args.seed)
-    )
+    searched = dict(lr=tune.loguniform(1e-4, 3e-3), gamma=tune.uniform(0.95, 0.999),
+                    train_batch_size_per_learner=tune.choice([512, 1024, 2048, 4096]))
+    config = PPOConfig().environment("CartPole-v1").env_runners(num_env_runners=0).debugging(seed=args.seed)
+    if args.model == "tuned":
+        config = (config
+                  .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=[32], fcnet_activation="linear",
+                                                             vf_share_layers=True))
+                  .training(num_epochs=6, vf_loss_coeff=0.01, use_kl_loss=True, **searched))
+    else:
+        config = config.training(num_epochs=6, minibatch_size=128, vf_loss_coeff=0.01, **searched)
     sampler = optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=5, multivariate=True, constant_liar=True)
     timeline = Timeline()
     t_start = time.time()

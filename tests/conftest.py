@@ -38,3 +38,35 @@ def small_config(env_id="CartPole-v1", workers=1, **sections):
         else:
             cfg[section] = values
     return validate(cfg).model_dump(mode="json")
+
+
+def numpy_weights(obs_dim, act_dim, hidden=(8,), discrete=True, seed=0):
+    """Random policy weights in `policy.Weights` layout, without torch: for workers tested alone."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def mlp(out_dim):
+        sizes = [obs_dim, *hidden, out_dim]
+        layers = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+            layers += [rng.normal(0, 1 / fan_in**0.5, (fan_out, fan_in)).astype(np.float32),
+                       np.zeros(fan_out, np.float32)]
+        return layers
+
+    w = {"actor": mlp(act_dim), "critic": mlp(1)}
+    if not discrete:
+        w["log_std"] = [np.zeros(act_dim, np.float32)]
+    return w
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """One real SQLite MLflow store for the tracking tests (creating one takes seconds); each test
+    uses an experiment of its own."""
+    from rlsweep.tracking import Store
+
+    d = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{d / 'mlflow.db'}"
+    Store(uri, "warm-up", (d / "artifacts").as_uri()).tracker()  # runs the migrations once
+    return uri, (d / "artifacts").as_uri()

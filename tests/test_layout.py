@@ -10,7 +10,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_import_platform_is_the_stdlib_module():
     assert not (ROOT / "platform" / "__init__.py").exists()
     assert Path(platform.__file__).parent == Path(sysconfig.get_paths()["stdlib"])
-    assert platform.python_version().startswith("3.")
 
 
 def test_rlsweep_is_importable_from_the_source_root():

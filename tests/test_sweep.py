@@ -158,7 +158,7 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     assert r.returncode == 2 and "file exists" in r.stderr  # never overwrites
 
     # and a checkpoint logged to MLflow restores a training run (runs:/ URI)
-    child = next(c for c in children if c.data.tags["rlsweep.trial_id"] == parent.data.tags.get("rlsweep.best_trial_id", c.data.tags["rlsweep.trial_id"]))
+    child = next(c for c in children if c.data.tags["rlsweep.trial_id"] == parent.data.tags["rlsweep.best_trial_id"])
     done, batch = int(child.data.metrics["env_steps"]), int(child.data.params["ppo.train_batch_size"])
     r = rlsweep("train", best_file, "--restore", f"runs:/{child.info.run_id}/checkpoints/final",
                 "--set", f"stop.env_steps={done + batch}", "--set", "stop.target_return=null",

@@ -80,7 +80,7 @@ def test_checkpoint_holds_no_pickles(ray_local, tmp_path):
 
     t = PPOTrainable(config=small_config(workers=1))
     t.step()
-    path = t.save(str(tmp_path / "ckpt"))
+    t.save(str(tmp_path / "ckpt"))
     t.stop()
     files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert {"learner.pt", "state.json"} <= set(files)
@@ -88,7 +88,6 @@ def test_checkpoint_holds_no_pickles(ray_local, tmp_path):
     assert {"model", "optimizer", "torch_rng"} <= set(state)
     meta = json.loads((tmp_path / "ckpt" / "state.json").read_text())
     assert meta["env_steps"] == 64 and meta["samplers"][0]["env"] is not None
-    assert path
 
 
 def test_two_workers_sample_in_two_processes(ray_local):
@@ -113,3 +112,19 @@ def test_reset_config_is_a_real_reset(ray_local):
         t.stop()
     for x, y in zip(fresh_b, after, strict=True):
         same(x, y)
+
+
+def test_restore_onto_another_worker_count_is_reported_once(ray_local, tmp_path):
+    t = PPOTrainable(config=small_config(workers=2))
+    t.step()
+    t.save(str(tmp_path / "ckpt"))
+    t.stop()
+    restored = PPOTrainable(config=small_config(workers=0, ppo={"train_batch_size": 128}))
+    try:
+        restored.restore(str(tmp_path / "ckpt"))
+        first, second = restored.step(), restored.step()
+    finally:
+        restored.stop()
+    assert first[M.ENV_STEPS] == 2 * 128  # the counters did carry over
+    assert "onto 1 sampler(s) from a checkpoint of 2" in first[M.RESTORE_NOTE]
+    assert M.RESTORE_NOTE not in second

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from rlsweep.config import ConfigError, ExperimentConfig, flatten, load_experiment
+from rlsweep.config import ConfigError, ExperimentConfig, TrackingConfig, flatten, load_experiment
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -83,7 +83,7 @@ def _check_store(cfg: ExperimentConfig) -> str:
     """Opens the tracking store: the last check, once every other input is known to be good."""
     from rlsweep.tracking import check_store, resolve_uri
 
-    uri = resolve_uri(cfg)
+    uri = resolve_uri(cfg.tracking)
     check_store(uri)
     return uri
 
@@ -174,8 +174,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _sweep_outcome(results, directory: Path) -> int:
+    from rlsweep import metrics as M
+    from rlsweep.ranking import best as best_row
     from rlsweep.sweep import read_meta
-    from rlsweep.tracking import TAG_DIR, TAG_KIND, TAG_TRIAL, Tracker
+    from rlsweep.tracking import TAG_DIR, TAG_KIND, TAG_TRIAL, Store, experiment_name
 
     meta = read_meta(directory)
     done = results.num_terminated + results.num_errors
@@ -186,20 +188,20 @@ def _sweep_outcome(results, directory: Path) -> int:
         print(f"sweep {meta['name']} interrupted ({done}/{meta['trials']} trials done); "
               f"continue it with: rlsweep resume {directory}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    best = results.get_best_result(metric=meta["metric"], mode=meta["mode"], scope="last", filter_nan_and_inf=True)
     print(f"sweep {meta['name']} done: {results.num_terminated} trials finished, {results.num_errors} failed")
-    if best is None or best.metrics is None:
+    rows = [{**r.metrics, "config": r.config, "checkpoint": r.checkpoint} for r in results if r.metrics]
+    best = best_row(rows, meta["metric"], meta["mode"])
+    if best is None:
         print("no trial reported the metric; nothing to recommend")
         return 1
-    flat = {k: v for k, v in flatten(best.config).items() if k in meta["params"]}
-    exp = meta["experiment"]
-    tracker = Tracker(meta["tracking_uri"], exp["tracking"]["experiment"] or exp["name"], None)
-    run_id = tracker.find(**{TAG_KIND: "trial", TAG_DIR: str(directory), TAG_TRIAL: best.metrics["trial_id"]})
-    print(f"best trial:  {best.metrics['trial_id']} with {meta['metric']} = {_fmt(best.metrics[meta['metric']])} "
-          f"after {best.metrics.get('env_steps')} env steps")
+    flat = {k: v for k, v in flatten(best["config"]).items() if k in meta["params"]}
+    store = Store(meta["tracking_uri"], experiment_name(ExperimentConfig.model_validate(meta["experiment"])))
+    run_id = store.tracker().find(**{TAG_KIND: "trial", TAG_DIR: str(directory), TAG_TRIAL: best["trial_id"]})
+    print(f"best trial:  {best['trial_id']} with {meta['metric']} = {_fmt(best[meta['metric']])} "
+          f"after {best.get(M.ENV_STEPS)} env steps")
     print("its config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in flat.items()))
-    print(f"checkpoint:  {best.checkpoint.path if best.checkpoint else None}")
-    print(f"mlflow run:  {run_id} (experiment {exp['tracking']['experiment'] or exp['name']}, {meta['tracking_uri']})")
+    print(f"checkpoint:  {best['checkpoint'].path if best['checkpoint'] else None}")
+    print(f"mlflow run:  {run_id} (experiment {store.experiment}, {store.uri})")
     print(f"next: rlsweep best {directory} -o best.yaml   |   rlsweep ui   (compare the runs in MLflow)")
     return 0
 
@@ -207,7 +209,9 @@ def _sweep_outcome(results, directory: Path) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     import json
 
-    from rlsweep.report import best_config_yaml, rank
+    from rlsweep import metrics as M
+    from rlsweep.ranking import best as best_row
+    from rlsweep.report import best_config_yaml
     from rlsweep.sweep import find_sweep, read_meta
 
     directory = find_sweep(args.sweep, args.results_dir)
@@ -221,11 +225,10 @@ def cmd_best(args: argparse.Namespace) -> int:
         if lines:
             last = json.loads(lines[-1])
             rows.append({"trial_id": last["trial_id"], meta["metric"]: last.get(meta["metric"], math.nan),
-                         "config": last["config"]})
-    ranked = rank(rows, meta["metric"], meta["mode"])
-    if not ranked:
+                         M.ENV_STEPS: last.get(M.ENV_STEPS), "config": last["config"]})
+    top = best_row(rows, meta["metric"], meta["mode"])
+    if top is None:
         raise ConfigError(f"sweep {directory}: no trial has reported {meta['metric']} yet")
-    top = ranked[0]
     text = best_config_yaml(top, meta["name"], meta["metric"])
     if args.output:
         Path(args.output).write_text(text)
@@ -242,7 +245,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     ref = args.checkpoint
     if _is_mlflow_uri(ref):
-        uri = args.tracking_uri or resolve_uri(_default_config())
+        uri = args.tracking_uri or resolve_uri(TrackingConfig())
         ref = _download(ref, uri)
     checkpoint.check(ref)
     if args.episodes is not None and args.episodes < 1:
@@ -265,15 +268,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_config() -> ExperimentConfig:
-    return ExperimentConfig.model_validate({"name": "rlsweep", "env": {"id": "CartPole-v1"}, "stop": {"env_steps": 1}})
-
-
 def cmd_ui(args: argparse.Namespace) -> int:
     from rlsweep.tracking import resolve_uri
 
-    cfg = load_experiment(args.experiment) if args.experiment else _default_config()
-    uri = resolve_uri(cfg)
+    tracking = load_experiment(args.experiment).tracking if args.experiment else TrackingConfig()
+    uri = resolve_uri(tracking)
     if uri.startswith(("http://", "https://")):
         print(f"the store is a server already: open {uri}")
         return 0

@@ -32,6 +32,23 @@ def ppo_loss(
     vf_coef: float,
     ent_coef: float,
 ) -> LossTerms:
+    """The clipped-surrogate PPO loss over one minibatch of B samples.
+
+    Args:
+        new_logp: (B,) log-probabilities of the taken actions under the policy being updated.
+        old_logp: (B,) the same under the policy that sampled them (no gradient).
+        advantages: (B,) advantage estimates (already normalised, if normalisation is on).
+        new_values: (B,) the critic's current values; old_values: (B,) the values at sampling time.
+        returns: (B,) value targets (advantages + old values).
+        entropy: (B,) the policy's entropy per sample, or None when `ent_coef` is 0.
+        clip: the ratio clip epsilon; vf_clip: clip on the value change, None for no value clipping.
+        vf_coef, ent_coef: weights of the value loss and the entropy bonus.
+
+    Returns:
+        `LossTerms`, scalars. Signs: `policy_loss` is the negated clipped surrogate (lower is better),
+        `value_loss` is half the (clipped) squared error, and `loss = policy_loss + vf_coef *
+        value_loss - ent_coef * entropy`, the one quantity the optimiser minimises.
+    """
     ratio = (new_logp - old_logp).exp()
     policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip, 1 + clip)).mean()
 
@@ -51,6 +68,7 @@ def ppo_loss(
 
 @torch.no_grad()
 def policy_shift(new_logp: torch.Tensor, old_logp: torch.Tensor, clip: float) -> PolicyShift:
+    """How far the policy moved from the one that sampled: (B,) log-probabilities in, scalars out."""
     log_ratio = new_logp - old_logp
     ratio = log_ratio.exp()
     return PolicyShift(((ratio - 1) - log_ratio).mean(), ((ratio - 1).abs() > clip).float().mean())

@@ -31,3 +31,7 @@ TRAINING_ITERATION = "training_iteration"
 REPORTED = frozenset(
     v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and k != "TRAINING_ITERATION"
 ) | {TRAINING_ITERATION}
+
+# Not a metric: text in the first result after a restore that could not continue exactly (the tracker
+# sets it as the run's `rlsweep.restore_note` tag).
+RESTORE_NOTE = "restore_note"

@@ -7,6 +7,7 @@ import io
 import numpy as np
 import torch
 
+from rlsweep import metrics as M
 from rlsweep.adam import FlatAdam
 from rlsweep.batch import TrainBatch, explained_variance
 from rlsweep.config import PolicyConfig, PPOConfig
@@ -42,6 +43,19 @@ class Learner:
         return self.net.export_weights()
 
     def update(self, batch: TrainBatch, lr: float) -> dict[str, float]:
+        """The PPO epochs over one batch: `num_epochs` passes of shuffled minibatches, each a clipped
+        surrogate loss (`losses.ppo_loss`), global gradient clipping and an Adam step.
+
+        Args:
+            batch: N valid samples (flat arrays of length N: obs (N, obs_dim), actions, old log-probs,
+                old values, advantages, returns), as `batch.to_train_batch` makes them.
+            lr: the learning rate for every step of this update (see `training.learning_rate`).
+
+        Returns:
+            Metrics named in `metrics.py`: the loss terms and policy shift of the updated policy on
+            the whole batch, the mean gradient norm before clipping, the critic's explained variance,
+            the lr and the epochs run (fewer than `num_epochs` when `target_kl` stops them).
+        """
         cfg = self.cfg
         obs, actions, old_logp, old_values, advantages, returns = (torch.as_tensor(v, device=self.device)
                                                                     for v in batch)
@@ -73,14 +87,14 @@ class Learner:
                 steps += 1
             if cfg.target_kl is not None:  # stats of the policy as it stands after this epoch
                 stats = self._diagnostics(data)
-                if stats["approx_kl"] > cfg.target_kl:
+                if stats[M.APPROX_KL] > cfg.target_kl:
                     break
         if cfg.target_kl is None:
             stats = self._diagnostics(data)
-        stats["grad_norm"] = grad_norm_sum.item() / steps
-        stats["explained_variance"] = explained_variance(batch.values, batch.returns)
-        stats["lr"] = lr
-        stats["update_epochs"] = epochs
+        stats[M.GRAD_NORM] = grad_norm_sum.item() / steps
+        stats[M.EXPLAINED_VARIANCE] = explained_variance(batch.values, batch.returns)
+        stats[M.LR] = lr
+        stats[M.UPDATE_EPOCHS] = epochs
         return stats
 
     @torch.no_grad()
@@ -97,7 +111,7 @@ class Learner:
         shift = policy_shift(logp, old_logp, cfg.clip)
         row = torch.stack([terms.policy_loss, terms.value_loss, terms.entropy, shift.approx_kl,
                            shift.clip_fraction]).tolist()
-        return dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), row, strict=True))
+        return dict(zip((M.POLICY_LOSS, M.VALUE_LOSS, M.ENTROPY, M.APPROX_KL, M.CLIP_FRACTION), row, strict=True))
 
     # -- checkpoint state: tensors only, loadable with weights_only=True --------------------------
 

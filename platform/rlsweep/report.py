@@ -12,15 +12,10 @@ import yaml
 
 from rlsweep import metrics as M
 from rlsweep.config import flatten
-from rlsweep.tracking import TAG_STATUS, Tracker, better, run_config_dict
+from rlsweep.ranking import rank
+from rlsweep.tracking import TAG_BEST_RUN, TAG_BEST_TRIAL, TAG_STATUS, Tracker, better, run_config_dict
 
 TOP_CURVES = 5
-
-
-def rank(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
-    """Rows with a finite metric, best first."""
-    scored = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
-    return sorted(scored, key=lambda r: r[metric], reverse=(mode == "max"))
 
 
 def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
@@ -50,7 +45,7 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, trials: list[Any], runs:
         r = t.last_result or {}
         flat = flatten(t.config)
         run_id = runs.get(t.trial_id)
-        status = tracker.client.get_run(run_id).data.tags.get(TAG_STATUS, "") if run_id else t.status.lower()
+        status = tracker.tags(run_id).get(TAG_STATUS, "") if run_id else t.status.lower()
         rows.append({
             "trial_id": t.trial_id, "status": status, metric: r.get(metric, math.nan),
             M.ENV_STEPS: r.get(M.ENV_STEPS), M.TIME_TOTAL_S: r.get(M.TIME_TOTAL_S),
@@ -69,13 +64,13 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, trials: list[Any], runs:
         _plot_history(rows, metric, mode, out / "optimization_history.png")
         _plot_importance(load_study(*study) if study else None, out / "param_importance.png")
         _plot_curves(tracker, ranked[:TOP_CURVES], metric, out / "learning_curves.png")
-        tracker.client.log_artifacts(parent_run_id, str(out))
+        tracker.log_artifacts(parent_run_id, out)
     if ranked:
         best = ranked[0]
         tracker.log_metrics(parent_run_id, {f"best_{metric}": best[metric]}, step=0)
-        tracker.client.set_tag(parent_run_id, "rlsweep.best_trial_id", best["trial_id"])
+        tracker.set_tag(parent_run_id, TAG_BEST_TRIAL, best["trial_id"])
         if best["mlflow_run_id"]:
-            tracker.client.set_tag(parent_run_id, "rlsweep.best_run_id", best["mlflow_run_id"])
+            tracker.set_tag(parent_run_id, TAG_BEST_RUN, best["mlflow_run_id"])
         return best
     return None
 
@@ -155,8 +150,8 @@ def _plot_curves(tracker: Tracker, top: list[dict[str, Any]], metric: str, path:
     for row in top:
         if not row["mlflow_run_id"]:
             continue
-        hist = sorted(tracker.client.get_metric_history(row["mlflow_run_id"], metric), key=lambda m: m.step)
-        ax.plot([m.step for m in hist], [m.value for m in hist], label=f"{row['trial_id']} ({row[metric]:.4g})")
+        hist = tracker.history(row["mlflow_run_id"], metric)
+        ax.plot([s for s, _ in hist], [v for _, v in hist], label=f"{row['trial_id']} ({row[metric]:.4g})")
     ax.set_xlabel(M.ENV_STEPS)
     ax.set_ylabel(metric)
     ax.set_title(f"Learning curves of the top {len(top)} trials")

@@ -1,6 +1,6 @@
 """Experience collection: a `Sampler` steps a seeded vector env with the numpy policy; an `Evaluator`
-plays deterministic episodes on its own seeds. Both run in Ray actors inside the trial's placement
-group, or in the trainable itself when `num_rollout_workers` is 0.
+plays deterministic episodes on its own seeds. Neither knows about Ray: `workers.py` runs them in Ray
+actors inside the trial's placement group, or in the calling process when `num_rollout_workers` is 0.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import os
 from typing import Any
 
 import numpy as np
-import ray
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rlsweep import metrics as M
 from rlsweep.batch import Rollout
 from rlsweep.config import ExperimentConfig
 from rlsweep.envs import decode_value, encode_value, env_state, make_vector_env, set_env_state, space_info
@@ -48,6 +47,17 @@ class Sampler:
         self.ep_length = np.zeros(self.num_envs, np.int64)
 
     def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> Rollout:
+        """Steps every env `rollout_length` times with the policy `weights`.
+
+        Args:
+            weights: the learner's current network, as numpy arrays.
+            obs_stats: observation statistics to normalise with, or None when normalisation is off.
+
+        Returns:
+            A `Rollout` of (T, N, ...) arrays, T = rollout_length and N = num_envs_per_worker, with the
+            returns and lengths of the episodes that ended during these T steps. Episodes run on across
+            calls; the autoreset step after an episode ends is marked invalid.
+        """
         T, N = self.cfg.rollout_length, self.num_envs
         self.policy.load(weights)
         obs_buf = np.zeros((T, N, self.obs.shape[-1]), np.float32)
@@ -133,6 +143,16 @@ class Evaluator:
         self.env = make_vector_env(cfg.env, cfg.evaluation.episodes)
 
     def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
+        """Plays one episode per sub-env to its end (or MAX_STEPS).
+
+        Args:
+            weights: the policy to play, as numpy arrays.
+            obs_stats: observation statistics to normalise with, or None.
+            iteration: seeds the episodes, so an evaluation is repeatable and each iteration's differs.
+
+        Returns:
+            `eval_return_mean`, `eval_return_std` and `eval_length_mean` over the episodes.
+        """
         n = self.cfg.evaluation.episodes
         self.policy.load(weights)
         rng = np.random.default_rng(_seed(self.cfg.seed, _EVAL_STREAM, iteration, 1))
@@ -153,30 +173,10 @@ class Evaluator:
             if finished.all():
                 break
         return {
-            "eval_return_mean": float(returns.mean()),
-            "eval_return_std": float(returns.std()),
-            "eval_length_mean": float(lengths.mean()),
+            M.EVAL_RETURN_MEAN: float(returns.mean()),
+            M.EVAL_RETURN_STD: float(returns.std()),
+            M.EVAL_LENGTH_MEAN: float(lengths.mean()),
         }
 
     def close(self) -> None:
         self.env.close()
-
-
-def _in_trial_group(num_cpus: float) -> dict[str, Any]:
-    """Actor options that place it in the current trial's placement group, when there is one."""
-    pg = ray.util.get_current_placement_group()
-    opts: dict[str, Any] = {"num_cpus": num_cpus}
-    if pg is not None:
-        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-            placement_group=pg, placement_group_capture_child_tasks=True
-        )
-    return opts
-
-
-def remote_samplers(cfg: ExperimentConfig) -> list[Any]:
-    actor = ray.remote(Sampler).options(**_in_trial_group(cfg.resources.worker_cpus))
-    return [actor.remote(cfg, i) for i in range(cfg.rollouts.num_rollout_workers)]
-
-
-def remote_evaluator(cfg: ExperimentConfig) -> Any:
-    return ray.remote(Evaluator).options(**_in_trial_group(cfg.resources.evaluation_cpus)).remote(cfg)

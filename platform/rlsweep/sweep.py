@@ -7,7 +7,6 @@ and `best` need).
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 from rlsweep.config import ConfigError, ExperimentConfig
 from rlsweep.search_space import SearchSpace
+from rlsweep.tracking import Store
 
 SWEEP_FILE = "rlsweep_sweep.json"
 
@@ -29,18 +29,11 @@ class SweepPlan:
     space: SearchSpace
     name: str
     directory: Path
-    tracking_uri: str
-    artifact_root: str | None
+    store: Store
     study_storage: str
-
-    @property
-    def mlflow_experiment(self) -> str:
-        return self.cfg.tracking.experiment or self.cfg.name
 
 
 def plan(cfg: ExperimentConfig, space: SearchSpace, name: str | None) -> SweepPlan:
-    from rlsweep.tracking import local_artifact_root, resolve_uri
-
     name = name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(f"--name {name!r}: use letters, digits, '-', '_' and '.'")
@@ -48,9 +41,8 @@ def plan(cfg: ExperimentConfig, space: SearchSpace, name: str | None) -> SweepPl
     if directory.exists():
         raise ConfigError(f"sweep {name!r} already exists at {directory}: `rlsweep resume {name}` continues it, "
                           "or pick another --name")
-    uri = resolve_uri(cfg)
     storage = cfg.sweep.study_storage or f"sqlite:///{directory / 'optuna.db'}"
-    return SweepPlan(cfg, space, name, directory, uri, local_artifact_root(uri, cfg), storage)
+    return SweepPlan(cfg, space, name, directory, Store.of(cfg), storage)
 
 
 def find_sweep(name_or_path: str, results_dir: str = "results") -> Path:
@@ -64,60 +56,6 @@ def find_sweep(name_or_path: str, results_dir: str = "results") -> Path:
 
 def read_meta(directory: Path) -> dict[str, Any]:
     return json.loads((directory / SWEEP_FILE).read_text())
-
-
-# --------------------------------------------------------------------------------------------------
-# Optuna
-
-
-def make_sampler(cfg: ExperimentConfig) -> Any:
-    import optuna
-
-    s = cfg.sweep
-    if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
-                                          multivariate=s.tpe_multivariate, constant_liar=s.tpe_constant_liar)
-    if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    if s.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
-    return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
-
-
-def _searcher_class() -> type:
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    class ResumableOptunaSearch(OptunaSearch):
-        """OptunaSearch that, after a crash, hands the Optuna trials Tune never recorded to the new
-        Tune trials that replace them, so the study holds each trial once; and whose trial configs
-        hold only what the define-by-run function returns (the values used, never 1 - gamma)."""
-
-        def _suggest_from_define_by_run_func(self, func: Any, ot_trial: Any) -> dict:
-            return func(ot_trial)
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            # OptunaSearch reports every iteration to the study (a database write each), for pruners;
-            # it installs a no-op pruner, and MLflow keeps the learning curves: skip the writes.
-            return
-
-        def suggest(self, trial_id: str) -> dict | None:
-            if trial_id not in self._ot_trials:
-                orphan = self._orphan()
-                if orphan is not None:
-                    self._ot_trials[trial_id] = orphan
-            config = super().suggest(trial_id)
-            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
-            return config
-
-        def _orphan(self) -> Any:
-            known = {t._trial_id for t in self._ot_trials.values()}
-            for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                if frozen._trial_id not in known:
-                    return optuna.trial.Trial(self._ot_study, frozen._trial_id)
-            return None
-
-    return ResumableOptunaSearch
 
 
 # --------------------------------------------------------------------------------------------------
@@ -143,18 +81,20 @@ def run_sweep(p: SweepPlan) -> Any:
     from ray.tune.search import ConcurrencyLimiter
 
     from rlsweep import metrics as M
-    from rlsweep import report, tuning
-    from rlsweep.tracking import MlflowCallback
+    from rlsweep import tuning
+    from rlsweep.callback import MlflowCallback
+    from rlsweep.parent_run import SweepParent
+    from rlsweep.searcher import make_sampler, searcher_class
 
     cfg, s = p.cfg, p.cfg.sweep
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     p.directory.mkdir(parents=True)
     (p.directory / SWEEP_FILE).write_text(json.dumps({
         "name": p.name, "experiment": cfg.model_dump(mode="json"), "space": p.space.source,
-        "params": list(p.space.params), "tracking_uri": p.tracking_uri, "study_storage": p.study_storage,
+        "params": list(p.space.params), "tracking_uri": p.store.uri, "study_storage": p.study_storage,
         "metric": s.metric, "mode": s.mode, "trials": s.trials, "time_budget_s": s.time_budget_s,
     }, indent=2))
-    searcher = _searcher_class()(
+    searcher = searcher_class()(
         space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),
         study_name=p.name, storage=optuna.storages.RDBStorage(p.study_storage),
     )
@@ -166,15 +106,9 @@ def run_sweep(p: SweepPlan) -> Any:
     stopper = tuning.TrialStopper(cfg.stop)
     sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
                     "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
-    tracker = MlflowCallback(
-        uri=p.tracking_uri, experiment=p.mlflow_experiment, artifact_root=p.artifact_root,
-        run_dir=str(p.directory), sweep_name=p.name, metric=s.metric, mode=s.mode, stop_reason=stopper.reason,
-        log_checkpoints=cfg.tracking.log_checkpoints, sweep_params=sweep_params,
-        on_sweep_end=functools.partial(report.sweep_summary, metric=s.metric, mode=s.mode,
-                                       params=list(p.space.params), name=p.name,
-                                       study=(p.study_storage, p.name)),
-        warm_up=report.warm_up, flush_s=cfg.tracking.flush_s,
-    )
+    parent = SweepParent(name=p.name, run_dir=str(p.directory), metric=s.metric, mode=s.mode,
+                         searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name))
+    tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, sweep=parent)
     tuning.init_ray(tracker.open)
     concurrent = max_concurrent(cfg)
     sweep_params["max_concurrent"] = concurrent

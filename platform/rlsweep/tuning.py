@@ -163,17 +163,13 @@ class TrainOutcome:
 
 def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOutcome:
     """One trial of `cfg` through a Tuner; returns its last metrics and checkpoint."""
-    from rlsweep.tracking import MlflowCallback, local_artifact_root, resolve_uri
+    from rlsweep.callback import MlflowCallback
+    from rlsweep.tracking import Store
 
     storage = Path(cfg.results_dir).resolve()
     name = f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     stopper = TrialStopper(cfg.stop)
-    uri = resolve_uri(cfg)
-    tracker = MlflowCallback(
-        uri=uri, experiment=cfg.tracking.experiment or cfg.name, artifact_root=local_artifact_root(uri, cfg),
-        run_dir=str(storage / name), sweep_name=None, metric=cfg.sweep.metric, mode=cfg.sweep.mode,
-        stop_reason=stopper.reason, log_checkpoints=cfg.tracking.log_checkpoints, flush_s=cfg.tracking.flush_s,
-    )
+    tracker = MlflowCallback(Store.of(cfg), str(storage / name), cfg, stopper.reason)
     init_ray(tracker.open)
     tuner = tune.Tuner(
         trainable_for(restore_from),

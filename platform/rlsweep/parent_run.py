@@ -1,0 +1,54 @@
+"""A sweep's parent run in MLflow: found or created when the sweep starts, summarised when it ends.
+
+The Tune callback (`callback.py`) logs the trials; what only a sweep has (the parent run, its params,
+the report of `report.py`) is here, so that `rlsweep train` runs the same callback without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlsweep import report
+from rlsweep.tracking import TAG_DIR, TAG_KIND, TAG_STATUS, TAG_TRIAL, Tracker
+
+
+@dataclass
+class SweepParent:
+    """Settings of one sweep's parent run (plain data: Tune pickles it with the callback)."""
+
+    name: str  # the sweep's name, also the parent run's name
+    run_dir: str  # the sweep directory (the runs' `rlsweep.dir` tag)
+    metric: str
+    mode: str
+    searched: list[str]  # the search space's parameter names
+    params: dict[str, Any] = field(default_factory=dict)  # the parent run's params
+    study: tuple[str, str] | None = None  # Optuna (storage URL, study name), for parameter importance
+
+    def open(self, tracker: Tracker) -> tuple[str, bool]:
+        """The parent run's id, and whether it already existed (a resumed sweep)."""
+        run_id = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: self.run_dir})
+        if run_id is not None:
+            tracker.reopen(run_id)
+            return run_id, True
+        run_id = tracker.start(self.name, {TAG_KIND: "sweep", TAG_DIR: self.run_dir, TAG_STATUS: "running"})
+        tracker.log_params(run_id, self.params)
+        return run_id, False
+
+    @staticmethod
+    def warm_up() -> None:
+        report.warm_up()
+
+    def finish(self, tracker: Tracker, run_id: str, trials: list[Any], runs: dict[str, str]) -> None:
+        """Writes the summary (results table, best config, plots) and marks the sweep finished.
+        `runs` maps trial ids to run ids; trials finished before a resume are looked up by tag."""
+        kind = {TAG_KIND: "trial", TAG_DIR: self.run_dir}
+        all_runs = {t.trial_id: runs.get(t.trial_id) or tracker.find(**kind, **{TAG_TRIAL: t.trial_id})
+                    for t in trials}
+        report.sweep_summary(tracker, run_id, trials, all_runs, metric=self.metric, mode=self.mode,
+                             params=self.searched, name=self.name, study=self.study)
+        tracker.set_status(run_id, "finished", None, "FINISHED")
+
+    @staticmethod
+    def interrupt(tracker: Tracker, run_id: str) -> None:
+        tracker.set_status(run_id, "interrupted", None, "KILLED")

@@ -1,0 +1,66 @@
+"""Optuna inside Tune: the sampler a sweep asks for, and the Tune searcher that drives the study.
+
+`ResumableOptunaSearch` overrides private parts of Ray's `OptunaSearch` (`_ot_trials`, `_ot_study`,
+`_suggest_from_define_by_run_func`) and reads Optuna's `FrozenTrial._trial_id`;
+`tests/test_searcher.py` fails with a clear message when either library changes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlsweep.config import ExperimentConfig
+
+
+def make_sampler(cfg: ExperimentConfig) -> Any:
+    """The Optuna sampler of `sweep.sampler`, seeded, with TPE's options set explicitly (Optuna 5
+    changed their defaults)."""
+    import optuna
+
+    s = cfg.sweep
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials,
+                                          multivariate=s.tpe_multivariate, constant_liar=s.tpe_constant_liar)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+    return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+
+
+def searcher_class() -> type:
+    """`ResumableOptunaSearch` (defined on first use: importing Tune's Optuna searcher takes seconds)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class ResumableOptunaSearch(OptunaSearch):
+        """OptunaSearch that, after a crash, hands the Optuna trials Tune never recorded to the new
+        Tune trials that replace them, so the study holds each trial once; and whose trial configs
+        hold only what the define-by-run function returns (the values used, never 1 - gamma)."""
+
+        def _suggest_from_define_by_run_func(self, func: Any, ot_trial: Any) -> dict:
+            return func(ot_trial)
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            # OptunaSearch reports every iteration to the study (a database write each), for pruners;
+            # it installs a no-op pruner, and MLflow keeps the learning curves: skip the writes.
+            return
+
+        def suggest(self, trial_id: str) -> dict | None:
+            if trial_id not in self._ot_trials:
+                orphan = self._orphan()
+                if orphan is not None:
+                    self._ot_trials[trial_id] = orphan
+            config = super().suggest(trial_id)
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+            return config
+
+        def _orphan(self) -> Any:
+            """A RUNNING study trial that no Tune trial holds (it was started before a crash)."""
+            known = {t._trial_id for t in self._ot_trials.values()}
+            for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if frozen._trial_id not in known:
+                    return optuna.trial.Trial(self._ot_study, frozen._trial_id)
+            return None
+
+    return ResumableOptunaSearch

@@ -1,0 +1,165 @@
+"""One PPO training run, iteration by iteration, with no Ray and no MLflow in it.
+
+`Training` owns everything that changes while a policy trains: the learner (network, optimiser,
+minibatch RNG), the worker group, the observation statistics, the counters, the latest episode and
+evaluation means. One `iterate()` is the whole PPO spine, read top to bottom:
+
+    weights -> workers sample -> observation statistics -> GAE -> PPO epochs -> counters -> evaluation
+
+`state()` / `load_state()` are everything a checkpoint holds, so a restored run continues exactly as
+the uninterrupted one would have. The Tune Trainable (`trainable.py`) only adapts this to Tune.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rlsweep import metrics as M
+from rlsweep.batch import to_train_batch
+from rlsweep.config import ConfigError, ExperimentConfig, PPOConfig
+from rlsweep.envs import space_info
+from rlsweep.normalization import RunningMeanStd
+from rlsweep.workers import WorkerGroup
+
+if TYPE_CHECKING:
+    from rlsweep.ppo import Learner
+
+log = logging.getLogger(__name__)
+
+
+def learning_rate(ppo: PPOConfig, env_steps: int, total_env_steps: int | None) -> float:
+    """The learning rate for the update after `env_steps` steps: `ppo.lr`, or with `ppo.anneal_lr` that
+    rate decayed linearly to 0 at `total_env_steps` (and held at 0 beyond it)."""
+    if not ppo.anneal_lr:
+        return ppo.lr
+    if total_env_steps is None:
+        raise ValueError("annealing needs a horizon (stop.env_steps)")
+    return ppo.lr * max(0.0, 1.0 - env_steps / total_env_steps)
+
+
+class Training:
+    """A PPO run: `iterate()` for one sample-and-update iteration, `state()`/`load_state()` for checkpoints.
+
+    `workers` should be made before this (see `workers.make_workers`): building the learner imports
+    torch, which remote workers' processes can overlap with their own start-up.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, workers: WorkerGroup):
+        import torch  # here, not at import: the driver and the rollout actors never need torch
+
+        from rlsweep.ppo import Learner
+
+        self.cfg = cfg
+        self.workers = workers
+        torch.set_num_threads(cfg.resources.torch_threads)
+        device = "cuda" if cfg.resources.learner_gpus > 0 else "cpu"
+        space = space_info(cfg.env)
+        self.learner: Learner = Learner(space, cfg.policy, cfg.ppo, cfg.seed, device)
+        self.obs_stats = RunningMeanStd.zeros(space.obs_dim) if cfg.policy.normalize_observations else None
+        self.iterations = 0
+        self.env_steps = 0
+        self.episodes = 0
+        # means over the episodes that ended in the latest iteration that ended any (RLlib's sense)
+        self.episode_means = {M.EPISODE_RETURN_MEAN: math.nan, M.EPISODE_LENGTH_MEAN: math.nan}
+        self.last_eval = {M.EVAL_RETURN_MEAN: math.nan, M.EVAL_RETURN_STD: math.nan, M.EVAL_LENGTH_MEAN: math.nan}
+        self.last_rollout_pids: list[int] = []
+
+    def iterate(self) -> dict[str, float]:
+        """Samples one batch, updates the policy on it, evaluates when due; returns the metrics
+        (names from `metrics.py`)."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        # 1. collect: every worker steps its envs with the current policy
+        rollouts = self.workers.sample(self.learner.weights(), self.obs_stats)
+        t1 = time.perf_counter()
+        # 2. observation statistics: updated after sampling, so this batch was seen with the old ones
+        if self.obs_stats is not None:
+            for r in rollouts:
+                self.obs_stats = self.obs_stats.merge(RunningMeanStd.of(r.raw_obs))
+        # 3. advantages (GAE per worker) and 4. the PPO epochs
+        batch = to_train_batch(rollouts, cfg.ppo.gamma, cfg.ppo.gae_lambda)
+        stats = self.learner.update(batch, learning_rate(cfg.ppo, self.env_steps, cfg.stop.env_steps))
+        t2 = time.perf_counter()
+        # 5. counters and episode means
+        self.iterations += 1
+        self.env_steps += cfg.ppo.train_batch_size
+        self.last_rollout_pids = [r.pid for r in rollouts]
+        returns = [x for r in rollouts for x in r.episode_returns]
+        if returns:
+            self.episodes += len(returns)
+            self.episode_means = {
+                M.EPISODE_RETURN_MEAN: float(np.mean(returns)),
+                M.EPISODE_LENGTH_MEAN: float(np.mean([x for r in rollouts for x in r.episode_lengths])),
+            }
+        # 6. evaluation of the updated policy (the one a checkpoint after this iteration holds)
+        t_eval = 0.0
+        if cfg.evaluation.interval and self.iterations % cfg.evaluation.interval == 0:
+            t3 = time.perf_counter()
+            self.last_eval = self.workers.evaluate(self.learner.weights(), self.obs_stats, self.iterations)
+            t_eval = time.perf_counter() - t3
+        total = time.perf_counter() - t0
+        return {
+            M.ENV_STEPS: self.env_steps,
+            M.EPISODES: self.episodes,
+            **self.episode_means,
+            **self.last_eval,
+            **stats,
+            M.TIME_SAMPLE_S: t1 - t0,
+            M.TIME_LEARN_S: t2 - t1,
+            M.TIME_EVAL_S: t_eval,
+            M.TIME_OTHER_S: total - (t2 - t0) - t_eval,
+            M.ENV_STEPS_PER_S: cfg.ppo.train_batch_size / total,
+        }
+
+    # -- checkpoint state ---------------------------------------------------------------------------
+
+    def state(self) -> tuple[bytes, dict[str, Any]]:
+        """(the learner's tensors as `torch.save` bytes, everything else as JSON-able data)."""
+        return self.learner.state_bytes(), {
+            "iterations": self.iterations,
+            "env_steps": self.env_steps,
+            "episodes": self.episodes,
+            "episode_means": self.episode_means,
+            "last_eval": self.last_eval,
+            "obs_stats": None if self.obs_stats is None else self.obs_stats.to_dict(),
+            "learner_rng": self.learner.rng_state(),
+            "samplers": self.workers.get_states(),
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def load_state(self, learner_state: bytes, state: dict[str, Any], source: str = "checkpoint") -> str | None:
+        """Continues from a `state()`; returns a note when the run cannot continue exactly (the
+        workers' episodes restart), else None. A ConfigError when the network does not fit."""
+        try:
+            self.learner.load_state_bytes(learner_state)
+        except RuntimeError as e:
+            raise ConfigError(f"{source}: checkpoint does not fit this experiment's network ({e})") from None
+        self.learner.set_rng_state(state["learner_rng"])
+        self.iterations = state["iterations"]
+        self.env_steps = state["env_steps"]
+        self.episodes = state["episodes"]
+        self.episode_means = state["episode_means"]
+        self.last_eval = state["last_eval"]
+        if state["obs_stats"] is not None and self.obs_stats is not None:
+            self.obs_stats = RunningMeanStd.from_dict(state["obs_stats"])
+        saved = state["samplers"]
+        if len(saved) != self.workers.size:
+            note = (f"restored onto {self.workers.size} sampler(s) from a checkpoint of {len(saved)}: "
+                    "the policy, optimiser and counters continue, the workers' episodes start afresh")
+            log.warning("%s: %s", source, note)
+            return note
+        # a restart seed distinct per restore point: envs that cannot be restored start new episodes
+        restored = self.workers.set_states(saved, self.iterations)
+        if not all(restored):
+            note = "this env's state cannot be saved: the workers' episodes restarted at the restore"
+            log.warning("%s: %s", source, note)
+            return note
+        return None
+
+    def close(self) -> None:
+        self.workers.close()

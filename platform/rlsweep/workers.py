@@ -1,0 +1,127 @@
+"""The worker group: the samplers and the evaluator of one trial, behind one interface.
+
+`LocalWorkers` runs one `Sampler` and the `Evaluator` in the calling process (`num_rollout_workers:
+0`, the fast default for cheap envs); `RemoteWorkers` runs each in a Ray actor inside the trial's
+placement group. This module is the only place that calls `ray.get/put/kill` on them; Ray is imported
+only when remote workers are made, so the local path (and `rlsweep evaluate`) never loads it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from rlsweep.batch import Rollout
+from rlsweep.config import ExperimentConfig
+from rlsweep.normalization import RunningMeanStd
+from rlsweep.policy import Weights
+from rlsweep.rollout import Evaluator, Sampler
+
+
+class WorkerGroup(Protocol):
+    """What a training iteration needs from its workers."""
+
+    size: int  # number of samplers
+
+    def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
+        """One rollout per sampler, in sampler order."""
+
+    def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
+        """The evaluator's metrics for `weights` (see `Evaluator.evaluate`)."""
+
+    def get_states(self) -> list[dict[str, Any]]:
+        """Each sampler's JSON-able state (envs, episode counters, RNG), in sampler order."""
+
+    def set_states(self, states: list[dict[str, Any]], restart_seed: int) -> list[bool]:
+        """Restores each sampler; False where its envs could not be restored and restarted episodes."""
+
+    def wait_ready(self) -> None:
+        """Returns once every worker has been built (so that timings measure work, not start-up)."""
+
+    def close(self) -> None:
+        """Releases envs and processes."""
+
+
+class LocalWorkers:
+    """One sampler and the evaluator, in this process."""
+
+    size = 1
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.sampler = Sampler(cfg, 0)
+        self.evaluator = Evaluator(cfg)
+
+    def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
+        return [self.sampler.sample(weights, obs_stats)]
+
+    def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
+        return self.evaluator.evaluate(weights, obs_stats, iteration)
+
+    def get_states(self) -> list[dict[str, Any]]:
+        return [self.sampler.get_state()]
+
+    def set_states(self, states: list[dict[str, Any]], restart_seed: int) -> list[bool]:
+        return [self.sampler.set_state(states[0], restart_seed)]
+
+    def wait_ready(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.sampler.close()
+        self.evaluator.close()
+
+
+class RemoteWorkers:
+    """`num_rollout_workers` samplers and one evaluator, each a Ray actor in the trial's placement group.
+
+    Made before the learner (which imports torch), so the actors' processes start meanwhile.
+    """
+
+    def __init__(self, cfg: ExperimentConfig):
+        import ray
+
+        self._ray = ray
+        sampler = ray.remote(Sampler).options(**_in_trial_group(cfg.resources.worker_cpus))
+        self.samplers = [sampler.remote(cfg, i) for i in range(cfg.rollouts.num_rollout_workers)]
+        self.evaluator = ray.remote(Evaluator).options(**_in_trial_group(cfg.resources.evaluation_cpus)).remote(cfg)
+        self.size = len(self.samplers)
+
+    def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
+        ref = self._ray.put(weights)  # one copy in the object store, however many samplers read it
+        return self._ray.get([s.sample.remote(ref, obs_stats) for s in self.samplers])
+
+    def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
+        return self._ray.get(self.evaluator.evaluate.remote(weights, obs_stats, iteration))
+
+    def get_states(self) -> list[dict[str, Any]]:
+        return self._ray.get([s.get_state.remote() for s in self.samplers])
+
+    def set_states(self, states: list[dict[str, Any]], restart_seed: int) -> list[bool]:
+        return self._ray.get([s.set_state.remote(st, restart_seed)
+                              for s, st in zip(self.samplers, states, strict=True)])
+
+    def wait_ready(self) -> None:
+        self._ray.get([a.__ray_ready__.remote() for a in [*self.samplers, self.evaluator]])
+
+    def close(self) -> None:
+        for actor in [*self.samplers, self.evaluator]:
+            self._ray.kill(actor)
+        self.samplers = []
+
+
+def make_workers(cfg: ExperimentConfig) -> WorkerGroup:
+    """Remote workers when the experiment asks for rollout workers, else local ones."""
+    return RemoteWorkers(cfg) if cfg.rollouts.num_rollout_workers > 0 else LocalWorkers(cfg)
+
+
+def _in_trial_group(num_cpus: float) -> dict[str, Any]:
+    """Actor options that place it in the current trial's placement group, when there is one."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    pg = ray.util.get_current_placement_group()
+    opts: dict[str, Any] = {"num_cpus": num_cpus}
+    if pg is not None:
+        opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            placement_group=pg, placement_group_capture_child_tasks=True
+        )
+    return opts

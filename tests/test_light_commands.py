@@ -1,0 +1,53 @@
+"""`rlsweep evaluate` and `rlsweep best` work from files alone: they never import Ray or Tune."""
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from rlsweep import checkpoint
+from rlsweep.config import validate
+from rlsweep.training import Training
+from rlsweep.workers import LocalWorkers
+from tests.conftest import ROOT, small_config
+
+CHECK = ("import sys; from rlsweep.cli import main; code = main({argv!r}); "
+         "loaded = sorted(m for m in ('ray', 'ray.tune') if m in sys.modules); "
+         "assert not loaded, f'imported {{loaded}}'; sys.exit(code)")
+
+
+def run(argv, cwd):
+    return subprocess.run([sys.executable, "-c", CHECK.format(argv=[str(a) for a in argv])], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT / "platform"), "PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+
+
+def test_evaluate_a_checkpoint_without_ray(tmp_path):
+    cfg = validate(small_config(workers=0))
+    t = Training(cfg, LocalWorkers(cfg))
+    t.iterate()
+    checkpoint.write(tmp_path / "ckpt", *t.state())
+    t.close()
+    r = run(["evaluate", tmp_path / "ckpt", "--episodes", "3"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "CartPole-v1: 3 episodes, deterministic actions, seed 0" in r.stdout
+    assert "eval_return_mean" in r.stdout
+
+
+def test_best_of_a_sweep_directory_without_ray(tmp_path):
+    sweep = tmp_path / "results" / "s1"
+    sweep.mkdir(parents=True)
+    (sweep / "rlsweep_sweep.json").write_text(json.dumps({"name": "s1", "metric": "eval_return_mean", "mode": "max"}))
+    for tid, ret, steps, lr in [("x_00000", 500.0, 20_000, 0.001), ("x_00001", 500.0, 13_000, 0.002),
+                                ("x_00002", 200.0, 5_000, 0.003)]:
+        (sweep / f"trial_{tid}").mkdir()
+        config = small_config(ppo={"lr": lr})
+        lines = [{"trial_id": tid, "eval_return_mean": 0.0, "env_steps": 64, "config": config},
+                 {"trial_id": tid, "eval_return_mean": ret, "env_steps": steps, "config": config}]
+        (sweep / f"trial_{tid}" / "result.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    r = run(["best", "s1", "-o", tmp_path / "best.yaml"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "trial x_00001" in r.stdout  # the tie at 500 goes to fewer env steps
+    best = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert best["ppo"]["lr"] == 0.002 and best["name"] == "s1-best"

@@ -1,0 +1,235 @@
+"""The MLflow side, in-process: store resolution, the Tracker, and the Tune callback driven by
+stand-ins for Tune's trial objects against a real SQLite MLflow store (no Ray cluster needed)."""
+
+import pickle
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from rlsweep import metrics as M
+from rlsweep.callback import MlflowCallback
+from rlsweep.config import ConfigError, TrackingConfig, flatten, validate
+from rlsweep.parent_run import SweepParent
+from rlsweep.tracking import Store, check_store, experiment_name, local_artifact_root, resolve_uri
+from rlsweep.tuning import TrialStopper
+from tests.conftest import small_config
+
+
+@dataclass
+class Checkpoint:
+    path: str
+
+
+@dataclass
+class Trial:
+    """What the callback reads of a `ray.tune.experiment.Trial`."""
+
+    trial_id: str
+    config: dict[str, Any]
+    status: str = "RUNNING"
+    last_result: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Checkpoint | None = None
+    error: str | None = None
+
+    def get_error(self):
+        return RuntimeError(self.error) if self.error else None
+
+
+# -- where the store is ------------------------------------------------------------------------------
+
+
+def test_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    local = TrackingConfig(local_dir=str(tmp_path))
+    assert resolve_uri(local) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert local_artifact_root(resolve_uri(local), local) == (tmp_path / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_uri(local) == "http://127.0.0.1:5000"
+    assert local_artifact_root("http://127.0.0.1:5000", local) is None
+    assert resolve_uri(TrackingConfig(uri="sqlite:////x/y.db")) == "sqlite:////x/y.db"
+
+
+def test_experiment_name_and_store():
+    cfg = validate(small_config())
+    assert experiment_name(cfg) == "test"
+    cfg = validate(small_config(tracking={"experiment": "team-a", "uri": "sqlite:////tmp/z.db"}))
+    assert experiment_name(cfg) == "team-a"
+    assert Store.of(cfg) == Store("sqlite:////tmp/z.db", "team-a", (Path(".").resolve() / "mlartifacts").as_uri())
+
+
+@pytest.mark.parametrize("setup, uri, fragment", [
+    (None, "sqlite:///{tmp}/missing/mlflow.db", "does not exist"),
+    (lambda t: (t / "x.db").write_text("not sqlite"), "sqlite:///{tmp}/x.db", "is not an SQLite database"),
+    (None, "http://127.0.0.1:9", "cannot be reached"),
+])
+def test_check_store_says_why(tmp_path, setup, uri, fragment):
+    if setup:
+        setup(tmp_path)
+    with pytest.raises(ConfigError, match=fragment):
+        check_store(uri.format(tmp=tmp_path))
+
+
+def test_check_store_accepts_a_new_sqlite_file(tmp_path):
+    check_store(f"sqlite:///{tmp_path / 'new.db'}")
+    assert not (tmp_path / "new.db").exists()  # checking creates nothing
+
+
+# -- the callback -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(mlflow_store):
+    uri, artifacts = mlflow_store
+    return Store(uri, f"exp-{uuid.uuid4().hex[:8]}", artifacts)
+
+
+def runs(store):
+    client = MlflowClient(store.uri)
+    exp = client.get_experiment_by_name(store.experiment)
+    return client, client.search_runs([exp.experiment_id]) if exp else []
+
+
+def result(step, ret):
+    return {M.ENV_STEPS: step, M.EVAL_RETURN_MEAN: ret, M.EPISODE_RETURN_MEAN: ret,
+            M.TRAINING_ITERATION: step // 64, "config": {"not": "a metric"}, "trial_id": "x"}
+
+
+def callback(store, cfg, run_dir, sweep=None):
+    return MlflowCallback(store, run_dir, validate(cfg), TrialStopper(validate(cfg).stop).reason, sweep=sweep)
+
+
+def play(cb, trial, steps, tmp_path, trials=None, attempt=0):
+    """Tune's hook sequence for one trial: start, then results with a checkpoint after each."""
+    trials = trials or [trial]
+    cb.on_trial_start(0, trials, trial)
+    for step, ret in steps:
+        trial.last_result = result(step, ret)
+        cb.on_trial_result(0, trials, trial, trial.last_result)
+        ckpt = tmp_path / f"{trial.trial_id}-{attempt}-{step}"
+        ckpt.mkdir()
+        (ckpt / "state.json").write_text(str(step))
+        cb.on_checkpoint(0, trials, trial, Checkpoint(str(ckpt)))
+        trial.checkpoint = Checkpoint(str(ckpt))
+
+
+def test_train_run_holds_params_history_checkpoints_and_status(store, tmp_path):
+    cfg = small_config(tracking={"flush_s": 0})
+    cb = callback(store, cfg, str(tmp_path / "train-1"))
+    cb.setup()
+    trial = Trial("t1", cfg)
+    play(cb, trial, [(64, 10.0), (128, 30.0), (192, 20.0)], tmp_path)
+    trial.status = "TERMINATED"
+    cb.on_trial_complete(0, [trial], trial)
+    cb.on_experiment_end([trial])
+
+    client, found = runs(store)
+    assert len(found) == 1
+    run = found[0]
+    assert run.info.status == "FINISHED" and run.data.tags["rlsweep.kind"] == "train"
+    assert run.data.tags["rlsweep.status"] == "stopped early"  # stop.env_steps 1000 was not reached
+    assert run.data.params == {k: str(v) for k, v in flatten(validate(cfg).model_dump(mode="json")).items()}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RETURN_MEAN)] == [64, 128, 192]
+    assert "config" not in run.data.metrics and "trial_id" not in run.data.metrics
+    assert run.data.tags["rlsweep.best_checkpoint_score"] == "30.0"
+    best = client.download_artifacts(run.info.run_id, "checkpoints/best/state.json", str(tmp_path / "dl"))
+    assert open(best).read() == "128"
+    final = client.download_artifacts(run.info.run_id, "checkpoints/final/state.json", str(tmp_path / "dl2"))
+    assert open(final).read() == "192"
+
+
+def sweep_parent(run_dir):
+    return SweepParent(name="s1", run_dir=run_dir, metric=M.EVAL_RETURN_MEAN, mode="max",
+                       searched=["ppo.lr"], params={"trials": 2})
+
+
+def test_sweep_nests_trials_under_a_parent_with_a_summary(store, tmp_path):
+    cfg = small_config(tracking={"flush_s": 0}, stop={"target_return": 50, "env_steps": 1000})
+    run_dir = str(tmp_path / "s1")
+    cb = callback(store, cfg, run_dir, sweep_parent(run_dir))
+    cb.setup()
+    good = Trial("a_00000", {**cfg, "ppo": {**cfg["ppo"], "lr": 0.01}})
+    bad = Trial("a_00001", cfg, error="ValueError: loss is nan")
+    both = [good, bad]
+    play(cb, good, [(64, 20.0), (128, 60.0)], tmp_path, both)
+    good.status = "TERMINATED"
+    cb.on_trial_complete(0, both, good)
+    play(cb, bad, [(64, 5.0)], tmp_path, both)
+    bad.status = "ERROR"
+    cb.on_trial_error(0, both, bad)
+    cb.on_experiment_end(both)
+
+    client, found = runs(store)
+    parent = next(r for r in found if r.data.tags["rlsweep.kind"] == "sweep")
+    children = {r.data.tags["rlsweep.trial_id"]: r for r in found if r.data.tags["rlsweep.kind"] == "trial"}
+    assert set(children) == {"a_00000", "a_00001"}
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children.values())
+    assert children["a_00000"].data.tags["rlsweep.status"] == "finished"
+    assert children["a_00000"].data.tags["rlsweep.reason"] == "reached target return 50"
+    assert children["a_00001"].info.status == "FAILED"
+    assert children["a_00001"].data.tags["rlsweep.reason"] == "ValueError: loss is nan"
+    assert parent.info.status == "FINISHED" and parent.data.params == {"trials": "2"}
+    assert parent.data.tags["rlsweep.best_trial_id"] == "a_00000"
+    assert parent.data.tags["rlsweep.best_run_id"] == children["a_00000"].info.run_id
+    assert parent.data.metrics[f"best_{M.EVAL_RETURN_MEAN}"] == 60.0
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"best_config.yaml", "results.csv", "optimization_history.png", "learning_curves.png"} <= artifacts
+
+
+def test_a_resumed_sweep_reuses_its_runs_and_logs_no_step_twice(store, tmp_path):
+    cfg = small_config(tracking={"flush_s": 0})
+    run_dir = str(tmp_path / "s2")
+    first = callback(store, cfg, run_dir, sweep_parent(run_dir))
+    first.setup()
+    trial = Trial("b_00000", cfg)
+    play(first, trial, [(64, 1.0), (128, 2.0), (192, 3.0)], tmp_path)
+    first.on_experiment_end([trial])  # interrupted: the trial is still RUNNING
+
+    client, found = runs(store)
+    assert {r.data.tags["rlsweep.status"] for r in found} == {"interrupted"}
+    assert {r.info.status for r in found} == {"KILLED"}
+
+    # `rlsweep resume`: Tune unpickles the callback and replays the trial from its checkpoint at 128
+    second = pickle.loads(pickle.dumps(first))
+    assert second.runs == {} and second.parent_run_id is None
+    second.setup()
+    trial.status = "RUNNING"
+    play(second, trial, [(192, 3.0), (256, 4.0)], tmp_path, attempt=1)
+    trial.status = "TERMINATED"
+    second.on_trial_complete(0, [trial], trial)
+    second.on_experiment_end([trial])
+
+    client, found = runs(store)
+    assert len(found) == 2  # one parent, one child: nothing duplicated
+    child = next(r for r in found if r.data.tags["rlsweep.kind"] == "trial")
+    assert [m.step for m in client.get_metric_history(child.info.run_id, M.ENV_STEPS)] == [64, 128, 192, 256]
+    assert {r.info.status for r in found} == {"FINISHED"}
+
+
+def test_a_restore_note_becomes_a_tag(store, tmp_path):
+    cfg = small_config()
+    cb = callback(store, cfg, str(tmp_path / "t"))
+    cb.setup()
+    trial = Trial("n1", cfg)
+    cb.on_trial_start(0, [trial], trial)
+    cb.on_trial_result(0, [trial], trial, {**result(64, 1.0), M.RESTORE_NOTE: "episodes start afresh"})
+    trial.status = "TERMINATED"
+    cb.on_trial_complete(0, [trial], trial)
+    cb.on_experiment_end([trial])
+    _, found = runs(store)
+    assert found[0].data.tags["rlsweep.restore_note"] == "episodes start afresh"
+    assert M.RESTORE_NOTE not in found[0].data.metrics
+
+
+def test_a_tracking_failure_is_raised_in_the_driver(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    store = Store(f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", "x")  # a path no database can have
+    cfg = small_config()
+    cb = callback(store, cfg, str(tmp_path / "t"))
+    trial = Trial("f1", cfg)
+    cb.on_trial_start(0, [trial], trial)
+    with pytest.raises(RuntimeError, match="MLflow tracking failed"):
+        cb._writer.barrier()

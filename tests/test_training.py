@@ -1,0 +1,94 @@
+"""One PPO run without Ray: the lr schedule, an iteration's metrics, exact continuation from state()."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from rlsweep import metrics as M
+from rlsweep.config import PPOConfig, validate
+from rlsweep.training import Training, learning_rate
+from rlsweep.workers import LocalWorkers
+from tests.conftest import ROOT, small_config
+
+
+def test_learning_rate_schedule():
+    flat = PPOConfig(lr=0.01)
+    assert learning_rate(flat, 0, 1000) == learning_rate(flat, 900, 1000) == 0.01
+    assert learning_rate(flat, 5000, None) == 0.01
+    annealed = PPOConfig(lr=0.01, anneal_lr=True)
+    assert learning_rate(annealed, 0, 1000) == pytest.approx(0.01)
+    assert learning_rate(annealed, 250, 1000) == pytest.approx(0.0075)
+    assert learning_rate(annealed, 1000, 1000) == 0.0
+    assert learning_rate(annealed, 1500, 1000) == 0.0  # held at 0 past the horizon, never negative
+    with pytest.raises(ValueError):
+        learning_rate(annealed, 0, None)
+
+
+def training(**sections):
+    cfg = validate(small_config(workers=0, **sections))
+    return Training(cfg, LocalWorkers(cfg))
+
+
+def comparable(result):
+    timings = {M.TIME_SAMPLE_S, M.TIME_LEARN_S, M.TIME_EVAL_S, M.TIME_OTHER_S, M.ENV_STEPS_PER_S}
+    return {k: v for k, v in result.items() if k not in timings}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k], k
+
+
+def test_iterate_reports_every_metric_and_counts_steps():
+    t = training(ppo={"anneal_lr": True})
+    first, second = t.iterate(), t.iterate()
+    t.close()
+    documented = M.REPORTED - {M.TIME_TOTAL_S, M.TRAINING_ITERATION}
+    assert set(first) == documented
+    assert second[M.ENV_STEPS] == 2 * 64 and t.iterations == 2
+    assert second[M.LR] < first[M.LR] == pytest.approx(1e-3)  # annealed over stop.env_steps
+    assert math.isnan(first[M.EVAL_RETURN_MEAN]) and not math.isnan(second[M.EVAL_RETURN_MEAN])  # interval 2
+
+
+def test_state_round_trip_continues_exactly():
+    reference = training(policy={"normalize_observations": True})
+    expected = [comparable(reference.iterate()) for _ in range(3)]
+    reference.close()
+
+    a = training(policy={"normalize_observations": True})
+    a.iterate(), a.iterate()
+    learner_state, state = a.state()
+    a.close()
+    b = training(policy={"normalize_observations": True})
+    assert b.load_state(learner_state, state) is None
+    got = comparable(b.iterate())
+    b.close()
+    assert_same(expected[2], got)
+
+
+def test_restore_onto_another_worker_count_says_so(caplog):
+    a = training()
+    a.iterate()
+    learner_state, state = a.state()
+    a.close()
+    state["samplers"] = state["samplers"] * 2  # as if saved by two rollout workers
+    b = training()
+    with caplog.at_level("WARNING"):
+        note = b.load_state(learner_state, state, source="ckpt-7")
+    b.close()
+    assert note is not None and "onto 1 sampler(s) from a checkpoint of 2" in note
+    assert "ckpt-7" in caplog.text and note in caplog.text
+    assert b.env_steps == 64  # the rest of the state did load
+
+
+def test_training_imports_no_ray():
+    code = ("import sys; from rlsweep.config import validate; from rlsweep.training import Training; "
+            "from rlsweep.workers import make_workers; from tests.conftest import small_config; "
+            "cfg = validate(small_config(workers=0)); t = Training(cfg, make_workers(cfg)); t.iterate(); "
+            "assert 'ray' not in sys.modules, 'ray was imported'")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
