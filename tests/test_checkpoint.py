@@ -48,3 +48,31 @@ def test_a_checkpoint_of_another_network_is_refused(tmp_path, change, key):
     checkpoint.check(d, small_config())  # the same experiment fits
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         checkpoint.check(d, small_config(**change))
+
+
+def test_a_truncated_learner_file_is_caught_by_its_checksum(tmp_path):
+    d = tmp_path / "c"
+    checkpoint.write(d, b"tensors and more tensors", {"config": small_config()})
+    (d / checkpoint.LEARNER_FILE).write_bytes(b"tensors")
+    for call in (lambda: checkpoint.read(d), lambda: checkpoint.check(d, small_config())):
+        with pytest.raises(ConfigError, match="learner.pt does not match the checksum"):
+            call()
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ('{"format_version": 1, "conf', "state.json is not valid JSON"),
+    (b"\xff\xfe\x00", "state.json is not valid JSON"),
+    ("[1, 2]", "does not hold an rlsweep checkpoint's state"),
+])
+def test_a_corrupt_state_file_is_one_clear_error(tmp_path, content, fragment):
+    d = write(tmp_path / "c")
+    path = d / checkpoint.STATE_FILE
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError, match=fragment):
+        checkpoint.check(d)
+
+
+def test_writes_leave_no_temporary_files(tmp_path):
+    d = write(tmp_path / "c")
+    write(d)  # saved again over itself
+    assert sorted(p.name for p in d.iterdir()) == [checkpoint.LEARNER_FILE, checkpoint.STATE_FILE]

@@ -46,6 +46,8 @@ def exp(tmp_path):
     (["--set", "env.id=NoSuchEnv-v9"], "key 'env.id': 'NoSuchEnv-v9' is not a registered"),
     (["--set", "ppo.minibatch_size=100"], "minibatch_size (100) must divide train_batch_size (256)"),
     (["--restore", "/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt: no such checkpoint directory"),
+    (["--set", "ppo.lr=.inf"], "key 'ppo.lr': Input should be a finite number (got inf)"),
+    (["--set", "ppo.ent_coef=.nan"], "key 'ppo.ent_coef': Input should be a finite number (got nan)"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_ray(exp, tmp_path, args, fragment):
     r = rlsweep("train", exp, *args, timeout=60)
@@ -103,3 +105,46 @@ def test_train_then_restore_continues(exp, tmp_path):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == steps
         assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
             "checkpoints/best", "checkpoints/final"}
+
+
+def with_test_envs(*args):
+    """`rlsweep` with the tests' own envs importable (in the driver and in every Ray worker)."""
+    return subprocess.run([sys.executable, "-m", "rlsweep.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT,
+                          env={**__import__("os").environ, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"})
+
+
+def test_a_diverging_trial_fails_and_says_why_in_the_terminal_and_in_mlflow(exp, tmp_path):
+    """Rewards that turn NaN (a real env, in a real rollout actor) end the trial as an error that
+    names the iteration and the quantity; exit 1; the MLflow run is FAILED with that reason."""
+    r = with_test_envs("train", exp, "--set", "env.id=tests.faulty_envs:NanRewardCartPole",
+                       "--set", "env.kwargs={nan_after: 40}", "--set", "max_failures=0")
+    assert r.returncode == 1, r.stderr[-3000:]
+    failed = next(line for line in r.stdout.splitlines() if line.startswith("failed: "))
+    assert "iteration 2: the env returned non-finite rewards" in failed
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("clitest").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["rlsweep.status"] == "error"
+    assert "iteration 2: the env returned non-finite rewards" in run.data.tags["rlsweep.reason"]
+
+
+def test_a_crashed_trial_is_retried_from_its_checkpoint_in_the_same_run(exp, tmp_path):
+    """The env raises once, in the trial's 3rd iteration: Tune restarts the trial from its checkpoint
+    after iteration 2 (max_failures 1) and it finishes; one MLflow run, every step logged once."""
+    marker = tmp_path / "crashed"
+    r = with_test_envs("train", exp, "--set", "env.id=tests.faulty_envs:CrashOnceCartPole",
+                       "--set", f"env.kwargs={{marker: '{marker}', crash_after: 80}}", "--set", "checkpoint_frequency=2",
+                       "--set", "rollouts.num_rollout_workers=0", "--set", "resources.learner_cpus=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert marker.exists() and printed(r.stdout, "env_steps") == 1024
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("clitest").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["rlsweep.status"] == "finished"
+    assert run.data.tags["rlsweep.retries"] == "1" and "injected env crash" in run.data.tags["rlsweep.retry_reason"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == [256, 512, 768, 1024]

@@ -51,3 +51,35 @@ def test_best_of_a_sweep_directory_without_ray(tmp_path):
     assert "trial x_00001" in r.stdout  # the tie at 500 goes to fewer env steps
     best = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert best["ppo"]["lr"] == 0.002 and best["name"] == "s1-best"
+
+
+def test_best_refuses_bad_outputs_and_corrupt_records(tmp_path):
+    sweep = tmp_path / "results" / "s2"
+    sweep.mkdir(parents=True)
+    (sweep / "rlsweep_sweep.json").write_text(json.dumps({"name": "s2", "metric": "eval_return_mean", "mode": "max"}))
+    (sweep / "trial_a").mkdir()
+    (sweep / "trial_a" / "result.json").write_text(json.dumps({"trial_id": "a", "eval_return_mean": 1.0,
+                                                               "config": small_config()}) + "\n")
+    (tmp_path / "link.yaml").symlink_to(tmp_path / "nowhere.yaml")
+    cases = [
+        (["-o", tmp_path / "no" / "such" / "dir" / "best.yaml"], "does not exist"),
+        (["-o", tmp_path / "link.yaml"], "file exists; rlsweep never overwrites it"),
+    ]
+    for extra, fragment in cases:
+        r = run(["best", "s2", *extra], tmp_path)
+        assert r.returncode == 2 and fragment in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "nowhere.yaml").exists()  # nothing was written through the dangling link
+
+    (sweep / "trial_a" / "result.json").write_text('{"trial_id": "a", "eval_ret')
+    r = run(["best", "s2"], tmp_path)
+    assert r.returncode == 2 and "the last result is not valid" in r.stderr, r.stderr
+    (sweep / "rlsweep_sweep.json").write_text("{not json")
+    r = run(["best", "s2"], tmp_path)
+    assert r.returncode == 2 and "not readable as a sweep record" in r.stderr, r.stderr
+
+
+def test_non_utf8_experiment_file_is_one_clear_error(tmp_path):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    r = run(["train", bad], tmp_path)
+    assert r.returncode == 2 and "not UTF-8 text" in r.stderr and "Traceback" not in r.stderr, r.stderr

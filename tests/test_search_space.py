@@ -66,6 +66,12 @@ def test_list_choices_and_ints(tmp_path):
     ("ppo.gamma: {type: uniform, low: 0.9, high: 1.5}\n", "invalid experiment (ppo.gamma=1.5)"),
     ("ppo.minibatch_size: {type: choice, values: [256, 2048]}\n", "minibatch_size (2048) must divide train_batch_size (1024)"),
     ("{}\n", "no parameters"),
+    ("ppo.minibatch_size: {type: int, low: 64, high: 128}\n",
+     "invalid experiment (ppo.minibatch_size=65): "),
+    ("ppo.minibatch_size: {type: uniform, low: 64, high: 128}\n",
+     "uniform draws fractional numbers but ppo.minibatch_size is an integer: use {type: int"),
+    ("ppo.num_epochs: {type: loguniform, low: 2, high: 8}\n", "ppo.num_epochs is an integer"),
+    ("ppo.lr: {type: uniform, low: 0, high: .inf}\n", "finite number"),
 ])
 def test_bad_spaces_are_one_clear_error(tmp_path, text, fragment):
     with pytest.raises(ConfigError) as e:
@@ -97,3 +103,11 @@ def test_every_sampler_drives_the_wide_space(sampler):
     again = optuna.create_study(direction="maximize", sampler=make_sampler(cfg))
     first = again.ask()
     assert s.suggest(first) == seen[0]
+
+
+def test_a_valid_int_range_and_the_suggestion_check(tmp_path):
+    s = space(tmp_path, "ppo.minibatch_size: {type: int, low: 128, high: 256, step: 128}\n"
+                        "ppo.num_epochs: {type: int, low: 1, high: 12}\n")
+    assert s.check({"ppo": {"minibatch_size": 256, "num_epochs": 3}}) is None
+    problem = s.check({"ppo": {"minibatch_size": 384, "num_epochs": 3}})
+    assert "minibatch_size (384) must divide train_batch_size (1024)" in problem

@@ -112,6 +112,7 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     r = rlsweep("sweep", exp, "--space", CORE, "--name", "s1", uri=mlflow_server)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "best trial:" in r.stdout and "rlsweep ui" in r.stdout
+    assert f"{mlflow_server}/#/experiments/" in r.stdout and "runs?workflowType=machine_learning" in r.stdout
     assert not (tmp_path / "mlflow.db").exists()  # the server is the store, not the local default
 
     client = MlflowClient(mlflow_server)
@@ -167,9 +168,9 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     assert f"env_steps              {done + batch}\n" in r.stdout  # one iteration on from the checkpoint
 
 
-def _sweep_process(exp, space, name):
+def _sweep_process(exp, space, name, *extra):
     return subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "sweep", str(exp), "--space", str(space),
-                             "--name", name, "--set", "checkpoint_frequency=3",
+                             "--name", name, *extra, "--set", "checkpoint_frequency=3",
                              # metrics every iteration, so that the watcher can catch a trial between
                              # two checkpoints; iterations slow enough (~0.3 s) for it to look in time
                              "--set", "tracking.flush_s=0", "--set", "ppo.num_epochs=20",
@@ -208,12 +209,26 @@ def _wait_mid_sweep(tmp_path, proc, per_trial, timeout=240):
     raise TimeoutError("the sweep never reached the middle of a second trial")
 
 
-def _check_resumed(tmp_path, name, per_trial):
+def _check_interrupted(tmp_path, proc, trials):
+    """The interruption as the user sees it: exit 130, true counts, the resume command; in MLflow the
+    parent and the cut trial interrupted (KILLED), the finished trial finished."""
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert f"interrupted (1/{trials} trials done, 0 of them failed)" in err and "rlsweep resume" in err, err[-3000:]
+    assert "done:" not in out
+    runs = runs_of(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
+    assert parent.info.status == "KILLED" and parent.data.tags["rlsweep.status"] == "interrupted"
+    children = sorted(x.data.tags["rlsweep.status"] for x in runs if x.data.tags.get("rlsweep.kind") == "trial")
+    assert children == ["finished", "interrupted"]
+
+
+def _check_resumed(tmp_path, name, per_trial, trials=4):
     sweep_dir = tmp_path / "results" / name
     r = rlsweep("resume", name, "--results-dir", tmp_path / "results")
     assert r.returncode == 0, r.stderr[-4000:]
     res = trial_results(sweep_dir)
-    assert len(res) == 4 and all(rows[-1]["env_steps"] >= per_trial for rows in res.values())
+    assert len(res) == trials and all(rows[-1]["env_steps"] >= per_trial for rows in res.values())
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = runs_of(client)
@@ -235,10 +250,10 @@ def _check_resumed(tmp_path, name, per_trial):
     assert sorted(r["mlflow_run_id"] for r in rows) == sorted(c.info.run_id for c in children)
 
     study = optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    trials = study.get_trials(deepcopy=False)
-    assert len(trials) == 4
-    assert sorted(t.user_attrs["tune_trial_id"] for t in trials) == sorted(res)
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    studied = study.get_trials(deepcopy=False)
+    assert len(studied) == trials
+    assert sorted(t.user_attrs["tune_trial_id"] for t in studied) == sorted(res)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in studied)
 
 
 @pytest.mark.slow
@@ -263,10 +278,22 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     proc = _sweep_process(exp, tmp_path / "space.yaml", "ctrlc")
     _wait_mid_sweep(tmp_path, proc, per_trial)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    assert "rlsweep resume" in err
+    _check_interrupted(tmp_path, proc, trials=4)
     _check_resumed(tmp_path, "ctrlc", per_trial)
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_last_trial_is_an_interruption_not_a_finish(tmp_path):
+    """`kill` (SIGTERM, to the driver alone) while the sweep's last trial runs: Tune would call every
+    trial TERMINATED; rlsweep reports it interrupted, and `resume` finishes it."""
+    per_trial = 6144
+    exp = experiment(tmp_path, steps=per_trial, concurrent=1)
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    proc = _sweep_process(exp, tmp_path / "space.yaml", "term", "--trials", "2")
+    _wait_mid_sweep(tmp_path, proc, per_trial)
+    os.kill(proc.pid, signal.SIGTERM)
+    _check_interrupted(tmp_path, proc, trials=2)
+    _check_resumed(tmp_path, "term", per_trial, trials=2)
 
 
 @pytest.mark.parametrize("setup,args,fragment", [
@@ -282,6 +309,8 @@ def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     (None, ["--set", "sweep.metric=accuracy"], "unknown metric 'accuracy'"),
     (lambda t: (t / "not-a-db").write_text("hello"), ["--set", "tracking.uri=sqlite:///{tmp}/not-a-db"],
      "is not an SQLite database"),
+    (lambda t: (t / "a-file").write_text(""), ["--set", "results_dir={tmp}/a-file"], "is a file, expected a folder"),
+    (None, ["--set", "sweep.study_storage=sqlite:///{tmp}/no/such/optuna.db"], "folder {tmp}/no/such does not exist"),
 ])
 def test_bad_sweep_input_exits_2_and_creates_nothing(tmp_path, setup, args, fragment):
     exp = experiment(tmp_path)
@@ -290,7 +319,8 @@ def test_bad_sweep_input_exits_2_and_creates_nothing(tmp_path, setup, args, frag
     r = rlsweep("sweep", exp, *[a.format(tmp=tmp_path) for a in args], timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rlsweep: error: ") and fragment in lines[0], r.stderr
+    assert len(lines) == 1 and lines[0].startswith("rlsweep: error: ") and fragment.format(tmp=tmp_path) in lines[0], \
+        r.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
 
 
@@ -313,7 +343,8 @@ def test_an_existing_sweep_name_is_not_overwritten(tmp_path):
 def test_ui_serves_the_store(tmp_path):
     exp = experiment(tmp_path)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "ui", str(exp), "--port", str(port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "ui", str(exp), "--port", str(port), "--create"],
+                            cwd=ROOT,
                             env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     try:
@@ -323,6 +354,18 @@ def test_ui_serves_the_store(tmp_path):
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     assert (tmp_path / "mlflow.db").exists()
+
+
+def test_ui_refuses_a_missing_store_and_a_busy_port(tmp_path):
+    exp = experiment(tmp_path)
+    r = rlsweep("ui", exp, timeout=60)
+    assert r.returncode == 2 and "no MLflow store at" in r.stderr and "--create" in r.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = rlsweep("ui", exp, "--create", "--port", busy.getsockname()[1], timeout=60)
+    assert r.returncode == 1 and "is in use" in r.stderr and "--port" in r.stderr
 
 
 def test_asha_stops_weak_trials_early(tmp_path):

@@ -11,10 +11,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rlsweep import metrics as M
-from rlsweep.callback import MlflowCallback
+from rlsweep.callback import MlflowCallback, TrackingUnavailable
 from rlsweep.config import ConfigError, TrackingConfig, flatten, validate
 from rlsweep.parent_run import SweepParent
-from rlsweep.tracking import Store, check_store, experiment_name, local_artifact_root, resolve_uri
+from rlsweep.tracking import Store, check_store, experiment_name, local_artifact_root, redact, resolve_uri
 from rlsweep.tuning import TrialStopper
 from tests.conftest import small_config
 
@@ -224,12 +224,83 @@ def test_a_restore_note_becomes_a_tag(store, tmp_path):
     assert M.RESTORE_NOTE not in found[0].data.metrics
 
 
-def test_a_tracking_failure_is_raised_in_the_driver(tmp_path):
+def test_a_store_that_stays_unusable_is_raised_in_the_driver_after_outage_s(tmp_path):
     (tmp_path / "a-file").write_text("")
     store = Store(f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", "x")  # a path no database can have
-    cfg = small_config()
+    cfg = small_config(tracking={"outage_s": 1})
     cb = callback(store, cfg, str(tmp_path / "t"))
     trial = Trial("f1", cfg)
     cb.on_trial_start(0, [trial], trial)
-    with pytest.raises(RuntimeError, match="MLflow tracking failed"):
+    with pytest.raises(TrackingUnavailable, match=r"the MLflow store was unreachable for \d+ s \(tracking.outage_s = 1\)"):
         cb._writer.barrier()
+
+
+def test_a_failed_write_is_retried_and_no_row_is_lost(store, tmp_path):
+    """The first two writes of the metric rows fail (as a store that is down would): the rows stay
+    queued and reach MLflow, once each, when the write goes through."""
+    cfg = small_config(tracking={"flush_s": 0})
+    cb = callback(store, cfg, str(tmp_path / "r"))
+    cb.setup()
+    trial = Trial("r1", cfg)
+    cb.on_trial_start(0, [trial], trial)
+    cb._writer.barrier()
+    real, failures = cb.tracker.log_rows, []
+
+    def flaky(run_id, rows):
+        if len(failures) < 2:
+            failures.append(len(rows))
+            raise ConnectionError("store down")
+        real(run_id, rows)
+
+    cb.tracker.log_rows = flaky
+    for step in (64, 128, 192):
+        cb.on_trial_result(0, [trial], trial, result(step, 1.0))
+    cb._writer.barrier()
+    trial.status = "TERMINATED"
+    cb.on_trial_complete(0, [trial], trial)
+    cb.on_experiment_end([trial])
+    client, found = runs(store)
+    assert len(failures) == 2 and all(n >= 1 for n in failures)  # two failed writes of queued rows
+    assert [m.step for m in client.get_metric_history(found[0].info.run_id, M.ENV_STEPS)] == [64, 128, 192]
+    assert found[0].info.status == "FINISHED"
+
+
+def test_passwords_never_reach_a_message():
+    assert redact("https://ann:s3cret@mlflow.example:5000/x") == "https://ann:***@mlflow.example:5000/x"
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    with pytest.raises(ConfigError) as e:
+        check_store("http://ann:s3cret@127.0.0.1:9")
+    assert "s3cret" not in str(e.value) and "ann:***@127.0.0.1:9" in str(e.value)
+    assert "cannot be reached" in str(e.value)  # the host was parsed past the credentials
+
+
+def test_check_store_sends_basic_auth_from_the_uri():
+    """A real HTTP server on loopback that, like `mlflow server --app-name basic-auth`, wants credentials."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen = []
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            ok = self.headers.get("Authorization") == "Basic " + base64.b64encode(b"ann:s3cret").decode()
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        check_store(f"http://ann:s3cret@127.0.0.1:{port}")
+        with pytest.raises(ConfigError, match=r"ann:\*\*\*@127\.0\.0\.1"):
+            check_store(f"http://ann:wrong@127.0.0.1:{port}")
+    finally:
+        server.shutdown()
+    assert seen[0][0] == "/health"

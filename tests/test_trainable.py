@@ -128,3 +128,25 @@ def test_restore_onto_another_worker_count_is_reported_once(ray_local, tmp_path)
     assert first[M.ENV_STEPS] == 2 * 128  # the counters did carry over
     assert "onto 1 sampler(s) from a checkpoint of 2" in first[M.RESTORE_NOTE]
     assert M.RESTORE_NOTE not in second
+
+
+def test_a_killed_rollout_or_evaluation_actor_is_replaced(ray_local):
+    """SIGKILL to a rollout actor's process (and to the evaluator's): the next iterations go on, on a
+    replacement, with the batch complete and the replacement counted."""
+    import signal
+
+    t = PPOTrainable(config=small_config(workers=2, evaluation={"interval": 1, "episodes": 2}))
+    try:
+        t.step()
+        victim = t.last_rollout_pids[1]
+        os.kill(victim, signal.SIGKILL)
+        second = t.step()
+        assert second[M.WORKERS_REPLACED] == 1 and second[M.ENV_STEPS] == 2 * 128
+        assert victim not in t.last_rollout_pids and len(set(t.last_rollout_pids)) == 2
+        evaluator = t.training.workers.evaluator
+        os.kill(ray_local.get(evaluator.__ray_call__.remote(lambda _: os.getpid())), signal.SIGKILL)
+        third = t.step()
+        assert third[M.WORKERS_REPLACED] == 2 and not math.isnan(third[M.EVAL_RETURN_MEAN])
+        assert t.training.workers.evaluator is not evaluator
+    finally:
+        t.stop()

@@ -8,7 +8,7 @@ import pytest
 
 from rlsweep import metrics as M
 from rlsweep.config import PPOConfig, validate
-from rlsweep.training import Training, learning_rate
+from rlsweep.training import NonFiniteError, Training, learning_rate
 from rlsweep.workers import LocalWorkers
 from tests.conftest import ROOT, small_config
 
@@ -92,3 +92,17 @@ def test_training_imports_no_ray():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                        env={"PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("sections, fragment", [
+    ({"env": {"id": "tests.faulty_envs:NanRewardCartPole", "kwargs": {"nan_after": 30}}},
+     "iteration 2: the env returned non-finite rewards"),
+    ({"ppo": {"lr": 1e30}}, "iteration 1: policy_loss became nan in the PPO update"),
+])
+def test_non_finite_values_stop_training_and_say_where(sections, fragment):
+    t = training(**sections)
+    with pytest.raises(NonFiniteError) as e:
+        for _ in range(10):
+            t.iterate()
+    t.close()
+    assert fragment in str(e.value)

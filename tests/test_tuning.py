@@ -20,3 +20,16 @@ def test_each_criterion_and_its_reason():
 def test_unset_criteria_never_stop():
     s = TrialStopper(StopConfig(env_steps=5))
     assert s.reason({"eval_return_mean": 1e9, "episode_return_mean": 1e9, "time_total_s": 1e9}) is None
+
+
+def test_the_sweep_line_shows_the_best_so_far_under_the_sweeps_metric_and_mode():
+    from types import SimpleNamespace
+
+    from rlsweep.tuning import ProgressLine
+
+    line = ProgressLine(sweep_trials=3, metric="value_loss", mode="min")
+    trials = [SimpleNamespace(status="RUNNING"), SimpleNamespace(status="TERMINATED")]
+    for v in (5.0, 2.0, 3.0, math.nan, 4.0):  # the latest values go back up; the best so far does not
+        line.on_trial_result(0, trials, trials[0], {"value_loss": v})
+    text = line.sweep_line(trials)
+    assert "best value_loss so far (min) 2 " in text and "trials 1/3 done, 1 running" in text

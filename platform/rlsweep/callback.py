@@ -10,10 +10,13 @@ duplicated.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import queue
+import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -28,14 +31,23 @@ from rlsweep.tracking import (
     TAG_PARENT,
     TAG_REPLACES,
     TAG_RESTORE_NOTE,
+    TAG_RETRIES,
+    TAG_RETRY_REASON,
     TAG_SEED,
     TAG_STATUS,
     TAG_TRIAL,
     Store,
     Tracker,
     better,
+    error_line,
     run_config_dict,
 )
+
+log = logging.getLogger("rlsweep.tracking")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow store stayed unreachable for longer than `tracking.outage_s`."""
 
 
 class _Writer:
@@ -43,16 +55,19 @@ class _Writer:
 
     Tune runs the next step of a trial only after every callback has returned, so MLflow calls made
     in the hooks would stall the trials (a run status change alone waits ~1 s for MLflow's own async
-    queue to stop). Here the hooks only queue work. The first error is raised again in the driver at
-    the next hook, so tracking never fails silently.
+    queue to stop). Here the hooks only queue work. A call that fails is retried with backoff (the
+    calls after it wait: order matters) while training goes on; only a store that stays unreachable
+    for `outage_s` is an error, raised again in the driver at the next hook.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, outage_s: float = 300.0) -> None:
         self.queue: queue.Queue[Any] = queue.Queue()
+        self.outage_s = outage_s
         self.error: BaseException | None = None
         self.busy_s = 0.0  # time spent in MLflow calls
         self.cpu_s = 0.0  # CPU time of those calls
         self.waited_s = 0.0  # time the driver spent waiting in barrier()
+        self.failing_since: float | None = None  # while the store is unreachable
         self._thread: threading.Thread | None = None
 
     def submit(self, fn: Any, *args: Any) -> None:
@@ -62,42 +77,97 @@ class _Writer:
             self._thread.start()
         self.queue.put((fn, args))
 
-    def barrier(self) -> None:
-        """Wait until everything submitted so far is written."""
+    def barrier(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is written (at most `timeout` seconds); whether it was."""
+        done = True
         if self._thread is not None:
             t0 = time.perf_counter()
-            self.queue.join()
+            with self.queue.all_tasks_done:
+                while self.queue.unfinished_tasks and self.error is None:
+                    left = None if timeout is None else timeout - (time.perf_counter() - t0)
+                    if left is not None and left <= 0:
+                        done = False
+                        break
+                    self.queue.all_tasks_done.wait(1.0 if left is None else min(left, 1.0))
             self.waited_s += time.perf_counter() - t0
         self.check()
+        return done
 
     def check(self) -> None:
         if self.error is not None:
-            err, self.error = self.error, None
+            err = self.error
+            if isinstance(err, TrackingUnavailable):
+                raise err
             raise RuntimeError(f"MLflow tracking failed: {type(err).__name__}: {err}") from err
 
     def _loop(self) -> None:
         while True:
             fn, args = self.queue.get()
+            try:
+                if self.error is None:  # after giving up, drop the rest: the driver ends the run
+                    self._call(fn, args)
+            finally:
+                self.queue.task_done()
+
+    def _call(self, fn: Any, args: tuple) -> None:
+        delay = 0.5
+        while True:
             t0, c0 = time.perf_counter(), time.thread_time()
             try:
-                if self.error is None:  # after a failure, drop the rest: the driver stops the run
-                    fn(*args)
-            except BaseException as e:  # noqa: BLE001 - handed to the driver thread
-                self.error = e
+                fn(*args)
+                if self.failing_since is not None:
+                    log.warning("MLflow store reachable again after %.0f s; the buffered metrics are written",
+                                time.monotonic() - self.failing_since)
+                    self.failing_since = None
+                return
+            except Exception as e:  # noqa: BLE001 - the store's errors are many; all are retried
+                now = time.monotonic()
+                if self.failing_since is None:
+                    self.failing_since = now
+                    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                    log.warning("MLflow store unreachable (%s); training goes on, retrying for up to %.0f s",
+                                first, self.outage_s)
+                if now - self.failing_since >= self.outage_s:
+                    self.error = TrackingUnavailable(
+                        f"the MLflow store was unreachable for {now - self.failing_since:.0f} s "
+                        f"(tracking.outage_s = {self.outage_s:g}): {type(e).__name__}: {e}")
+                    self.error.__cause__ = e
+                    return
             finally:
                 self.busy_s += time.perf_counter() - t0
                 self.cpu_s += time.thread_time() - c0
-                self.queue.task_done()
+            time.sleep(delay)
+            delay = min(2 * delay, 15.0)
+
+
+def _error_line(trial: Any) -> str:
+    """The trial's latest error, in one line, for the run's reason tag. Read from the trial's local
+    error file: the copy `get_error` reads is synced to storage only later."""
+    text = ""
+    local = getattr(trial, "error_file", None)
+    if local and Path(local).is_file():
+        text = Path(local).read_text(errors="replace")
+    elif hasattr(trial, "get_error"):
+        text = str(trial.get_error() or "")
+    return error_line(text) or "see the trial's error file"
 
 
 def _timed(hook: Any) -> Any:
-    """Adds the hook's own time to `hook_s`: how long tracking holds up Tune's loop."""
+    """Adds the hook's own time to `hook_s` (how long tracking holds up Tune's loop); a store that stays
+    unreachable ends the run as an interruption."""
 
     @functools.wraps(hook)
     def timed(self: MlflowCallback, *args: Any, **kwargs: Any) -> None:
+        if self.tracking_lost is not None:
+            return
         t0 = time.perf_counter()
         try:
             hook(self, *args, **kwargs)
+        except TrackingUnavailable as e:
+            # end the run as Ctrl-C would: Tune stops the trials and saves its state for `resume`
+            self.tracking_lost = e
+            log.error("%s; stopping, as for Ctrl-C", e)
+            signal.raise_signal(signal.SIGINT)
         finally:
             self.hook_s += time.perf_counter() - t0
 
@@ -127,6 +197,7 @@ class MlflowCallback(tune.Callback):
         # a trial's metric rows are written every flush_s, at its checkpoints and at its end (one
         # MLflow batch costs ~10 ms of driver CPU whatever its size: more often costs the trials CPU)
         self.flush_s = cfg.tracking.flush_s
+        self.outage_s, self.barrier_s = cfg.tracking.outage_s, cfg.tracking.checkpoint_wait_s
         self._settings = (*self.__dict__, "_settings")  # what a pickle keeps; _reset makes the rest
         self._reset()
 
@@ -136,15 +207,21 @@ class MlflowCallback(tune.Callback):
         self._warming = False
         self.logged_iterations = 0
         self._tracker: Tracker | None = None
-        self._writer = _Writer()
+        self._writer = _Writer(self.outage_s)
         self._lock = threading.Lock()
         self.parent_run_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id (filled in by the writer)
         self._opened: set[str] = set()  # trials whose run the driver has asked for
+        self._closed: set[str] = set()  # trials that completed or failed in this process
+        self._started_at = time.monotonic()
+        self.interrupted = False  # set at the end: some trial was cut short (Ctrl-C, SIGTERM, no store)
+        self.tracking_lost: TrackingUnavailable | None = None
         self._rows: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}  # trial id -> rows not yet written
         self._flushed_at: dict[str, float] = {}  # trial id -> when its rows were last handed to the writer
         self._logged_step: dict[str, int] = {}  # trial id -> last env step in its run's history
         self._best: dict[str, float] = {}
+        self._retries: dict[str, int] = {}
+        self._warned_wait = False
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the run config
         return {k: self.__dict__[k] for k in self._settings}
@@ -177,6 +254,7 @@ class MlflowCallback(tune.Callback):
     # -- runs (called on the writer thread, except setup) ------------------------------------------
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
+        self._started_at = time.monotonic()
         if self.sweep is not None:
             self.parent_run_id, self._resumed = self.sweep.open(self.tracker)
 
@@ -221,19 +299,36 @@ class MlflowCallback(tune.Callback):
         self.runs[tid] = run_id
 
     def _write_metrics(self, tid: str) -> None:
+        """Writes the trial's queued rows; a row leaves the queue only once MLflow has it (a failed
+        write leaves the rest queued for the retry)."""
         with self._lock:
-            queued, self._rows[tid] = self._rows.get(tid, []), []
-        rows = []
-        for row in queued:
+            queued = list(self._rows.get(tid, []))
+        done = 0
+        while done < len(queued):
+            chunk, metrics = [], 0
+            for row in queued[done:]:  # at most ~1000 metrics a batch: one MLflow request each
+                if chunk and metrics + len(row[2]) > 1000:
+                    break
+                chunk.append(row)
+                metrics += len(row[2])
             # after a resume, the iterations replayed from an older checkpoint are already logged
-            if row[0] > self._logged_step[tid]:
-                rows.append(row)
-                self._logged_step[tid] = row[0]
-                self.logged_iterations += 1
-        self.tracker.log_rows(self.runs[tid], rows)
+            new, last = [], self._logged_step[tid]
+            for row in chunk:
+                if row[0] > last:
+                    new.append(row)
+                    last = row[0]
+            self.tracker.log_rows(self.runs[tid], new)
+            with self._lock:
+                del self._rows[tid][:len(chunk)]
+            self._logged_step[tid] = last
+            self.logged_iterations += len(new)
+            done += len(chunk)
 
     def _log_best(self, tid: str, path: str, score: float) -> None:
         best = self._best.get(tid)
+        if not Path(path).is_dir():  # written late (the store was down) and Tune has since pruned it
+            log.warning("trial %s: checkpoint %s is gone before it reached MLflow; a later one will", tid, path)
+            return
         if best is None or better(score, best, self.mode):
             self._best[tid] = score
             self.tracker.log_artifacts(self.runs[tid], path, "checkpoints/best")
@@ -282,9 +377,14 @@ class MlflowCallback(tune.Callback):
         self._writer.submit(self._write_metrics, tid)
         if self.log_checkpoints and not math.isnan(score):
             self._writer.submit(self._log_best, tid, checkpoint.path, score)
-        # Tune records this checkpoint as the trial's restore point: what came before it must be in
-        # MLflow (and the checkpoint copied before Tune may delete it) before this returns
-        self._writer.barrier()
+        # Tune records this checkpoint as the trial's restore point: what came before it should be in
+        # MLflow (and the checkpoint copied before Tune may delete it) before this returns; while the
+        # store is down, training does not wait for it longer than checkpoint_wait_s
+        wait = 0.0 if self._writer.failing_since is not None else self.barrier_s  # down: do not wait again
+        if not self._writer.barrier(wait) and not self._warned_wait:
+            self._warned_wait = True
+            log.warning("MLflow is behind: checkpoints no longer wait for it (tracking.checkpoint_wait_s = %g)",
+                        self.barrier_s)
 
     @_timed
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -299,22 +399,54 @@ class MlflowCallback(tune.Callback):
         else:
             status = ("stopped early", "stopped before its stop criteria, by the scheduler or the sweep's time budget")
         self._ensure_run(trial, trials)
+        self._closed.add(trial.trial_id)
         self._writer.submit(self._close_run, trial.trial_id, final, *status, "FINISHED")
 
     @_timed
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        err = trial.get_error() if hasattr(trial, "get_error") else None
-        reason = str(err).strip().splitlines()[-1] if err and str(err).strip() else "see the trial's error file"
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        """Tune restarts a failed trial from its last checkpoint: the same run goes on (the iterations it
+        replays are logged once); the run records how often and why."""
         self._ensure_run(trial, trials)
-        self._writer.submit(self._close_run, trial.trial_id, None, "error", reason, "FAILED")
+        tid = trial.trial_id
+        self._retries[tid] = self._retries.get(tid, 0) + 1
+        self._writer.submit(self._note_retry, tid, self._retries[tid], _error_line(trial))
+
+    def _note_retry(self, tid: str, count: int, reason: str) -> None:
+        self.tracker.set_tag(self.runs[tid], TAG_RETRIES, str(count))
+        self.tracker.set_tag(self.runs[tid], TAG_RETRY_REASON, reason[:5000])
+
+    @_timed
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ensure_run(trial, trials)
+        self._closed.add(trial.trial_id)
+        self._writer.submit(self._close_run, trial.trial_id, None, "error", _error_line(trial), "FAILED")
 
     def on_experiment_end(self, trials, **info) -> None:
-        self._writer.barrier()
-        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
-        for trial in unfinished:  # interrupted: `rlsweep resume` picks these runs up again
-            if trial.trial_id in self.runs:
-                self._write_metrics(trial.trial_id)
+        if self.tracking_lost is None:
+            try:
+                self._writer.barrier()
+            except TrackingUnavailable as e:
+                self.tracking_lost = e
+        if self.tracking_lost is not None:  # nothing more can be written; `resume` continues the runs
+            self.interrupted = True
+            return
+        # Tune marks the trials it stops on Ctrl-C TERMINATED, as if they had finished, but never
+        # completes them: a trial that ran here and did not complete or fail was cut short
+        cut = [t for t in trials if t.status not in ("TERMINATED", "ERROR")
+               or (t.trial_id in self._opened and t.trial_id not in self._closed)]
+        budget = self.sweep.time_budget_s if self.sweep is not None else None
+        out_of_time = budget is not None and time.monotonic() - self._started_at >= budget
+        for trial in cut:
+            if trial.trial_id not in self.runs:
+                continue
+            self._write_metrics(trial.trial_id)
+            if out_of_time and trial.status == "TERMINATED":
+                self.tracker.set_status(self.runs[trial.trial_id], "stopped early",
+                                        f"the sweep's time budget of {budget:g} s ended", "FINISHED")
+            else:  # interrupted: `rlsweep resume` picks these runs up again
                 self.tracker.set_status(self.runs[trial.trial_id], "interrupted", None, "KILLED")
+        unfinished = [t for t in cut if not (out_of_time and t.status == "TERMINATED")]
+        self.interrupted = bool(unfinished)
         if self.sweep is None or self.parent_run_id is None:
             return
         if unfinished:

@@ -2,12 +2,19 @@
 
     <dir>/learner.pt   network, optimiser and torch RNG: tensors and plain containers, read back with
                        torch.load(..., weights_only=True)
-    <dir>/state.json   everything else: counters, normaliser, RNG states, worker and env states
+    <dir>/state.json   everything else: counters, normaliser, RNG states, worker and env states, and
+                       the SHA-256 of learner.pt
+
+Each file is written to a temporary name and renamed into place (state.json last), so a crash while
+saving leaves the previous files or no checkpoint, never a mix; the checksum catches a learner.pt that
+was truncated or swapped afterwards.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,39 +23,71 @@ from rlsweep.config import ConfigError
 FORMAT_VERSION = 1
 LEARNER_FILE = "learner.pt"
 STATE_FILE = "state.json"
+_CHECKSUM = "learner_sha256"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def write(directory: str | Path, learner_state: bytes, state: dict[str, Any]) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    (d / LEARNER_FILE).write_bytes(learner_state)
-    (d / STATE_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **state}))
+    _write_atomic(d / LEARNER_FILE, learner_state)
+    meta = {"format_version": FORMAT_VERSION, _CHECKSUM: hashlib.sha256(learner_state).hexdigest(), **state}
+    _write_atomic(d / STATE_FILE, json.dumps(meta).encode())
+
+
+def _state(d: Path, directory: str | Path) -> dict[str, Any]:
+    try:
+        state = json.loads((d / STATE_FILE).read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"checkpoint {directory}: {STATE_FILE} is not valid JSON (corrupt or truncated)") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"checkpoint {directory}: {STATE_FILE} does not hold an rlsweep checkpoint's state")
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"{directory}: checkpoint format {state.get('format_version')}, expected {FORMAT_VERSION}")
+    return state
 
 
 def read(directory: str | Path) -> tuple[bytes, dict[str, Any]]:
-    d = check(directory)
-    state = json.loads((d / STATE_FILE).read_text())
-    if state.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"{directory}: checkpoint format {state.get('format_version')}, expected {FORMAT_VERSION}")
-    return (d / LEARNER_FILE).read_bytes(), state
+    """(learner.pt's bytes, the state) of a checkpoint whose files are whole; a ConfigError otherwise."""
+    _, data, state = _load(directory)
+    return data, state
 
 
-def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> Path:
-    """The checkpoint directory, or a ConfigError saying what is missing or does not fit.
-
-    With `experiment` (a config dict), also checks that the checkpoint was trained on the same env
-    with the same network, so a mismatch is reported before anything starts.
-    """
+def _load(directory: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
     d = Path(directory)
     if not d.is_dir():
         raise ConfigError(f"checkpoint {directory}: no such checkpoint directory")
     missing = [f for f in (LEARNER_FILE, STATE_FILE) if not (d / f).is_file()]
     if missing:
         raise ConfigError(f"checkpoint {directory}: not an rlsweep checkpoint (missing {', '.join(missing)})")
+    state = _state(d, directory)
+    data = (d / LEARNER_FILE).read_bytes()
+    expected = state.get(_CHECKSUM)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:  # older checkpoints have none
+        raise ConfigError(f"checkpoint {directory}: {LEARNER_FILE} does not match the checksum in {STATE_FILE} "
+                          "(truncated, corrupt or replaced)")
+    return d, data, state
+
+
+def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> Path:
+    """The checkpoint directory, or a ConfigError saying what is missing, corrupt or does not fit.
+
+    With `experiment` (a config dict), also checks that the checkpoint was trained on the same env
+    with the same network, so a mismatch is reported before anything starts.
+    """
+    d, _, state = _load(directory)
     if experiment is not None:
-        saved = json.loads((d / STATE_FILE).read_text()).get("config", {})
+        saved = state.get("config") if isinstance(state.get("config"), dict) else {}
         for section, key in _MUST_MATCH:
-            old, new = saved.get(section, {}).get(key), experiment[section][key]
+            old, new = (saved.get(section) or {}).get(key), experiment[section][key]
             if old != new:
                 raise ConfigError(
                     f"--restore {directory}: checkpoint has {section}.{key}={old!r}, the experiment {new!r}"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rlsweep.config import ConfigError, ExperimentConfig, TrackingConfig, flatten, load_experiment
+from rlsweep.interrupts import interrupt_on_termination
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("experiment", nargs="?", default=None, help="use this experiment's tracking settings")
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--create", action="store_true", help="start on an empty store where none exists yet")
     return p
 
 
@@ -126,18 +128,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     restore = _fetch_checkpoint(args.restore, cfg, uri) if args.restore else None
 
     from rlsweep import metrics as M
+    from rlsweep.tracking import redact
     from rlsweep.tuning import run_train
 
     out = run_train(cfg, restore_from=restore)
     keys = [M.ENV_STEPS, M.TRAINING_ITERATION, M.EPISODE_RETURN_MEAN, M.EVAL_RETURN_MEAN, M.EVAL_RETURN_STD,
             M.EXPLAINED_VARIANCE, M.ENV_STEPS_PER_S, M.TIME_TOTAL_S]
+    if out.interrupted:
+        then = (f"continue it with: {_self_command()} train {args.experiment} --restore {out.checkpoint}"
+                if out.checkpoint else "it saved no checkpoint yet (see checkpoint_frequency)")
+        why = f" ({redact(out.why_interrupted)})" if out.why_interrupted else ""
+        print(f"interrupted after {out.metrics.get(M.ENV_STEPS, 0)} env steps{why}; {then}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"finished: {out.stop_reason or 'stopped'}" if out.error is None else f"failed: {out.error}")
     for k in keys:
         if k in out.metrics:
             print(f"  {k:<22} {_fmt(out.metrics[k])}")
     print(f"checkpoint: {out.checkpoint}")
     print(f"trial dir:  {out.trial_dir}")
-    print(f"mlflow run: {out.run_id} at {uri}")
+    print(f"mlflow run: {out.run_id} at {redact(uri)}")
     return 0 if out.error is None else 1
 
 
@@ -174,36 +183,75 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _sweep_outcome(results, directory: Path) -> int:
+    """What the sweep came to, as MLflow records it (the statuses the tracker wrote, not Tune's, which
+    calls a trial stopped by Ctrl-C 'TERMINATED')."""
     from rlsweep import metrics as M
     from rlsweep.ranking import best as best_row
     from rlsweep.sweep import read_meta
-    from rlsweep.tracking import TAG_DIR, TAG_KIND, TAG_TRIAL, Store, experiment_name
+    from rlsweep.tracking import (
+        TAG_DIR,
+        TAG_KIND,
+        TAG_STATUS,
+        TAG_TRIAL,
+        Store,
+        experiment_name,
+        redact,
+        ui_link,
+    )
 
     meta = read_meta(directory)
-    done = results.num_terminated + results.num_errors
-    if done < meta["trials"] and done == len(results) and meta.get("time_budget_s"):
+    store = Store(meta["tracking_uri"], experiment_name(ExperimentConfig.model_validate(meta["experiment"])))
+    try:
+        tracker = store.tracker()
+        parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: str(directory)})
+        children = {r.tags.get(TAG_TRIAL): r for r in tracker.search(**{TAG_KIND: "trial", TAG_DIR: str(directory)})}
+        parent_status = tracker.tags(parent).get(TAG_STATUS) if parent else None
+    except Exception as e:  # noqa: BLE001 - the store went away: what Tune saved is still resumable
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        print(f"sweep {meta['name']} interrupted: the tracking store {redact(store.uri)} cannot be reached "
+              f"({first}); once it is back, continue with: {_self_command()} resume {directory}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    statuses = [r.tags.get(TAG_STATUS) for r in children.values()]
+    done = sum(s in ("finished", "stopped early", "error") for s in statuses)
+    failed = statuses.count("error")
+    if parent_status != "finished":
+        print(f"sweep {meta['name']} interrupted ({done}/{meta['trials']} trials done, {failed} of them failed); "
+              f"continue it with: {_self_command()} resume {directory}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if done < meta["trials"] and meta.get("time_budget_s"):
         print(f"sweep {meta['name']}: the time budget of {meta['time_budget_s']:g} s ended it after {done} trials",
               file=sys.stderr)
-    elif done < meta["trials"]:
-        print(f"sweep {meta['name']} interrupted ({done}/{meta['trials']} trials done); "
-              f"continue it with: rlsweep resume {directory}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    print(f"sweep {meta['name']} done: {results.num_terminated} trials finished, {results.num_errors} failed")
+    print(f"sweep {meta['name']} done: {done - failed} trials finished, {failed} failed")
     rows = [{**r.metrics, "config": r.config, "checkpoint": r.checkpoint} for r in results if r.metrics]
     best = best_row(rows, meta["metric"], meta["mode"])
     if best is None:
         print("no trial reported the metric; nothing to recommend")
         return 1
     flat = {k: v for k, v in flatten(best["config"]).items() if k in meta["params"]}
-    store = Store(meta["tracking_uri"], experiment_name(ExperimentConfig.model_validate(meta["experiment"])))
-    run_id = store.tracker().find(**{TAG_KIND: "trial", TAG_DIR: str(directory), TAG_TRIAL: best["trial_id"]})
+    run = children.get(best["trial_id"])
     print(f"best trial:  {best['trial_id']} with {meta['metric']} = {_fmt(best[meta['metric']])} "
           f"after {best.get(M.ENV_STEPS)} env steps")
     print("its config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in flat.items()))
     print(f"checkpoint:  {best['checkpoint'].path if best['checkpoint'] else None}")
-    print(f"mlflow run:  {run_id} (experiment {store.experiment}, {store.uri})")
-    print(f"next: rlsweep best {directory} -o best.yaml   |   rlsweep ui   (compare the runs in MLflow)")
+    print(f"mlflow run:  {run.run_id if run else None} (experiment {store.experiment}, {redact(store.uri)})")
+    server = store.uri.startswith(("http://", "https://"))
+    base = store.uri if server else "http://127.0.0.1:5000"
+    ui = "" if server else f" (after `{_self_command()} ui`)"
+    print(f"in MLflow{ui}: the trials {ui_link(base, tracker.experiment_id)}")
+    print(f"               the sweep  {ui_link(base, tracker.experiment_id, parent)}")
+    print(f"next: {_self_command()} best {directory} -o best.yaml   |   {_self_command()} ui   (compare the runs in MLflow)")
     return 0
+
+
+def _self_command() -> str:
+    """How to run rlsweep again from here: `rlsweep` when it is on PATH, else its full path."""
+    import shutil
+
+    exe = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    on_path = shutil.which("rlsweep")
+    if exe is not None and exe.name == "rlsweep" and (on_path is None or Path(on_path).resolve() != exe):
+        return str(exe)
+    return "rlsweep"
 
 
 def cmd_best(args: argparse.Namespace) -> int:
@@ -216,22 +264,31 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     directory = find_sweep(args.sweep, args.results_dir)
     meta = read_meta(directory)
-    if args.output and Path(args.output).exists():
-        raise ConfigError(f"-o {args.output}: file exists; rlsweep never overwrites it (pick another path)")
+    if args.output:
+        out = Path(args.output)
+        if out.exists() or out.is_symlink():
+            raise ConfigError(f"-o {args.output}: file exists; rlsweep never overwrites it (pick another path)")
+        if not out.parent.is_dir():
+            raise ConfigError(f"-o {args.output}: folder {out.parent} does not exist")
     rows = []
     for trial_dir in sorted(directory.glob("trial_*")):
         results = trial_dir / "result.json"
         lines = results.read_text().splitlines() if results.is_file() else []
         if lines:
-            last = json.loads(lines[-1])
+            try:
+                last = json.loads(lines[-1])
+                config = last["config"]
+            except (ValueError, KeyError, TypeError):
+                raise ConfigError(f"{results}: the last result is not valid (corrupt or truncated)") from None
             rows.append({"trial_id": last["trial_id"], meta["metric"]: last.get(meta["metric"], math.nan),
-                         M.ENV_STEPS: last.get(M.ENV_STEPS), "config": last["config"]})
+                         M.ENV_STEPS: last.get(M.ENV_STEPS), "config": config})
     top = best_row(rows, meta["metric"], meta["mode"])
     if top is None:
         raise ConfigError(f"sweep {directory}: no trial has reported {meta['metric']} yet")
     text = best_config_yaml(top, meta["name"], meta["metric"])
     if args.output:
-        Path(args.output).write_text(text)
+        with open(args.output, "x") as f:  # exclusive: never writes through a file or link that appeared
+            f.write(text)
         print(f"wrote {args.output} (trial {top['trial_id']}, {meta['metric']} = {_fmt(top[meta['metric']])}); "
               f"run it with: rlsweep train {args.output}")
     else:
@@ -269,16 +326,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from rlsweep.tracking import resolve_uri
+    import socket
 
-    tracking = load_experiment(args.experiment).tracking if args.experiment else TrackingConfig()
-    uri = resolve_uri(tracking)
-    if uri.startswith(("http://", "https://")):
-        print(f"the store is a server already: open {uri}")
+    from rlsweep.tracking import experiment_name, redact, resolve_uri, ui_link
+
+    cfg = load_experiment(args.experiment) if args.experiment else None
+    uri = resolve_uri(cfg.tracking if cfg else TrackingConfig())
+    server = uri.startswith(("http://", "https://"))
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if db is not None and not db.exists() and not args.create:
+        raise ConfigError(f"no MLflow store at {db}: run a sweep first, point at a store (an experiment file's "
+                          "tracking section, or $MLFLOW_TRACKING_URI), or pass --create for an empty one")
+    if not server:
+        with socket.socket() as probe:
+            try:
+                probe.bind((args.host, args.port))
+            except OSError as e:
+                print(f"rlsweep: error: {args.host}:{args.port} is in use ({e.strerror}): pick another with --port",
+                      file=sys.stderr)
+                return 1
+    base = uri if server else f"http://{args.host}:{args.port}"
+    print(f"the store is a server already: open {redact(uri)}" if server else
+          f"MLflow UI on {redact(uri)}: {base}  (Ctrl-C stops it)", flush=True)
+    if cfg is not None and (db is None or db.exists()):
+        from mlflow.tracking import MlflowClient
+
+        exp = MlflowClient(uri).get_experiment_by_name(experiment_name(cfg))
+        if exp is not None:
+            print(f"  runs of {exp.name}: {ui_link(base, exp.experiment_id)}", flush=True)
+    print("  (MLflow 3 opens an experiment in its GenAI view: the link above, or its 'Model training' switch, "
+          "shows the runs table)", flush=True)
+    if server:
         return 0
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on {uri}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+           "--host", args.host, "--port", str(args.port), "--workers", "1"]
     try:
         return subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     except KeyboardInterrupt:
@@ -291,7 +372,12 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "best"
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    interrupt_on_termination()
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not a line per store migration
+    # rlsweep's writer retries failed MLflow calls itself (tracking.outage_s), without holding up
+    # training: MLflow's own retries (7, about two minutes per call) would only block it
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args)

@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class EnvConfig(_Section):
@@ -164,6 +164,10 @@ class TrackingConfig(_Section):
     log_checkpoints: bool = Field(True, description="Upload each trial's best and final checkpoint.")
     flush_s: float = Field(2.0, ge=0, description="Write a trial's metrics to MLflow at least this often "
                            "(seconds; also at its checkpoints and end); 0 = every iteration.")
+    outage_s: float = Field(300.0, gt=0, description="How long the store may stay unreachable (writes are "
+                            "retried, metrics buffered, training goes on) before the run ends as interrupted.")
+    checkpoint_wait_s: float = Field(10.0, ge=0, description="How long a checkpoint waits for the metrics before "
+                                     "it to reach MLflow (longer only while the store is slow or down).")
 
 
 class ExperimentConfig(_Section):
@@ -173,6 +177,9 @@ class ExperimentConfig(_Section):
     seed: int = Field(0, ge=0, description="Seeds the learner, every worker and evaluation.")
     results_dir: str = Field("results", description="Where Tune keeps trials and checkpoints.")
     checkpoint_frequency: int = Field(0, ge=0, description="Checkpoint every N iterations (0: at end).")
+    max_failures: int = Field(
+        1, ge=0, description="Restart a trial that failed (a crash, a lost node) up to this many times, from its "
+        "last checkpoint (or its start), in the same MLflow run.")
     env: EnvConfig
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
@@ -297,6 +304,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     if not isinstance(data, dict):

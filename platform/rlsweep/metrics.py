@@ -22,6 +22,7 @@ TIME_LEARN_S = "time_learn_s"  # GAE and the PPO epochs
 TIME_EVAL_S = "time_eval_s"  # evaluation (0 when none ran)
 TIME_OTHER_S = "time_other_s"  # everything else in step()
 ENV_STEPS_PER_S = "env_steps_per_s"  # this iteration's env steps / its step() time
+WORKERS_REPLACED = "workers_replaced"  # rollout/evaluation actors that died and were replaced, so far
 
 # Tune's own keys that rlsweep reads.
 TIME_TOTAL_S = "time_total_s"

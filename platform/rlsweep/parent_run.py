@@ -24,6 +24,7 @@ class SweepParent:
     searched: list[str]  # the search space's parameter names
     params: dict[str, Any] = field(default_factory=dict)  # the parent run's params
     study: tuple[str, str] | None = None  # Optuna (storage URL, study name), for parameter importance
+    time_budget_s: float | None = None  # the sweep's time budget (trials it cuts short stopped early)
 
     def open(self, tracker: Tracker) -> tuple[str, bool]:
         """The parent run's id, and whether it already existed (a resumed sweep)."""

@@ -113,6 +113,10 @@ class Learner:
                            shift.clip_fraction]).tolist()
         return dict(zip((M.POLICY_LOSS, M.VALUE_LOSS, M.ENTROPY, M.APPROX_KL, M.CLIP_FRACTION), row, strict=True))
 
+    def finite(self) -> bool:
+        """Whether every parameter is a finite number."""
+        return bool(torch.isfinite(self.flat).all())
+
     # -- checkpoint state: tensors only, loadable with weights_only=True --------------------------
 
     def state_bytes(self) -> bytes:

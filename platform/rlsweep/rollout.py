@@ -128,6 +128,11 @@ class Sampler:
         self.ep_length = decode_value(state["ep_length"])
         return True
 
+    def reseed(self, restart_seed: int) -> None:
+        """Fresh episodes on a seed of their own (a replacement for a worker that died)."""
+        self.rng = np.random.default_rng(_seed(self.cfg.seed, self.index, 3, restart_seed))
+        self._reset_envs(_seed(self.cfg.seed, self.index, 4, restart_seed))
+
     def close(self) -> None:
         self.env.close()
 

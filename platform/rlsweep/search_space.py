@@ -12,6 +12,7 @@ actually used (gamma, never 1 - gamma).
 from __future__ import annotations
 
 import itertools
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,7 +24,7 @@ NESTING = "/"  # Tune unflattens suggested configs on "/"
 
 
 class _Dist(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Range(_Dist):
@@ -88,6 +89,12 @@ class Int(_Dist):
     def extremes(self) -> list[Any]:
         return [self.low, self.high - (self.high - self.low) % self.step]
 
+    def values(self) -> list[int]:
+        """Every value it can take (what load_search_space checks one by one)."""
+        if self.log:
+            return list(range(self.low, self.high + 1))
+        return list(range(self.low, self.high + 1, self.step))
+
 
 class Choice(_Dist):
     type: Literal["choice"]
@@ -121,14 +128,46 @@ def tunable_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") ->
 
 
 class SearchSpace:
-    """Parameters in file order; `suggest` is the define-by-run function Optuna calls."""
+    """Parameters in file order; `suggest` is the define-by-run function Optuna calls, `check` tells
+    whether a suggestion makes a valid experiment of the base one."""
 
-    def __init__(self, params: dict[str, Any], source: str):
+    def __init__(self, params: dict[str, Any], source: str, base: dict[str, Any] | None = None):
         self.params = params
         self.source = source
+        self.base = base
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         return {name.replace(".", NESTING): dist.suggest(trial, name) for name, dist in self.params.items()}
+
+    def check(self, suggestion: dict[str, Any]) -> str | None:
+        """None when the base experiment with `suggestion` (nested, as Tune passes it) is valid, else
+        why not, in one line."""
+        data = _merge(_deepcopy(self.base or {}), suggestion)
+        try:
+            validate(data, self.source)
+        except ConfigError as e:
+            return str(e)
+        return None
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def _integer_key(dotted: str) -> bool:
+    """Whether the schema types this key as an integer (so that float distributions cannot feed it)."""
+    model: Any = ExperimentConfig
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        model = model.model_fields[p].annotation
+    ann = model.model_fields[leaf].annotation
+    types = set(typing.get_args(ann)) or {ann}
+    return int in types and float not in types
 
 
 def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -156,21 +195,30 @@ def load_search_space(path: str | Path, experiment: dict[str, Any], experiment_s
             params[name] = _DIST.validate_python(spec)
         except ValidationError as e:
             raise ConfigError(f"{path}: parameter '{name}': {_explain_dist(e)}") from None
+        if isinstance(params[name], _Range) and _integer_key(name):
+            raise ConfigError(f"{path}: parameter '{name}': {spec['type']} draws fractional numbers but {name} is an "
+                              f"integer: use {{type: int, low: ..., high: ...}} or a choice")
     if not params:
         raise ConfigError(f"{path}: no parameters (expected 'key: {{type: ..., ...}}' entries)")
 
     names = list(params)
-    combos = itertools.product(*(params[n].extremes() for n in names))
-    for combo in itertools.islice(combos, _MAX_COMBINATIONS):
+    # every combination of the extremes, then every value of each integer range on its own (the
+    # experiment's other keys as they are): a range can hold invalid values between valid ends
+    checks = list(itertools.islice(itertools.product(*(params[n].extremes() for n in names)), _MAX_COMBINATIONS))
+    for i, n in enumerate(names):
+        if isinstance(params[n], Int):
+            checks += [tuple(v if j == i else None for j in range(len(names))) for v in params[n].values()[:4096]]
+    for combo in checks:
         data = _deepcopy(experiment)
         for n, v in zip(names, combo, strict=True):
-            _set(data, n, v)
+            if v is not None:
+                _set(data, n, v)
         try:
             validate(data, experiment_source)
         except ConfigError as e:
-            setting = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True))
+            setting = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True) if v is not None)
             raise ConfigError(f"{path}: the space allows an invalid experiment ({setting}): {e}") from None
-    return SearchSpace(params, str(path))
+    return SearchSpace(params, str(path), experiment)
 
 
 def _deepcopy(d: Any) -> Any:

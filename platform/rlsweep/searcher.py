@@ -7,9 +7,14 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
-from rlsweep.config import ExperimentConfig
+from rlsweep.config import ConfigError, ExperimentConfig
+
+log = logging.getLogger(__name__)
+MAX_INVALID_IN_A_ROW = 50  # suggestions the sampler may get wrong in a row before the sweep gives up
 
 
 def make_sampler(cfg: ExperimentConfig) -> Any:
@@ -35,8 +40,14 @@ def searcher_class() -> type:
 
     class ResumableOptunaSearch(OptunaSearch):
         """OptunaSearch that, after a crash, hands the Optuna trials Tune never recorded to the new
-        Tune trials that replace them, so the study holds each trial once; and whose trial configs
-        hold only what the define-by-run function returns (the values used, never 1 - gamma)."""
+        Tune trials that replace them, so the study holds each trial once; whose trial configs hold
+        only what the define-by-run function returns (the values used, never 1 - gamma); and that
+        checks each suggestion (`check`: suggestion -> None or why it is invalid) before a trial
+        starts: an invalid one is told to the study as failed, and the sampler asked again."""
+
+        def __init__(self, *args: Any, check: Callable[[dict], str | None] | None = None, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._check = check
 
         def _suggest_from_define_by_run_func(self, func: Any, ot_trial: Any) -> dict:
             return func(ot_trial)
@@ -51,9 +62,18 @@ def searcher_class() -> type:
                 orphan = self._orphan()
                 if orphan is not None:
                     self._ot_trials[trial_id] = orphan
-            config = super().suggest(trial_id)
-            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
-            return config
+            for _ in range(MAX_INVALID_IN_A_ROW):
+                config = super().suggest(trial_id)
+                problem = self._check(config) if self._check is not None and config is not None else None
+                if problem is None:
+                    self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+                    return config
+                invalid = self._ot_trials.pop(trial_id)
+                invalid.set_user_attr("invalid_config", problem[:1000])
+                self._ot_study.tell(invalid, state=optuna.trial.TrialState.FAIL)
+                log.warning("skipped an invalid suggestion (study trial %d): %s", invalid.number, problem)
+            raise ConfigError(f"the sampler suggested {MAX_INVALID_IN_A_ROW} invalid experiments in a row; narrow "
+                              f"the search space to valid combinations (the last: {problem})")
 
         def _orphan(self) -> Any:
             """A RUNNING study trial that no Tune trial holds (it was started before a crash)."""

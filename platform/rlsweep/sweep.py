@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +38,18 @@ def plan(cfg: ExperimentConfig, space: SearchSpace, name: str | None) -> SweepPl
     name = name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(f"--name {name!r}: use letters, digits, '-', '_' and '.'")
-    directory = Path(cfg.results_dir).resolve() / name
+    results = Path(cfg.results_dir).resolve()
+    if results.exists() and not results.is_dir():
+        raise ConfigError(f"results_dir {cfg.results_dir}: is a file, expected a folder")
+    directory = results / name
     if directory.exists():
         raise ConfigError(f"sweep {name!r} already exists at {directory}: `rlsweep resume {name}` continues it, "
                           "or pick another --name")
     storage = cfg.sweep.study_storage or f"sqlite:///{directory / 'optuna.db'}"
+    if cfg.sweep.study_storage and storage.startswith("sqlite:///"):
+        folder = Path(storage.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise ConfigError(f"sweep.study_storage {storage}: folder {folder} does not exist")
     return SweepPlan(cfg, space, name, directory, Store.of(cfg), storage)
 
 
@@ -55,7 +63,15 @@ def find_sweep(name_or_path: str, results_dir: str = "results") -> Path:
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
-    return json.loads((directory / SWEEP_FILE).read_text())
+    """The sweep's own record; a ConfigError when it is not what rlsweep wrote."""
+    try:
+        meta = json.loads((directory / SWEEP_FILE).read_text())
+    except (ValueError, UnicodeDecodeError, OSError):
+        raise ConfigError(f"{directory / SWEEP_FILE}: not readable as a sweep record (corrupt or truncated)") from None
+    missing = [k for k in ("name", "metric", "mode") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ConfigError(f"{directory / SWEEP_FILE}: not a sweep record (no {', '.join(missing)})")
+    return meta
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,15 +104,27 @@ def run_sweep(p: SweepPlan) -> Any:
 
     cfg, s = p.cfg, p.cfg.sweep
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    p.directory.mkdir(parents=True)
-    (p.directory / SWEEP_FILE).write_text(json.dumps({
+    try:
+        p.directory.mkdir(parents=True)
+    except FileExistsError:
+        raise ConfigError(f"sweep {p.name!r} was created at {p.directory} meanwhile (another `rlsweep sweep "
+                          f"--name {p.name}`?): pick another --name") from None
+    try:  # the study first: if its storage cannot be opened, no half-made sweep is left to block the name
+        storage = optuna.storages.RDBStorage(p.study_storage)
+    except Exception as e:
+        shutil.rmtree(p.directory, ignore_errors=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"sweep.study_storage {p.study_storage}: cannot be opened ({first})") from None
+    record = p.directory / f".{SWEEP_FILE}.tmp"
+    record.write_text(json.dumps({
         "name": p.name, "experiment": cfg.model_dump(mode="json"), "space": p.space.source,
         "params": list(p.space.params), "tracking_uri": p.store.uri, "study_storage": p.study_storage,
         "metric": s.metric, "mode": s.mode, "trials": s.trials, "time_budget_s": s.time_budget_s,
     }, indent=2))
+    record.replace(p.directory / SWEEP_FILE)
     searcher = searcher_class()(
         space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),
-        study_name=p.name, storage=optuna.storages.RDBStorage(p.study_storage),
+        study_name=p.name, storage=storage, check=p.space.check,
     )
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr=M.ENV_STEPS, metric=s.metric, mode=s.mode, max_t=cfg.stop.env_steps,
@@ -107,7 +135,8 @@ def run_sweep(p: SweepPlan) -> Any:
     sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
                     "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
     parent = SweepParent(name=p.name, run_dir=str(p.directory), metric=s.metric, mode=s.mode,
-                         searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name))
+                         searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
+                         time_budget_s=s.time_budget_s)
     tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, sweep=parent)
     tuning.init_ray(tracker.open)
     concurrent = max_concurrent(cfg)
@@ -126,7 +155,8 @@ def run_sweep(p: SweepPlan) -> Any:
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True,
                 num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
             ),
-            callbacks=[JsonLoggerCallback(), tracker, tuning.ProgressLine(sweep_trials=s.trials)],
+            callbacks=[JsonLoggerCallback(), tracker, tuning.ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode)],
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             verbose=0,
         ),
     )

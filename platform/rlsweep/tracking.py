@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable
@@ -35,6 +36,8 @@ TAG_REASON = "rlsweep.reason"
 TAG_BEST_SCORE = "rlsweep.best_checkpoint_score"  # the metric when checkpoints/best was saved
 TAG_REPLACES = "rlsweep.replaces_trial_id"  # a run adopted after a crash: the trial id it had before
 TAG_RESTORE_NOTE = "rlsweep.restore_note"  # why a restored run could not continue exactly
+TAG_RETRIES = "rlsweep.retries"  # times Tune restarted the trial after a failure
+TAG_RETRY_REASON = "rlsweep.retry_reason"  # the failure before the latest restart
 TAG_BEST_TRIAL = "rlsweep.best_trial_id"  # on the parent
 TAG_BEST_RUN = "rlsweep.best_run_id"  # on the parent
 TAG_PARENT = "mlflow.parentRunId"
@@ -81,34 +84,62 @@ class Store:
         return Tracker(self.uri, self.experiment, self.artifact_root)
 
 
+_USERINFO = re.compile(r"(://[^/\s:@]*):[^@\s/]*@")
+
+
+def redact(text: str) -> str:
+    """A URI (or a message holding URIs) with every password replaced by `***`, for messages, logs and
+    files."""
+    return _USERINFO.sub(r"\1:***@", text)
+
+
+def ui_link(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link into the MLflow UI at `base_url`: the experiment's Runs page in model-training mode (MLflow 3
+    opens experiments in its GenAI view, which has no Runs tab), or one run's page."""
+    base = redact(base_url).rstrip("/")
+    if run_id is not None:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def check_store(uri: str) -> None:
-    """Check the store before Ray starts; a ConfigError says why it cannot be used.
+    """Check the store before Ray starts; a ConfigError says why it cannot be used (with any password
+    in the URI redacted).
 
     SQLite files and HTTP servers are checked without importing MLflow (two seconds that the driver
     otherwise spends while Ray starts); other stores are opened with an MLflow client.
     """
+    shown = redact(uri)
     if uri.startswith(("http://", "https://")):
+        import base64
         import urllib.error
         import urllib.request
+        from urllib.parse import unquote, urlsplit, urlunsplit
 
+        parts = urlsplit(uri)
+        request = urllib.request.Request(
+            urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])).rstrip("/") + "/health")
+        if parts.username is not None:  # user:password@ in the URI: HTTP basic auth, as MLflow does
+            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+            request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
         try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
-        except (urllib.error.URLError, OSError) as e:
-            raise ConfigError(f"tracking store {uri}: cannot be reached ({getattr(e, 'reason', e)})") from None
+            urllib.request.urlopen(request, timeout=5).read()
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise ConfigError(f"tracking store {shown}: cannot be reached ({getattr(e, 'reason', e)})") from None
         return
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.parent.is_dir():
-            raise ConfigError(f"tracking store {uri}: folder {path.parent} does not exist")
+            raise ConfigError(f"tracking store {shown}: folder {path.parent} does not exist")
         if path.exists():
             if not os.access(path, os.R_OK | os.W_OK):
-                raise ConfigError(f"tracking store {uri}: {path} is not readable and writable")
+                raise ConfigError(f"tracking store {shown}: {path} is not readable and writable")
             with open(path, "rb") as f:
                 header = f.read(16)
             if header and header != b"SQLite format 3\x00":
-                raise ConfigError(f"tracking store {uri}: {path} is not an SQLite database")
+                raise ConfigError(f"tracking store {shown}: {path} is not an SQLite database")
         elif not os.access(path.parent, os.W_OK):
-            raise ConfigError(f"tracking store {uri}: folder {path.parent} is not writable")
+            raise ConfigError(f"tracking store {shown}: folder {path.parent} is not writable")
         return
     from mlflow.tracking import MlflowClient
 
@@ -116,7 +147,7 @@ def check_store(uri: str) -> None:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as e:  # any failure to open the store is bad input, reported on one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"tracking store {uri}: cannot be opened ({first})") from None
+        raise ConfigError(f"tracking store {shown}: cannot be opened ({first})") from None
 
 
 # -- what is logged -----------------------------------------------------------------------------------
@@ -125,6 +156,16 @@ def check_store(uri: str) -> None:
 def better(a: float, b: float, mode: str) -> bool:
     """Whether metric value a beats b under the sweep's mode ("max" or "min")."""
     return a > b if mode == "max" else a < b
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_line(text: str) -> str:
+    """The line of an error's text that says what went wrong: its last non-empty line (a Ray task
+    error's text ends with the original exception and its message), without colour codes."""
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def numeric(v: Any) -> bool:

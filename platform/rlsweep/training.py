@@ -32,6 +32,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class NonFiniteError(RuntimeError):
+    """Training met a NaN or an infinity: the trial cannot go on, and says where it came from."""
+
+
+def check_finite(rollouts: list[Any], stats: dict[str, float] | None, iteration: int,
+                 parameters_finite: bool = True) -> None:
+    """Raises NonFiniteError naming the iteration and the first quantity that is not finite: the env's
+    rewards or observations, the update's loss terms or gradient norm, or the network's parameters.
+    (NaN flows through GAE and torch without an exception: nothing else would stop it.)"""
+    for i, r in enumerate(rollouts):
+        for name, values in (("rewards", r.rewards[r.valid]), ("observations", r.obs)):
+            bad = ~np.isfinite(values)
+            if bad.any():
+                raise NonFiniteError(f"iteration {iteration}: the env returned non-finite {name} "
+                                     f"({int(bad.sum())} of {bad.size} on worker {i})")
+    for key in (M.POLICY_LOSS, M.VALUE_LOSS, M.ENTROPY, M.APPROX_KL, M.GRAD_NORM):
+        v = (stats or {}).get(key)
+        if v is not None and not math.isfinite(v):
+            raise NonFiniteError(f"iteration {iteration}: {key} became {v} in the PPO update "
+                                 "(lr too high or a diverging loss)")
+    if not parameters_finite:
+        raise NonFiniteError(f"iteration {iteration}: the network's parameters became non-finite in the PPO update "
+                             "(lr too high or a diverging loss)")
+
+
 def learning_rate(ppo: PPOConfig, env_steps: int, total_env_steps: int | None) -> float:
     """The learning rate for the update after `env_steps` steps: `ppo.lr`, or with `ppo.anneal_lr` that
     rate decayed linearly to 0 at `total_env_steps` (and held at 0 beyond it)."""
@@ -81,9 +106,12 @@ class Training:
         if self.obs_stats is not None:
             for r in rollouts:
                 self.obs_stats = self.obs_stats.merge(RunningMeanStd.of(r.raw_obs))
-        # 3. advantages (GAE per worker) and 4. the PPO epochs
+        # 3. advantages (GAE per worker) and 4. the PPO epochs, with NaN and infinities stopped on entry
+        # and on exit, naming where they came from
+        check_finite(rollouts, None, self.iterations + 1)
         batch = to_train_batch(rollouts, cfg.ppo.gamma, cfg.ppo.gae_lambda)
         stats = self.learner.update(batch, learning_rate(cfg.ppo, self.env_steps, cfg.stop.env_steps))
+        check_finite([], stats, self.iterations + 1, self.learner.finite())
         t2 = time.perf_counter()
         # 5. counters and episode means
         self.iterations += 1
@@ -114,6 +142,7 @@ class Training:
             M.TIME_EVAL_S: t_eval,
             M.TIME_OTHER_S: total - (t2 - t0) - t_eval,
             M.ENV_STEPS_PER_S: cfg.ppo.train_batch_size / total,
+            M.WORKERS_REPLACED: self.workers.replaced,
         }
 
     # -- checkpoint state ---------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from ray.tune.logger import JsonLoggerCallback
 
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig, StopConfig
+from rlsweep.interrupts import interrupt_on_termination
+from rlsweep.tracking import better, error_line
 from rlsweep.trainable import PPOTrainable, resource_request
 
 
@@ -54,6 +56,7 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     # Checkpoints every few iterations with num_to_keep make Tune snapshot often; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=True)
+    interrupt_on_termination()
     warm.join()
 
 
@@ -92,9 +95,11 @@ class ProgressLine(tune.Callback):
     done, and the best metric so far.
     """
 
-    def __init__(self, sweep_trials: int | None = None, metric: str = M.EVAL_RETURN_MEAN, every_s: float = 5.0):
-        self.sweep_trials, self.metric = sweep_trials, metric
+    def __init__(self, sweep_trials: int | None = None, metric: str = M.EVAL_RETURN_MEAN, mode: str = "max",
+                 every_s: float = 5.0):
+        self.sweep_trials, self.metric, self.mode = sweep_trials, metric, mode
         self.every_s = every_s
+        self._best: float | None = None  # the best value any trial has reported (it never goes back)
         self._last = 0.0
         self._start = time.monotonic()
 
@@ -109,14 +114,14 @@ class ProgressLine(tune.Callback):
     def sweep_line(self, trials: list[Any]) -> str:
         done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
         running = sum(t.status == "RUNNING" for t in trials)
-        scores = [t.last_result.get(self.metric) for t in trials if t.last_result]
-        scores = [x for x in scores if isinstance(x, (int, float)) and x == x]
-        best = f"{max(scores):.2f}" if scores else "-"
-        return (f"trials {done}/{self.sweep_trials} done, {running} running | best {self.metric} so far {best} | "
+        best = "-" if self._best is None else f"{self._best:.4g}"
+        return (f"trials {done}/{self.sweep_trials} done, {running} running | best {self.metric} so far "
+                f"({self.mode}) {best} | "
                 f"{time.monotonic() - self._start:6.1f} s")
 
     def setup(self, **info) -> None:  # also on resume: time from this process's start of the run
         self._start = time.monotonic()
+        self._best = None
         self._last = 0.0
 
     def _show(self, text: str, force: bool = False) -> None:
@@ -127,6 +132,9 @@ class ProgressLine(tune.Callback):
             print(text, file=sys.stderr, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        v = result.get(self.metric)
+        if isinstance(v, (int, float)) and math.isfinite(v) and (self._best is None or better(v, self._best, self.mode)):
+            self._best = float(v)
         self._show(self.sweep_line(trials) if self.sweep_trials else self.trial_line(trial.trial_id, result))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -159,6 +167,8 @@ class TrainOutcome:
     stop_reason: str | None
     error: str | None
     trial_dir: str
+    interrupted: bool = False
+    why_interrupted: str | None = None  # when it was not a signal (the tracking store went away)
 
 
 def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOutcome:
@@ -183,6 +193,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOu
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True
             ),
             callbacks=[JsonLoggerCallback(), tracker, ProgressLine()],
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             verbose=0,
         ),
     )
@@ -193,6 +204,8 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOu
         metrics=metrics,
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         stop_reason=stopper.reason(metrics),
-        error=None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+        error=None if result.error is None else error_line(str(result.error)) or type(result.error).__name__,
         trial_dir=str(result.path),
+        interrupted=tracker.interrupted,
+        why_interrupted=None if tracker.tracking_lost is None else str(tracker.tracking_lost),
     )

@@ -8,6 +8,7 @@ only when remote workers are made, so the local path (and `rlsweep evaluate`) ne
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from rlsweep.batch import Rollout
@@ -16,11 +17,14 @@ from rlsweep.normalization import RunningMeanStd
 from rlsweep.policy import Weights
 from rlsweep.rollout import Evaluator, Sampler
 
+log = logging.getLogger(__name__)
+
 
 class WorkerGroup(Protocol):
     """What a training iteration needs from its workers."""
 
     size: int  # number of samplers
+    replaced: int  # workers replaced after they died, so far
 
     def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
         """One rollout per sampler, in sampler order."""
@@ -45,6 +49,7 @@ class LocalWorkers:
     """One sampler and the evaluator, in this process."""
 
     size = 1
+    replaced = 0
 
     def __init__(self, cfg: ExperimentConfig):
         self.sampler = Sampler(cfg, 0)
@@ -73,27 +78,65 @@ class LocalWorkers:
 class RemoteWorkers:
     """`num_rollout_workers` samplers and one evaluator, each a Ray actor in the trial's placement group.
 
-    Made before the learner (which imports torch), so the actors' processes start meanwhile.
+    Made before the learner (which imports torch), so the actors' processes start meanwhile. A worker
+    whose actor dies (its process killed, its node lost) is replaced by a new actor and its share of
+    the call made again: at most that share of one iteration is sampled anew, on episodes that start
+    afresh from a seed of their own. A replacement that dies too fails the call.
     """
 
     def __init__(self, cfg: ExperimentConfig):
         import ray
 
         self._ray = ray
-        sampler = ray.remote(Sampler).options(**_in_trial_group(cfg.resources.worker_cpus))
-        self.samplers = [sampler.remote(cfg, i) for i in range(cfg.rollouts.num_rollout_workers)]
-        self.evaluator = ray.remote(Evaluator).options(**_in_trial_group(cfg.resources.evaluation_cpus)).remote(cfg)
+        self.cfg = cfg
+        self.samplers = [self._new_sampler(i) for i in range(cfg.rollouts.num_rollout_workers)]
+        self.evaluator = self._new_evaluator()
         self.size = len(self.samplers)
+        self.replaced = 0
+
+    def _new_sampler(self, index: int) -> Any:
+        return self._ray.remote(Sampler).options(**_in_trial_group(self.cfg.resources.worker_cpus)).remote(self.cfg, index)
+
+    def _new_evaluator(self) -> Any:
+        return self._ray.remote(Evaluator).options(**_in_trial_group(self.cfg.resources.evaluation_cpus)).remote(self.cfg)
+
+    def _replace(self, index: int | None, error: BaseException) -> Any:
+        """A new actor for sampler `index` (None: the evaluator), after `error` said the old one died."""
+        what = "the evaluation worker" if index is None else f"rollout worker {index}"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        log.warning("%s died (%s); replacing it and repeating its share of this iteration", what, first)
+        self.replaced += 1
+        if index is None:
+            self.evaluator = self._new_evaluator()
+            return self.evaluator
+        self.samplers[index] = self._new_sampler(index)
+        # its envs start new episodes on a seed of their own (the dead actor's state is gone)
+        self.samplers[index].reseed.remote(self.replaced)
+        return self.samplers[index]
+
+    def _get_each(self, refs: list[Any], again: Any) -> list[Any]:
+        """Each ref's value; where an actor died, `again(i)` on its replacement instead."""
+        out = []
+        for i, ref in enumerate(refs):
+            try:
+                out.append(self._ray.get(ref))
+            except self._ray.exceptions.RayActorError as e:
+                out.append(self._ray.get(again(i, e)))
+        return out
 
     def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
         ref = self._ray.put(weights)  # one copy in the object store, however many samplers read it
-        return self._ray.get([s.sample.remote(ref, obs_stats) for s in self.samplers])
+        refs = [s.sample.remote(ref, obs_stats) for s in self.samplers]
+        return self._get_each(refs, lambda i, e: self._replace(i, e).sample.remote(ref, obs_stats))
 
     def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
-        return self._ray.get(self.evaluator.evaluate.remote(weights, obs_stats, iteration))
+        ref = self.evaluator.evaluate.remote(weights, obs_stats, iteration)
+        return self._get_each([ref], lambda i, e: self._replace(None, e).evaluate.remote(weights, obs_stats,
+                                                                                           iteration))[0]
 
     def get_states(self) -> list[dict[str, Any]]:
-        return self._ray.get([s.get_state.remote() for s in self.samplers])
+        refs = [s.get_state.remote() for s in self.samplers]
+        return self._get_each(refs, lambda i, e: self._replace(i, e).get_state.remote())
 
     def set_states(self, states: list[dict[str, Any]], restart_seed: int) -> list[bool]:
         return self._ray.get([s.set_state.remote(st, restart_seed)
