@@ -36,19 +36,22 @@ class NonFiniteError(RuntimeError):
     """Training met a NaN or an infinity: the trial cannot go on, and says where it came from."""
 
 
-def check_finite(rollouts: list[Any], stats: dict[str, float] | None, iteration: int,
-                 parameters_finite: bool = True) -> None:
-    """Raises NonFiniteError naming the iteration and the first quantity that is not finite: the env's
-    rewards or observations, the update's loss terms or gradient norm, or the network's parameters.
-    (NaN flows through GAE and torch without an exception: nothing else would stop it.)"""
+def check_rollouts(rollouts: list[Any], iteration: int) -> None:
+    """NonFiniteError naming the iteration, the worker and the quantity when the env returned a NaN or
+    an infinity (NaN flows through GAE and torch without an exception: nothing else would stop it)."""
     for i, r in enumerate(rollouts):
         for name, values in (("rewards", r.rewards[r.valid]), ("observations", r.obs)):
             bad = ~np.isfinite(values)
             if bad.any():
                 raise NonFiniteError(f"iteration {iteration}: the env returned non-finite {name} "
                                      f"({int(bad.sum())} of {bad.size} on worker {i})")
+
+
+def check_update(stats: dict[str, float], parameters_finite: bool, iteration: int) -> None:
+    """NonFiniteError naming the iteration and the first loss term, the gradient norm or the parameters
+    that an update left non-finite."""
     for key in (M.POLICY_LOSS, M.VALUE_LOSS, M.ENTROPY, M.APPROX_KL, M.GRAD_NORM):
-        v = (stats or {}).get(key)
+        v = stats.get(key)
         if v is not None and not math.isfinite(v):
             raise NonFiniteError(f"iteration {iteration}: {key} became {v} in the PPO update "
                                  "(lr too high or a diverging loss)")
@@ -108,10 +111,10 @@ class Training:
                 self.obs_stats = self.obs_stats.merge(RunningMeanStd.of(r.raw_obs))
         # 3. advantages (GAE per worker) and 4. the PPO epochs, with NaN and infinities stopped on entry
         # and on exit, naming where they came from
-        check_finite(rollouts, None, self.iterations + 1)
+        check_rollouts(rollouts, self.iterations + 1)
         batch = to_train_batch(rollouts, cfg.ppo.gamma, cfg.ppo.gae_lambda)
         stats = self.learner.update(batch, learning_rate(cfg.ppo, self.env_steps, cfg.stop.env_steps))
-        check_finite([], stats, self.iterations + 1, self.learner.finite())
+        check_update(stats, self.learner.finite(), self.iterations + 1)
         t2 = time.perf_counter()
         # 5. counters and episode means
         self.iterations += 1
