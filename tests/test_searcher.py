@@ -63,3 +63,23 @@ def test_each_sampler_is_seeded(sampler):
 
     assert first_suggestions(7) == first_suggestions(7)
     assert first_suggestions(7) != first_suggestions(8)
+
+
+def test_an_invalid_suggestion_is_failed_in_the_study_and_the_sampler_asked_again(tmp_path):
+    """A space whose integer range holds invalid values (built directly: load_search_space refuses it):
+    the searcher hands Tune only valid configs and tells the study which ones it skipped."""
+    from rlsweep.search_space import Int, SearchSpace
+
+    base = small_config(ppo={"train_batch_size": 1024, "minibatch_size": 64})
+    space = SearchSpace({"ppo.minibatch_size": Int(type="int", low=60, high=70)}, "space.yaml", base)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    search = searcher_class()(space=space.suggest, metric="m", mode="max", check=space.check,
+                              sampler=optuna.samplers.RandomSampler(seed=0), study_name="s",
+                              storage=optuna.storages.RDBStorage(storage))
+    config = search.suggest("t1")
+    assert config == {"ppo": {"minibatch_size": 64}}  # the only value in 60..70 that divides 1024
+    study = optuna.load_study(study_name="s", storage=storage)
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and all("must divide train_batch_size" in t.user_attrs["invalid_config"] for t in failed)
+    running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert [t.user_attrs["tune_trial_id"] for t in running] == ["t1"]
