@@ -1,5 +1,7 @@
 """`rlsweep train` as a user runs it: a real subprocess, real Ray, real gymnasium."""
 
+import json
+import math
 import re
 import subprocess
 import sys
@@ -116,9 +118,10 @@ def with_test_envs(*args):
 
 def test_a_diverging_trial_fails_and_says_why_in_the_terminal_and_in_mlflow(exp, tmp_path):
     """Rewards that turn NaN (a real env, in a real rollout actor) end the trial as an error that
-    names the iteration and the quantity; exit 1; the MLflow run is FAILED with that reason."""
+    names the iteration and the quantity; exit 1; the MLflow run is FAILED with that reason, its curve
+    ends in the NaN, and the divergence is not retried (max_failures is 1 here) nor checkpointed."""
     r = with_test_envs("train", exp, "--set", "env.id=tests.faulty_envs:NanRewardCartPole",
-                       "--set", "env.kwargs={nan_after: 40}", "--set", "max_failures=0")
+                       "--set", "env.kwargs={nan_after: 40}", "--set", "checkpoint_frequency=1")
     assert r.returncode == 1, r.stderr[-3000:]
     failed = next(line for line in r.stdout.splitlines() if line.startswith("failed: "))
     assert "iteration 2: the env returned non-finite rewards" in failed
@@ -129,6 +132,13 @@ def test_a_diverging_trial_fails_and_says_why_in_the_terminal_and_in_mlflow(exp,
     [run] = client.search_runs([client.get_experiment_by_name("clitest").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["rlsweep.status"] == "error"
     assert "iteration 2: the env returned non-finite rewards" in run.data.tags["rlsweep.reason"]
+    assert "rlsweep.retries" not in run.data.tags
+    history = client.get_metric_history(run.info.run_id, "episode_return_mean")
+    assert [m.step for m in history] == [256, 512] and math.isnan(history[-1].value)
+    assert not client.list_artifacts(run.info.run_id, "checkpoints/final")
+    [trial_dir] = (tmp_path / "results").glob("train-clitest-*/trial_*")
+    assert [p.name for p in trial_dir.glob("checkpoint_*")] == ["checkpoint_000000"]  # iteration 1's only
+    assert json.loads((trial_dir / "checkpoint_000000" / "state.json").read_text())["iterations"] == 1
 
 
 def test_a_crashed_trial_is_retried_from_its_checkpoint_in_the_same_run(exp, tmp_path):

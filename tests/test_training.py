@@ -106,3 +106,14 @@ def test_non_finite_values_stop_training_and_say_where(sections, fragment):
             t.iterate()
     t.close()
     assert fragment in str(e.value)
+
+
+def test_a_non_finite_evaluation_is_an_error_that_carries_the_iteration_metrics():
+    t = training(env={"id": "tests.faulty_envs:NanRewardCartPole", "kwargs": {"nan_after": 10_000}},
+                 evaluation={"interval": 1, "episodes": 2})
+    for env in t.workers.evaluator.env.envs:  # only the evaluation's envs turn NaN
+        env.unwrapped.nan_after = 0
+    with pytest.raises(NonFiniteError, match="iteration 1: the evaluation env returned non-finite rewards") as e:
+        t.iterate()
+    t.close()
+    assert e.value.metrics[M.ENV_STEPS] == t.cfg.ppo.train_batch_size and math.isfinite(e.value.metrics[M.POLICY_LOSS])

@@ -40,6 +40,7 @@ from rlsweep.tracking import (
     Tracker,
     better,
     error_line,
+    numeric,
     run_config_dict,
 )
 
@@ -359,8 +360,14 @@ class MlflowCallback(tune.Callback):
         self._ensure_run(trial, trials)
         tid = trial.trial_id
         step, ts = int(result.get(M.ENV_STEPS, 0)), int(time.time() * 1000)
+        values = {k: v for k, v in result.items() if k in M.REPORTED and numeric(v)}
+        if result.get(M.NON_FINITE):
+            # the iteration that met a NaN: its values go to MLflow as they are, and the trial's next step
+            # fails it; a retry from the last checkpoint would only diverge again
+            values = {k: v for k, v in result.items() if k in M.REPORTED and isinstance(v, (int, float))}
+            trial.max_failures = 0
         with self._lock:
-            self._rows.setdefault(tid, []).append((step, ts, {k: v for k, v in result.items() if k in M.REPORTED}))
+            self._rows.setdefault(tid, []).append((step, ts, values))
         if result.get(M.RESTORE_NOTE):
             self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_RESTORE_NOTE,
                                                              str(result[M.RESTORE_NOTE])))

@@ -36,3 +36,7 @@ REPORTED = frozenset(
 # Not a metric: text in the first result after a restore that could not continue exactly (the tracker
 # sets it as the run's `rlsweep.restore_note` tag).
 RESTORE_NOTE = "restore_note"
+
+# Not a metric: the NaN or infinity that ended a trial, in the one result that reports what the failing
+# iteration measured (NaN included, so that MLflow's curves show it); the next step fails the trial.
+NON_FINITE = "non_finite"

@@ -169,7 +169,7 @@ def error_line(text: str) -> str:
 
 
 def numeric(v: Any) -> bool:
-    """Whether a result value is a number MLflow can record (NaN is left out)."""
+    """Whether a result value is a number worth a point on a curve (NaN, "not measured yet", is not)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
 
 
@@ -259,15 +259,16 @@ class Tracker:
         return str(v)[:cls.PARAM_MAX]
 
     def log_metrics(self, run_id: str, values: dict[str, Any], step: int) -> None:
-        """One step's numeric values (others are left out)."""
-        self.log_rows(run_id, [(step, int(time.time() * 1000), values)])
+        """One step's numbers (NaN left out; other values too)."""
+        self.log_rows(run_id, [(step, int(time.time() * 1000), {k: v for k, v in values.items() if numeric(v)})])
 
     def log_rows(self, run_id: str, rows: Iterable[tuple[int, int, dict[str, Any]]]) -> None:
-        """(step, timestamp in ms, values) rows, written in as few batches as MLflow allows."""
+        """(step, timestamp in ms, values) rows, written in as few batches as MLflow allows; every number
+        is written, NaN and infinities included."""
         from mlflow.entities import Metric
 
         metrics = [Metric(k, float(v), ts, step) for step, ts, values in rows for k, v in values.items()
-                   if numeric(v)]
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             self._client.log_batch(run_id, metrics=metrics[i:i + 1000])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from ray import tune
@@ -10,7 +11,7 @@ from ray import tune
 from rlsweep import checkpoint
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig
-from rlsweep.training import Training
+from rlsweep.training import NonFiniteError, Training
 from rlsweep.workers import make_workers
 
 
@@ -40,6 +41,7 @@ class PPOTrainable(tune.Trainable):
         workers = make_workers(self.cfg)  # actors first: their processes start while the learner is built
         self.training = Training(self.cfg, workers)
         self._note: str | None = None
+        self._diverged: NonFiniteError | None = None
         if restore_from is not None:
             self.load_checkpoint(restore_from)
         workers.wait_ready()  # so that step() times steps, not actor start-up
@@ -49,12 +51,22 @@ class PPOTrainable(tune.Trainable):
         return self.training.last_rollout_pids
 
     def step(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.training.iterate()
+        if self._diverged is not None:
+            raise self._diverged
+        try:
+            result: dict[str, Any] = self.training.iterate()
+        except NonFiniteError as e:
+            # report what the iteration measured first (Tune passes no result with an error), then fail:
+            # the next step, or a checkpoint of the broken state, raises this error
+            self._diverged = e
+            return {**e.metrics, M.EVAL_RETURN_MEAN: math.nan, M.NON_FINITE: str(e)}
         if self._note is not None:
             result[M.RESTORE_NOTE], self._note = self._note, None
         return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> str:
+        if self._diverged is not None:  # never a checkpoint of non-finite weights
+            raise self._diverged
         checkpoint.write(checkpoint_dir, *self.training.state())
         return checkpoint_dir
 

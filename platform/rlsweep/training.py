@@ -33,7 +33,13 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
-    """Training met a NaN or an infinity: the trial cannot go on, and says where it came from."""
+    """Training met a NaN or an infinity: the trial cannot go on, and says where it came from.
+
+    `metrics`: what the iteration that met it measured (NaN included), for the run's curves."""
+
+    def __init__(self, message: str, metrics: dict[str, float] | None = None):
+        super().__init__(message)
+        self.metrics = metrics or {}
 
 
 def check_rollouts(rollouts: list[Any], iteration: int) -> None:
@@ -111,10 +117,17 @@ class Training:
                 self.obs_stats = self.obs_stats.merge(RunningMeanStd.of(r.raw_obs))
         # 3. advantages (GAE per worker) and 4. the PPO epochs, with NaN and infinities stopped on entry
         # and on exit, naming where they came from
-        check_rollouts(rollouts, self.iterations + 1)
-        batch = to_train_batch(rollouts, cfg.ppo.gamma, cfg.ppo.gae_lambda)
-        stats = self.learner.update(batch, learning_rate(cfg.ppo, self.env_steps, cfg.stop.env_steps))
-        check_update(stats, self.learner.finite(), self.iterations + 1)
+        stats: dict[str, float] = {}
+        try:
+            check_rollouts(rollouts, self.iterations + 1)
+            batch = to_train_batch(rollouts, cfg.ppo.gamma, cfg.ppo.gae_lambda)
+            stats = self.learner.update(batch, learning_rate(cfg.ppo, self.env_steps, cfg.stop.env_steps))
+            check_update(stats, self.learner.finite(), self.iterations + 1)
+        except NonFiniteError as e:  # what this iteration saw goes with the error (the curve shows it)
+            returns = [x for r in rollouts for x in r.episode_returns]
+            e.metrics = {M.ENV_STEPS: self.env_steps + cfg.ppo.train_batch_size,
+                         M.EPISODE_RETURN_MEAN: float(np.mean(returns)) if returns else math.nan, **stats}
+            raise
         t2 = time.perf_counter()
         # 5. counters and episode means
         self.iterations += 1
@@ -132,6 +145,9 @@ class Training:
         if cfg.evaluation.interval and self.iterations % cfg.evaluation.interval == 0:
             t3 = time.perf_counter()
             self.last_eval = self.workers.evaluate(self.learner.weights(), self.obs_stats, self.iterations)
+            if not math.isfinite(self.last_eval[M.EVAL_RETURN_MEAN]):
+                raise NonFiniteError(f"iteration {self.iterations}: the evaluation env returned non-finite rewards",
+                                     {M.ENV_STEPS: self.env_steps, **self.episode_means, **stats})
             t_eval = time.perf_counter() - t3
         total = time.perf_counter() - t0
         return {

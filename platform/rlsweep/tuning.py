@@ -82,7 +82,9 @@ class TrialStopper(tune.Stopper):
         return None
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return self.reason(result) is not None
+        # a trial that met a NaN is not stopped (its end-of-run checkpoint would hold NaN): its next
+        # step fails it
+        return not result.get(M.NON_FINITE) and self.reason(result) is not None
 
     def stop_all(self) -> bool:
         return False
