@@ -265,6 +265,57 @@ def test_a_failed_write_is_retried_and_no_row_is_lost(store, tmp_path):
     assert found[0].info.status == "FINISHED"
 
 
+def test_rows_survive_a_driver_killed_while_the_store_was_down(store, tmp_path):
+    """Every write fails (the store is down) and the driver dies without a word (no experiment end):
+    the rows it had are in the journal on disk; `resume` writes them, then the replayed and new
+    iterations, each step once."""
+    cfg = small_config(tracking={"flush_s": 0, "checkpoint_wait_s": 0})
+    run_dir = str(tmp_path / "j")
+    first = callback(store, cfg, run_dir, sweep_parent(run_dir))
+    first.setup()
+    trial = Trial("j_00000", cfg)
+    first.on_trial_start(0, [trial], trial)
+    first._writer.barrier()  # the run exists; then the store goes away
+
+    def down(*args):
+        raise ConnectionError("store down")
+
+    first.tracker.log_rows = down
+    for step in (64, 128, 192):
+        first.on_trial_result(0, [trial], trial, result(step, float(step)))
+    second = pickle.loads(pickle.dumps(first))  # `rlsweep resume`, a new process; `first` is abandoned
+    second.setup()
+    play(second, trial, [(192, 192.0), (256, 256.0)], tmp_path)  # Tune replays from the checkpoint at 128
+    trial.status = "TERMINATED"
+    second.on_trial_complete(0, [trial], trial)
+    second.on_experiment_end([trial])
+    client, found = runs(store)
+    child = next(r for r in found if r.data.tags["rlsweep.kind"] == "trial")
+    history = client.get_metric_history(child.info.run_id, M.EVAL_RETURN_MEAN)
+    assert sorted((m.step, m.value) for m in history) == [(64, 64.0), (128, 128.0), (192, 192.0), (256, 256.0)]
+
+
+def test_the_journal_reads_whole_lines_in_chunks_and_keeps_nan(tmp_path):
+    import math
+
+    from rlsweep.journal import Journal
+
+    j = Journal(tmp_path)
+    for step in range(5):
+        j.append("t", (step, 1000 + step, {"a": float(step), "b": math.nan if step == 4 else 1.0}))
+    with open(j.path("t"), "ab") as f:
+        f.write(b'[5,1005,{"a":')  # a line being written when read
+    rows, end = j.read("t", max_metrics=4)
+    assert [r[0] for r in rows] == [0, 1]
+    j.advance("t", end)
+    rows, end = j.read("t")
+    assert [r[0] for r in rows] == [2, 3, 4] and math.isnan(rows[-1][2]["b"])
+    j.advance("t", end)
+    assert j.read("t") == ([], end) and j.path("t").stat().st_size > end  # the partial line waits
+    j.close()
+    assert Journal(tmp_path).read("t", max_metrics=1)[0][0][0] == 0  # a new process starts from the top
+
+
 def test_passwords_never_reach_a_message():
     assert redact("https://ann:s3cret@mlflow.example:5000/x") == "https://ann:***@mlflow.example:5000/x"
     assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

@@ -1,7 +1,8 @@
 """The Tune callback that records every trial of a Tune run in MLflow, from the driver: the one writer.
 
 The hooks run on Tune's driver loop and only queue work; one writer thread makes the MLflow calls
-through a `Tracker`, in order. The callback keeps no state that matters across processes: after a
+through a `Tracker`, in order. Metric rows go through the journal (`journal.py`) on disk first, so
+rows waiting for a store that is down neither fill memory nor die with the driver. The callback keeps no state that matters across processes: after a
 crash, `rlsweep resume` finds the parent by its sweep-directory tag, each child by its trial-id tag,
 and the last logged env step from the child's own history, so nothing is logged twice and no run is
 duplicated.
@@ -23,6 +24,7 @@ from ray import tune
 
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig, flatten
+from rlsweep.journal import Journal
 from rlsweep.parent_run import SweepParent
 from rlsweep.tracking import (
     TAG_BEST_SCORE,
@@ -209,7 +211,6 @@ class MlflowCallback(tune.Callback):
         self.logged_iterations = 0
         self._tracker: Tracker | None = None
         self._writer = _Writer(self.outage_s)
-        self._lock = threading.Lock()
         self.parent_run_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id (filled in by the writer)
         self._opened: set[str] = set()  # trials whose run the driver has asked for
@@ -217,7 +218,7 @@ class MlflowCallback(tune.Callback):
         self._started_at = time.monotonic()
         self.interrupted = False  # set at the end: some trial was cut short (Ctrl-C, SIGTERM, no store)
         self.tracking_lost: TrackingUnavailable | None = None
-        self._rows: dict[str, list[tuple[int, int, dict[str, Any]]]] = {}  # trial id -> rows not yet written
+        self._journal = Journal(self.run_dir)  # every row, until MLflow has it
         self._flushed_at: dict[str, float] = {}  # trial id -> when its rows were last handed to the writer
         self._logged_step: dict[str, int] = {}  # trial id -> last env step in its run's history
         self._best: dict[str, float] = {}
@@ -300,30 +301,23 @@ class MlflowCallback(tune.Callback):
         self.runs[tid] = run_id
 
     def _write_metrics(self, tid: str) -> None:
-        """Writes the trial's queued rows; a row leaves the queue only once MLflow has it (a failed
-        write leaves the rest queued for the retry)."""
-        with self._lock:
-            queued = list(self._rows.get(tid, []))
-        done = 0
-        while done < len(queued):
-            chunk, metrics = [], 0
-            for row in queued[done:]:  # at most ~1000 metrics a batch: one MLflow request each
-                if chunk and metrics + len(row[2]) > 1000:
-                    break
-                chunk.append(row)
-                metrics += len(row[2])
+        """Writes the trial's rows from the journal; the journal's position moves past rows only once
+        MLflow has them (a failed write leaves them for the retry)."""
+        while True:
+            rows, end = self._journal.read(tid)
+            if not rows:
+                return
             # after a resume, the iterations replayed from an older checkpoint are already logged
             new, last = [], self._logged_step[tid]
-            for row in chunk:
+            for row in rows:
                 if row[0] > last:
                     new.append(row)
                     last = row[0]
-            self.tracker.log_rows(self.runs[tid], new)
-            with self._lock:
-                del self._rows[tid][:len(chunk)]
+            if new:
+                self.tracker.log_rows(self.runs[tid], new)
+            self._journal.advance(tid, end)
             self._logged_step[tid] = last
             self.logged_iterations += len(new)
-            done += len(chunk)
 
     def _log_best(self, tid: str, path: str, score: float) -> None:
         best = self._best.get(tid)
@@ -341,6 +335,7 @@ class MlflowCallback(tune.Callback):
         if final_checkpoint is not None:
             self.tracker.log_artifacts(self.runs[tid], final_checkpoint, "checkpoints/final")
         self.tracker.set_status(self.runs[tid], status, reason, mlflow_status)
+        self._journal.close(tid)
 
     # -- Tune hooks (driver thread): queue the work ------------------------------------------------
 
@@ -366,8 +361,7 @@ class MlflowCallback(tune.Callback):
             # fails it; a retry from the last checkpoint would only diverge again
             values = {k: v for k, v in result.items() if k in M.REPORTED and isinstance(v, (int, float))}
             trial.max_failures = 0
-        with self._lock:
-            self._rows.setdefault(tid, []).append((step, ts, values))
+        self._journal.append(tid, (step, ts, values))
         if result.get(M.RESTORE_NOTE):
             self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_RESTORE_NOTE,
                                                              str(result[M.RESTORE_NOTE])))
@@ -429,6 +423,7 @@ class MlflowCallback(tune.Callback):
         self._writer.submit(self._close_run, trial.trial_id, None, "error", _error_line(trial), "FAILED")
 
     def on_experiment_end(self, trials, **info) -> None:
+        self._journal.close()  # no more rows: every trial has stopped
         if self.tracking_lost is None:
             try:
                 self._writer.barrier()
