@@ -1,10 +1,14 @@
 """Faults a long run meets, on real processes: the MLflow server going away and coming back, or not."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -93,6 +97,11 @@ def test_a_server_outage_mid_run_loses_nothing_and_does_not_stop_training(tmp_pa
         runs, history = logged_steps(uri)
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         assert [m.step for m in history] == list(range(512, steps + 1, 512))  # every iteration, once
+        [result_file] = (tmp_path / "results").glob("train-outage-*/trial_*/result.json")
+        own = {r["env_steps"]: r["episode_return_mean"] for r in map(json.loads, result_file.read_text().splitlines())}
+        client = MlflowClient(uri)
+        logged = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "episode_return_mean")}
+        assert logged == pytest.approx(own)  # the trial's own results, value for value
         # training went on while the store was down: iterations were reported in that window (each
         # row carries the time the driver received it) and reached MLflow once it was back
         during = [m for m in history if down_at * 1000 < m.timestamp < back_at * 1000]
@@ -119,3 +128,39 @@ def test_a_store_gone_for_good_ends_the_run_as_interrupted(tmp_path):
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted after" in err and "the MLflow store was unreachable for" in err, err[-3000:]
     assert "--restore" in err  # what to run once the store is back
+
+
+@pytest.mark.slow
+def test_credentials_work_and_leak_nowhere(tmp_path):
+    """A password in the tracking URI and AWS keys in the environment: the run reaches the (real,
+    loopback) server, and neither secret is printed, written under the results, logged to MLflow, or
+    found in Ray's session folder (Tune would copy AWS keys into each trial actor's runtime env)."""
+    port = free_port()
+    server = start_server(tmp_path, port)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(EXP.format(results=tmp_path / "results", steps=1024, outage_s=30))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # Ray's socket paths must stay short
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "platform"), "AWS_SECRET_ACCESS_KEY": "awsZ3cretK3y",
+           "AWS_ACCESS_KEY_ID": "AKIAZZZZ", "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "train", str(exp), "--set",
+                            f"tracking.uri=http://ann:pa55Zecret@127.0.0.1:{port}"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"at http://127.0.0.1:{port}" in r.stdout
+        secrets = (b"pa55Zecret", b"awsZ3cretK3y")
+        assert not any(s in (r.stdout + r.stderr).encode() for s in secrets)
+        for root in (tmp_path / "results", ray_tmp):
+            files = [p for p in root.rglob("*") if p.is_file()]
+            assert files
+            leaked = [str(p) for p in files for s in secrets if s in p.read_bytes()]
+            assert not leaked, leaked
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        [run] = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
+        assert run.info.status == "FINISHED"
+        assert run.data.params["tracking.uri"] == f"http://127.0.0.1:{port}"
+        assert not any(b"pa55Zecret" in str(v).encode() for v in (*run.data.params.values(), *run.data.tags.values()))
+    finally:
+        stop_server(server)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

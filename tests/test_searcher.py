@@ -38,6 +38,13 @@ def test_tune_usage_hook_used_to_warm_imports():
         "ray.air._internal.usage._count_callbacks is gone: see tuning._warm_imports"
 
 
+def test_tune_env_propagation_that_secrets_are_kept_out_of():
+    from ray.tune.execution import class_cache
+
+    assert isinstance(getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None), set), \
+        "ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE moved: see tuning._secrets_kept_from_ray"
+
+
 def test_searcher_drives_a_study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
 

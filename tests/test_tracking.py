@@ -1,6 +1,7 @@
 """The MLflow side, in-process: store resolution, the Tracker, and the Tune callback driven by
 stand-ins for Tune's trial objects against a real SQLite MLflow store (no Ray cluster needed)."""
 
+import os
 import pickle
 import uuid
 from dataclasses import dataclass, field
@@ -326,6 +327,18 @@ def test_passwords_never_reach_a_message():
     assert "cannot be reached" in str(e.value)  # the host was parsed past the credentials
 
 
+def test_credentials_move_from_the_uri_into_mlflows_variables(monkeypatch):
+    from rlsweep.tracking import take_credentials
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert take_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert take_credentials("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db" and take_credentials(None) is None
+    assert "MLFLOW_TRACKING_USERNAME" not in os.environ
+    assert take_credentials("https://ann:p%40ss@mlflow.example:5000/x") == "https://mlflow.example:5000/x"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "ann" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
+
+
 def test_check_store_sends_basic_auth_from_the_uri():
     """A real HTTP server on loopback that, like `mlflow server --app-name basic-auth`, wants credentials."""
     import base64
@@ -352,6 +365,13 @@ def test_check_store_sends_basic_auth_from_the_uri():
         check_store(f"http://ann:s3cret@127.0.0.1:{port}")
         with pytest.raises(ConfigError, match=r"ann:\*\*\*@127\.0\.0\.1"):
             check_store(f"http://ann:wrong@127.0.0.1:{port}")
+        with pytest.MonkeyPatch.context() as mp:  # or from MLflow's variables
+            mp.setenv("MLFLOW_TRACKING_USERNAME", "ann")
+            mp.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+            check_store(f"http://127.0.0.1:{port}")
+            mp.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+            with pytest.raises(ConfigError, match="cannot be reached"):
+                check_store(f"http://127.0.0.1:{port}")
     finally:
         server.shutdown()
     assert seen[0][0] == "/health"

@@ -73,7 +73,10 @@ def _fmt(v: object) -> str:
 def _load(args: argparse.Namespace, seed: int | None = None) -> ExperimentConfig:
     from rlsweep.envs import space_info
 
+    from rlsweep.tracking import take_credentials
+
     cfg = load_experiment(args.experiment, args.overrides, seed=seed)
+    cfg.tracking.uri = take_credentials(cfg.tracking.uri)  # a password stays out of params, files and Ray
     try:
         space_info(cfg.env)  # unknown env ids, bad kwargs and unsupported spaces fail here
     except ConfigError as e:
@@ -173,11 +176,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from rlsweep.sweep import find_sweep, read_meta, resume_sweep
-    from rlsweep.tracking import check_store
+    from rlsweep.tracking import check_store, take_credentials
 
     directory = find_sweep(args.sweep, args.results_dir)
     meta = read_meta(directory)
-    check_store(meta["tracking_uri"])
+    check_store(take_credentials(meta["tracking_uri"]))
     print(f"resuming sweep {meta['name']} from {directory}", flush=True)
     return _sweep_outcome(resume_sweep(directory), directory)
 
@@ -379,6 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if os.environ.get("MLFLOW_TRACKING_URI"):  # user:password@ in it: into MLflow's credential variables
+        from rlsweep.tracking import take_credentials
+
+        os.environ["MLFLOW_TRACKING_URI"] = take_credentials(os.environ["MLFLOW_TRACKING_URI"])
+    if getattr(args, "tracking_uri", None):
+        from rlsweep.tracking import take_credentials
+
+        args.tracking_uri = take_credentials(args.tracking_uri)
     try:
         return COMMANDS[args.command](args)
     except ConfigError as e:

@@ -86,6 +86,25 @@ class Store:
 
 _USERINFO = re.compile(r"(://[^/\s:@]*):[^@\s/]*@")
 
+# MLflow reads HTTP basic-auth credentials from these (and a bearer token from the third)
+USERNAME_ENV, PASSWORD_ENV, TOKEN_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"
+
+
+def take_credentials(uri: str | None) -> str | None:
+    """`uri` without its `user:password@` part, which moves into MLflow's credential variables of this
+    process. The URI that rlsweep then keeps (in configs, params, files, Tune's state) holds no secret."""
+    if not uri or "://" not in uri:
+        return uri
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    os.environ[USERNAME_ENV] = unquote(parts.username or "")
+    if parts.password is not None:
+        os.environ[PASSWORD_ENV] = unquote(parts.password)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+
 
 def redact(text: str) -> str:
     """A URI (or a message holding URIs) with every password replaced by `***`, for messages, logs and
@@ -119,9 +138,14 @@ def check_store(uri: str) -> None:
         parts = urlsplit(uri)
         request = urllib.request.Request(
             urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1])).rstrip("/") + "/health")
-        if parts.username is not None:  # user:password@ in the URI: HTTP basic auth, as MLflow does
-            token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+        if parts.username is not None:  # user:password@ in the URI
+            user, password = unquote(parts.username), unquote(parts.password or "")
+        if user is not None:  # HTTP basic auth, as MLflow sends it
+            token = f"{user}:{password or ''}".encode()
             request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
+        elif os.environ.get(TOKEN_ENV):
+            request.add_header("Authorization", "Bearer " + os.environ[TOKEN_ENV])
         try:
             urllib.request.urlopen(request, timeout=5).read()
         except (urllib.error.URLError, OSError, ValueError) as e:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,28 @@ def _warm_imports() -> None:
     import ray.air._internal.usage as usage
 
     usage._count_callbacks([])
+
+
+# Credentials only the driver uses (MLflow's, and the object store's behind it): Ray's processes
+# inherit the environment of the process that starts them, and Tune copies the AWS ones into every
+# trial actor's runtime env, which Ray writes to a log file under its temp folder.
+SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+              "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+              "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY")
+
+
+@contextlib.contextmanager
+def _secrets_kept_from_ray() -> Iterator[None]:
+    """Starts Ray's processes without the driver's credentials, and stops Tune from copying them into
+    trial actors (results storage is local: the trials need none)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(SECRET_ENV)
+    saved = {k: os.environ.pop(k) for k in SECRET_ENV if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def init_ray(*meanwhile: Callable[[], None]) -> None:
@@ -55,7 +78,8 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Checkpoints every few iterations with num_to_keep make Tune snapshot often; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=True)
+    with _secrets_kept_from_ray():
+        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=True)
     interrupt_on_termination()
     warm.join()
 
