@@ -5,6 +5,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# the tests' own signing key for sweep directories (integrity.py), not the user's
+os.environ["RLSWEEP_KEY_FILE"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"rlsweep-test-key-{os.getpid()}")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -254,6 +255,7 @@ def _check_resumed(tmp_path, name, per_trial, trials=4):
     assert len(studied) == trials
     assert sorted(t.user_attrs["tune_trial_id"] for t in studied) == sorted(res)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in studied)
+    return r
 
 
 @pytest.mark.slow
@@ -267,7 +269,20 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    _check_resumed(tmp_path, "crash", per_trial)
+    # a payload planted in Tune's pickled state never runs: resume puts back the copy rlsweep signed
+    marker = tmp_path / "payload-ran"
+    (tmp_path / "results" / "crash" / "tuner.pkl").write_bytes(
+        pickle.dumps(Payload(f"touch {marker}")))
+    r = _check_resumed(tmp_path, "crash", per_trial)
+    assert not marker.exists() and "tuner.pkl changed after it was signed" in r.stderr
+
+
+class Payload:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,7 @@ def run_sweep(p: SweepPlan) -> Any:
                          searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
                          time_budget_s=s.time_budget_s)
     tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, sweep=parent)
+    signer = tuning.SignTuneState(p.directory)
     tuning.init_ray(tracker.open)
     concurrent = max_concurrent(cfg)
     sweep_params["max_concurrent"] = concurrent
@@ -155,20 +157,32 @@ def run_sweep(p: SweepPlan) -> Any:
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True,
                 num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
             ),
-            callbacks=[JsonLoggerCallback(), tracker, tuning.ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode)],
+            callbacks=[JsonLoggerCallback(), tracker, signer,
+                       tuning.ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode)],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             verbose=0,
         ),
     )
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:
+        signer.signer.sign()  # Tune's last snapshot
 
 
 def resume_sweep(directory: Path) -> Any:
+    """Continues a sweep from its directory, once `integrity.verify` has made sure that Tune unpickles
+    only what rlsweep signed."""
     from ray import tune
 
     from rlsweep import tuning
+    from rlsweep.integrity import Signer, verify
 
+    for note in verify(directory):
+        print(f"rlsweep: {note}", file=sys.stderr)
     tuning.init_ray()
     tuner = tune.Tuner.restore(str(directory), trainable=tuning.trainable_for(), resume_unfinished=True,
                                resume_errored=False)
-    return tuner.fit()
+    try:
+        return tuner.fit()
+    finally:
+        Signer(directory).sign()

@@ -19,6 +19,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig, StopConfig
+from rlsweep.integrity import Signer
 from rlsweep.interrupts import interrupt_on_termination
 from rlsweep.tracking import better, error_line
 from rlsweep.trainable import PPOTrainable, resource_request
@@ -170,6 +171,26 @@ class ProgressLine(tune.Callback):
     def on_experiment_end(self, trials, **info) -> None:
         if sys.stderr.isatty():
             print(file=sys.stderr)
+
+
+class SignTuneState(tune.Callback):
+    """Signs a sweep's Tune state (`integrity.Signer`) whenever Tune may have written it: after each
+    step of Tune's loop (Tune snapshots its state just before), after a trial error, and at the end."""
+
+    def __init__(self, directory: str | Path):
+        self.signer = Signer(directory)
+
+    def setup(self, **info: Any) -> None:
+        self.signer.sign()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.signer.sign(trials=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.signer.sign()  # its error.pkl
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.signer.sign()
 
 
 def trainable_for(restore_from: str | None = None) -> Any:

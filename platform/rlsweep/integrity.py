@@ -1,0 +1,191 @@
+"""Resume trusts only what rlsweep wrote: an HMAC-signed manifest over the files Tune unpickles.
+
+`rlsweep resume` hands a sweep directory to `Tuner.restore`, which unpickles Tune's state in it
+(`tuner.pkl`, `experiment_state-*.json`, the searcher's `searcher-state-*.pkl`, trials' `*.pkl`): a
+directory copied from elsewhere, or edited, would be code. While a sweep runs, the driver signs those
+files after each change: `.rlsweep_manifest.json` holds their SHA-256 and an HMAC-SHA256 of that list
+under a per-user key kept outside the directory (`$XDG_CONFIG_HOME/rlsweep/resume.key`, mode 0600;
+`RLSWEEP_KEY_FILE` names another). The sweep-level files are also copied, as signed, into
+`.rlsweep_signed/`, so a driver killed between Tune's write and the next signature resumes from the
+state signed a moment before.
+
+Before `Tuner.restore`, `verify` checks the manifest's HMAC, then each file Tune would unpickle: a
+file as signed is used; a sweep-level file that changed since is replaced by its signed copy (with a
+note); a trial's unsigned pickle is moved aside into `.rlsweep_untrusted/` (Tune needs none of them to
+go on); anything else is refused. No Ray here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from rlsweep.config import ConfigError
+
+MANIFEST = ".rlsweep_manifest.json"
+SIGNED = ".rlsweep_signed"
+UNTRUSTED = ".rlsweep_untrusted"
+# what Tune unpickles (or reads to decide what to unpickle) on restore, relative to the sweep directory
+SWEEP_PATTERNS = ("*.pkl", "experiment_state-*.json", "*-state-*.json", "search_gen_state-*.json")
+TRIAL_PATTERNS = ("*/*.pkl",)
+
+
+def key_path() -> Path:
+    if os.environ.get("RLSWEEP_KEY_FILE"):
+        return Path(os.environ["RLSWEEP_KEY_FILE"])
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "rlsweep" / "resume.key"
+
+
+def load_key(create: bool) -> bytes | None:
+    """This user's signing key; made (32 random bytes, 0600) on first use when `create`."""
+    path = key_path()
+    if not path.exists():
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        try:
+            os.link(tmp, path)  # fails if another process made it first: theirs is the key
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    key = path.read_bytes()
+    if len(key) < 16:
+        raise ConfigError(f"{path}: not an rlsweep signing key (too short); remove it to make a new one")
+    return key
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _mac(key: bytes, files: dict[str, str]) -> str:
+    return hmac.new(key, json.dumps(files, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def _scan(directory: Path, patterns: tuple[str, ...]) -> list[Path]:
+    return sorted({p for pattern in patterns for p in directory.glob(pattern) if p.is_file()})
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+class Signer:
+    """Signs a sweep directory's Tune state as it changes (cheap when nothing did: a stat per file)."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self._key: bytes | None = None
+        self._seen: dict[str, tuple[int, int, str]] = {}  # rel path -> (mtime_ns, size, sha256)
+        self._trials_at = 0.0
+
+    def sign(self, trials: bool = True) -> None:
+        """Signs what changed; trials' files are scanned at most once a second unless `trials` is forced."""
+        if self._key is None:
+            self._key = load_key(create=True)
+        d = self.directory
+        now = time.monotonic()
+        paths = _scan(d, SWEEP_PATTERNS)
+        scan_trials = trials or now - self._trials_at >= 1.0
+        if scan_trials:
+            self._trials_at = now
+            paths += _scan(d, TRIAL_PATTERNS)
+        else:
+            paths += [d / rel for rel in self._seen if "/" in rel and (d / rel).is_file()]
+        changed, current = False, {}
+        for p in paths:
+            rel = p.relative_to(d).as_posix()
+            st = p.stat()
+            seen = self._seen.get(rel)
+            if seen is None or seen[:2] != (st.st_mtime_ns, st.st_size):
+                data = p.read_bytes()
+                seen = (st.st_mtime_ns, st.st_size, hashlib.sha256(data).hexdigest())
+                if "/" not in rel:  # the signed copy a killed driver resumes from, by content
+                    (d / SIGNED).mkdir(exist_ok=True)
+                    if not (d / SIGNED / seen[2]).exists():
+                        _write_atomic(d / SIGNED / seen[2], data)
+                changed = True
+            current[rel] = seen
+        if not scan_trials:
+            current.update({rel: v for rel, v in self._seen.items() if "/" in rel and rel not in current})
+        if not changed and current.keys() == self._seen.keys():
+            return
+        self._seen = current
+        files = {rel: v[2] for rel, v in current.items()}
+        _write_atomic(d / MANIFEST, json.dumps({"files": files, "mac": _mac(self._key, files)}, indent=1).encode())
+        for copy in (d / SIGNED).glob("*"):  # copies of states no longer signed
+            if copy.name not in files.values():
+                copy.unlink(missing_ok=True)
+
+    def __getstate__(self) -> dict:  # Tune pickles callbacks into tuner.pkl: never the key
+        return {"directory": self.directory}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["directory"])
+
+
+def verify(directory: str | Path) -> list[str]:
+    """Makes the directory hold only what rlsweep signed (see the module's docstring); the notes to
+    show; a ConfigError when it cannot."""
+    d = Path(directory)
+    refuse = f"sweep {d} cannot be resumed safely: "
+    try:
+        manifest = json.loads((d / MANIFEST).read_text())
+        files, mac = manifest["files"], manifest["mac"]
+        assert isinstance(files, dict) and isinstance(mac, str)
+    except FileNotFoundError:
+        raise ConfigError(refuse + f"it has no {MANIFEST} (not written by this version of rlsweep); "
+                          "Tune's state in it would be unpickled unchecked") from None
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ConfigError(refuse + f"{MANIFEST} is not a manifest rlsweep wrote") from None
+    key = load_key(create=False)
+    if key is None or not hmac.compare_digest(_mac(key, files), mac):
+        raise ConfigError(refuse + f"its signature does not match this user's key ({key_path()}): it was "
+                          "written by another user or machine, or edited. Resume it where it was made, "
+                          "or copy that key file here if you trust the directory") from None
+    notes = []
+    for p in _scan(d, SWEEP_PATTERNS) + _scan(d, TRIAL_PATTERNS):
+        rel = p.relative_to(d).as_posix()
+        if files.get(rel) == _sha256(p):
+            continue
+        if "/" in rel:  # a trial's pickle Tune wrote after the last signature (or planted): set aside
+            dest = d / UNTRUSTED / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            p.replace(dest)
+            notes.append(f"{rel} was not signed; moved to {UNTRUSTED}/")
+        elif rel in files:
+            copy = d / SIGNED / files[rel]
+            if not copy.is_file() or _sha256(copy) != files[rel]:
+                raise ConfigError(refuse + f"{rel} changed after rlsweep signed it and no signed copy is left")
+            shutil.copyfile(copy, p)
+            notes.append(f"{rel} changed after it was signed (the driver stopped mid-write?); using the signed copy")
+        else:
+            (d / UNTRUSTED).mkdir(exist_ok=True)
+            p.replace(d / UNTRUSTED / rel)
+            notes.append(f"{rel} was not signed; moved to {UNTRUSTED}/")
+    for rel, digest in files.items():
+        if "/" not in rel and not (d / rel).exists():
+            copy = d / SIGNED / digest
+            if not copy.is_file() or _sha256(copy) != digest:
+                raise ConfigError(refuse + f"{rel} is missing")
+            shutil.copyfile(copy, d / rel)
+            notes.append(f"{rel} was missing; using the signed copy")
+    return notes
