@@ -81,7 +81,18 @@ class Store:
         return cls(uri, experiment_name(cfg), local_artifact_root(uri, cfg.tracking))
 
     def tracker(self) -> Tracker:
-        return Tracker(self.uri, self.experiment, self.artifact_root)
+        """A Tracker on this store. A new SQLite store gets its tables here: one process at a time (two
+        sweeps starting together on a fresh store would race on MLflow's migrations)."""
+        if not self.uri.startswith("sqlite:///"):
+            return Tracker(self.uri, self.experiment, self.artifact_root)
+        import fcntl
+
+        with open(self.uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return Tracker(self.uri, self.experiment, self.artifact_root)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 _USERINFO = re.compile(r"(://[^/\s:@]*):[^@\s/]*@")
