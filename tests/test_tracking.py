@@ -398,3 +398,19 @@ def test_processes_opening_a_fresh_sqlite_store_at_once_do_not_race(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-1500:] for _, e in outs]
     assert len({o.strip() for o, _ in outs}) == 1
+
+
+def test_a_checkpoint_upload_ends_with_its_state_file(store, tmp_path):
+    """state.json (holding learner.pt's checksum) is the last file of a replaced checkpoint to land."""
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for name in ("state.json", "learner.pt", "zz_extra.bin"):
+        (ckpt / name).write_text(name)
+    tracker = store.tracker()
+    run_id = tracker.start("c", {})
+    order, real = [], tracker._client.log_artifact
+    tracker._client.log_artifact = lambda run, path, folder=None: (order.append(Path(path).name), real(run, path, folder))
+    tracker.log_checkpoint(run_id, ckpt, "checkpoints/best")
+    assert order[-1] == "state.json" and sorted(order) == ["learner.pt", "state.json", "zz_extra.bin"]
+    got = tracker._client.download_artifacts(run_id, "checkpoints/best/state.json", str(tmp_path / "dl"))
+    assert open(got).read() == "state.json"

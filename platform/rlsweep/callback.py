@@ -326,14 +326,14 @@ class MlflowCallback(tune.Callback):
             return
         if best is None or better(score, best, self.mode):
             self._best[tid] = score
-            self.tracker.log_artifacts(self.runs[tid], path, "checkpoints/best")
+            self.tracker.log_checkpoint(self.runs[tid], path, "checkpoints/best")
             self.tracker.set_tag(self.runs[tid], TAG_BEST_SCORE, repr(score))
 
     def _close_run(self, tid: str, final_checkpoint: str | None, status: str, reason: str | None,
                    mlflow_status: str) -> None:
         self._write_metrics(tid)
         if final_checkpoint is not None:
-            self.tracker.log_artifacts(self.runs[tid], final_checkpoint, "checkpoints/final")
+            self.tracker.log_checkpoint(self.runs[tid], final_checkpoint, "checkpoints/final")
         self.tracker.set_status(self.runs[tid], status, reason, mlflow_status)
         self._journal.close(tid)
 

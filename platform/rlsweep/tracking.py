@@ -316,6 +316,18 @@ class Tracker:
     def log_artifacts(self, run_id: str, local_dir: str | Path, folder: str | None = None) -> None:
         self._client.log_artifacts(run_id, str(local_dir), folder)
 
+    def log_checkpoint(self, run_id: str, local_dir: str | Path, folder: str) -> None:
+        """A checkpoint into `folder`, replacing the one there: its state.json (which holds the other
+        files' checksum) goes last, so a reader during the upload finds the old checkpoint whole or a
+        checksum mismatch that says so, never a mix it would load."""
+        from rlsweep.checkpoint import STATE_FILE
+
+        d = Path(local_dir)
+        for path in sorted(d.rglob("*"), key=lambda p: p.name == STATE_FILE):
+            if path.is_file():
+                parent = path.parent.relative_to(d).as_posix()
+                self._client.log_artifact(run_id, str(path), folder if parent == "." else f"{folder}/{parent}")
+
     def set_status(self, run_id: str, status: str, reason: str | None = None, mlflow_status: str | None = None) -> None:
         """rlsweep's status tag (and its reason); with `mlflow_status`, also ends the run in MLflow."""
         self._client.set_tag(run_id, TAG_STATUS, status)
