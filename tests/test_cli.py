@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -50,6 +51,8 @@ def exp(tmp_path):
     (["--restore", "/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt: no such checkpoint directory"),
     (["--set", "ppo.lr=.inf"], "key 'ppo.lr': Input should be a finite number (got inf)"),
     (["--set", "ppo.ent_coef=.nan"], "key 'ppo.ent_coef': Input should be a finite number (got nan)"),
+    (["--set", "ppo.train_batch_size=100000000000"], "key 'ppo.train_batch_size': Input should be less than or equal"),
+    (["--set", "policy.hidden_sizes=[100000000]"], "layer widths up to 65536"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_ray(exp, tmp_path, args, fragment):
     r = rlsweep("train", exp, *args, timeout=60)
@@ -107,6 +110,20 @@ def test_train_then_restore_continues(exp, tmp_path):
         assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == steps
         assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
             "checkpoints/best", "checkpoints/final"}
+
+    # evaluate straight from MLflow: the download leaves no temporary folder behind
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ref = f"runs:/{runs[0].info.run_id}/checkpoints/final"
+    r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "evaluate", ref, "--tracking-uri", store, "--episodes", "2"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "platform"), "TMPDIR": str(scratch)})
+    assert r.returncode == 0 and "2 episodes" in r.stdout, r.stderr[-2000:]
+    assert list(scratch.iterdir()) == []
+    # a store that is not there is not created by reading from it
+    r = rlsweep("evaluate", ref, "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}", timeout=60)
+    assert r.returncode == 2 and "there is no store at" in r.stderr and not (tmp_path / "other.db").exists()
 
 
 def with_test_envs(*args):

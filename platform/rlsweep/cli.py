@@ -97,20 +97,19 @@ def _is_mlflow_uri(ref: str) -> bool:
     return ref.startswith(("runs:/", "mlflow-artifacts:/", "models:/"))
 
 
-def _fetch_checkpoint(ref: str, cfg: ExperimentConfig, uri: str) -> str:
-    """A local checkpoint directory for `--restore` (MLflow artifact URIs are downloaded first)."""
+def _fetch_checkpoint(ref: str, cfg: ExperimentConfig, uri: str, scratch: str) -> str:
+    """A local checkpoint directory for `--restore` (MLflow artifact URIs are downloaded into `scratch`)."""
     from rlsweep import checkpoint
 
-    local = _download(ref, uri) if _is_mlflow_uri(ref) else ref
+    local = _download(ref, uri, scratch) if _is_mlflow_uri(ref) else ref
     checkpoint.check(local, cfg.model_dump(mode="json"))
     return str(Path(local).resolve())
 
 
-def _download(ref: str, uri: str) -> str:
-    """An MLflow artifact URI downloaded to a fresh temporary folder."""
+def _download(ref: str, uri: str, dest: str) -> str:
+    """An MLflow artifact URI downloaded into `dest` (a temporary folder the caller removes)."""
     import mlflow.artifacts
 
-    dest = tempfile.mkdtemp(prefix="rlsweep-checkpoint-")
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=dest, tracking_uri=uri)
     except Exception as e:
@@ -128,13 +127,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.restore and not _is_mlflow_uri(args.restore):
         checkpoint.check(args.restore, cfg.model_dump(mode="json"))
     uri = _check_store(cfg)
-    restore = _fetch_checkpoint(args.restore, cfg, uri) if args.restore else None
-
     from rlsweep import metrics as M
     from rlsweep.tracking import redact
     from rlsweep.tuning import run_train
 
-    out = run_train(cfg, restore_from=restore)
+    with tempfile.TemporaryDirectory(prefix="rlsweep-checkpoint-") as scratch:
+        restore = _fetch_checkpoint(args.restore, cfg, uri, scratch) if args.restore else None
+        out = run_train(cfg, restore_from=restore)
     keys = [M.ENV_STEPS, M.TRAINING_ITERATION, M.EPISODE_RETURN_MEAN, M.EVAL_RETURN_MEAN, M.EVAL_RETURN_STD,
             M.EXPLAINED_VARIANCE, M.ENV_STEPS_PER_S, M.TIME_TOTAL_S]
     if out.interrupted:
@@ -300,13 +299,19 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="rlsweep-checkpoint-") as scratch:
+        return _evaluate(args, scratch)
+
+
+def _evaluate(args: argparse.Namespace, scratch: str) -> int:
     from rlsweep import checkpoint
-    from rlsweep.tracking import resolve_uri
+    from rlsweep.tracking import check_store, resolve_uri
 
     ref = args.checkpoint
     if _is_mlflow_uri(ref):
         uri = args.tracking_uri or resolve_uri(TrackingConfig())
-        ref = _download(ref, uri)
+        check_store(uri, must_exist=True)  # an unreachable server fails in seconds; no empty store is made
+        ref = _download(ref, uri, scratch)
     checkpoint.check(ref)
     if args.episodes is not None and args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes}: expected at least 1")

@@ -44,8 +44,8 @@ class PolicyConfig(_Section):
     @field_validator("hidden_sizes")
     @classmethod
     def _positive_sizes(cls, v: list[int]) -> list[int]:
-        if not v or any(h < 1 for h in v):
-            raise ValueError("expected a non-empty list of positive layer widths, e.g. [64, 64]")
+        if not v or any(h < 1 or h > 65_536 for h in v) or len(v) > 64:
+            raise ValueError("expected a non-empty list of positive layer widths up to 65536, e.g. [64, 64]")
         return v
 
 
@@ -57,9 +57,9 @@ class PPOConfig(_Section):
     adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon.")
     gamma: float = Field(0.99, gt=0, le=1, description="Discount factor.")
     gae_lambda: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
-    train_batch_size: int = Field(2048, ge=1, description="Env steps collected per iteration, all workers.")
-    minibatch_size: int = Field(256, ge=1, description="Samples per gradient step.")
-    num_epochs: int = Field(10, ge=1, description="Passes over the batch per iteration.")
+    train_batch_size: int = Field(2048, ge=1, le=2**24, description="Env steps collected per iteration, all workers.")
+    minibatch_size: int = Field(256, ge=1, le=2**24, description="Samples per gradient step.")
+    num_epochs: int = Field(10, ge=1, le=10_000, description="Passes over the batch per iteration.")
     clip: float = Field(0.2, gt=0, description="Policy ratio clip range.")
     vf_clip: float | None = Field(None, gt=0, description="Value clip range; null disables.")
     vf_coef: float = Field(0.5, ge=0, description="Value loss coefficient.")
@@ -85,15 +85,15 @@ class PPOConfig(_Section):
 class RolloutConfig(_Section):
     """Where experience is collected."""
 
-    num_rollout_workers: int = Field(1, ge=0, description="Ray actors sampling; 0 samples in the trainable.")
-    num_envs_per_worker: int = Field(8, ge=1, description="Vectorised envs in each worker.")
+    num_rollout_workers: int = Field(1, ge=0, le=10_000, description="Ray actors sampling; 0 samples in the trainable.")
+    num_envs_per_worker: int = Field(8, ge=1, le=65_536, description="Vectorised envs in each worker.")
 
 
 class EvaluationConfig(_Section):
     """Deterministic evaluation on its own actor and its own seeds."""
 
     interval: int = Field(1, ge=0, description="Evaluate every N iterations; 0 never evaluates.")
-    episodes: int = Field(10, ge=1, description="Episodes per evaluation.")
+    episodes: int = Field(10, ge=1, le=1_000_000, description="Episodes per evaluation.")
     deterministic: bool = Field(True, description="Greedy/mean actions instead of sampling.")
 
 
@@ -121,14 +121,14 @@ class ResourcesConfig(_Section):
     learner_gpus: float = Field(0.0, ge=0, description="GPUs for the learner; >0 trains on CUDA.")
     worker_cpus: float = Field(0.5, gt=0, description="CPUs for each rollout worker.")
     evaluation_cpus: float = Field(0.25, gt=0, description="CPUs for the evaluation worker.")
-    torch_threads: int = Field(1, ge=1, description="torch intra-op threads in the learner.")
+    torch_threads: int = Field(1, ge=1, le=1024, description="torch intra-op threads in the learner.")
 
 
 class SweepConfig(_Section):
     """How `rlsweep sweep` searches: Optuna through Ray Tune."""
 
     search_space: str = Field("search_spaces/ppo_core.yaml", description="Search space file (--space overrides).")
-    trials: int = Field(16, ge=1, description="Trials to run.")
+    trials: int = Field(16, ge=1, le=1_000_000, description="Trials to run.")
     max_concurrent: int | None = Field(None, ge=1, description="Trials at once (default: as many as the CPUs hold).")
     metric: str = Field("eval_return_mean", description="The metric the sampler and scheduler optimise.")
     mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric.")

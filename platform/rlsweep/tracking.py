@@ -132,9 +132,10 @@ def ui_link(base_url: str, experiment_id: str, run_id: str | None = None) -> str
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def check_store(uri: str) -> None:
+def check_store(uri: str, must_exist: bool = False) -> None:
     """Check the store before Ray starts; a ConfigError says why it cannot be used (with any password
-    in the URI redacted).
+    in the URI redacted). `must_exist`: a SQLite store that is not there yet is an error too (reading
+    from it would create an empty one).
 
     SQLite files and HTTP servers are checked without importing MLflow (two seconds that the driver
     otherwise spends while Ray starts); other stores are opened with an MLflow client.
@@ -173,6 +174,9 @@ def check_store(uri: str) -> None:
                 header = f.read(16)
             if header and header != b"SQLite format 3\x00":
                 raise ConfigError(f"tracking store {shown}: {path} is not an SQLite database")
+        elif must_exist:
+            raise ConfigError(f"tracking store {shown}: there is no store at {path} (pass --tracking-uri, or "
+                              "set $MLFLOW_TRACKING_URI, to read another)")
         elif not os.access(path.parent, os.W_OK):
             raise ConfigError(f"tracking store {shown}: folder {path.parent} is not writable")
         return
