@@ -289,8 +289,15 @@ def cmd_best(args: argparse.Namespace) -> int:
         raise ConfigError(f"sweep {directory}: no trial has reported {meta['metric']} yet")
     text = best_config_yaml(top, meta["name"], meta["metric"])
     if args.output:
-        with open(args.output, "x") as f:  # exclusive: never writes through a file or link that appeared
-            f.write(text)
+        out = Path(args.output)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        try:  # whole or not at all, and never over a file or link that appeared meanwhile
+            os.link(tmp, out)
+        except FileExistsError:
+            raise ConfigError(f"-o {args.output}: file exists; rlsweep never overwrites it (pick another path)") from None
+        finally:
+            tmp.unlink()
         print(f"wrote {args.output} (trial {top['trial_id']}, {meta['metric']} = {_fmt(top[meta['metric']])}); "
               f"run it with: rlsweep train {args.output}")
     else:
