@@ -11,7 +11,7 @@ import pytest
 
 from rlsweep.config import ConfigError
 from rlsweep.integrity import MANIFEST, UNTRUSTED, Signer, verify
-from tests.conftest import ROOT
+from tests.conftest import ROOT, small_config
 
 
 class Payload:
@@ -107,8 +107,8 @@ def test_resume_of_a_copied_sweep_with_a_payload_exits_2_before_anything_runs(tm
     marker = tmp_path / "ran"
     (d / "tuner.pkl").write_bytes(pickle.dumps(Payload(f"touch {marker}")))
     (d / "rlsweep_sweep.json").write_text(json.dumps({
-        "name": "copied", "metric": "eval_return_mean", "mode": "max",
-        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
+        "name": "copied", "metric": "eval_return_mean", "mode": "max", "experiment": small_config(),
+        "params": ["ppo.lr"], "trials": 4, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
     r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "resume", str(d)], capture_output=True, text=True,
                        timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "platform")})
     assert r.returncode == 2, r.stderr

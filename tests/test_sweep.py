@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -125,6 +126,7 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     assert parent.info.status == "FINISHED"
     results = trial_results(tmp_path / "results" / "s1")
     assert len(results) == 4
+    numbers = set()
     for child in children:
         tags, params = child.data.tags, child.data.params
         assert tags["mlflow.parentRunId"] == parent.info.run_id
@@ -136,6 +138,13 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
         assert float(params["ppo.gamma"]) == config["ppo"]["gamma"]
         assert int(params["ppo.train_batch_size"]) == config["ppo"]["train_batch_size"]
         assert params["seed"] == "2" and tags["rlsweep.seed"] == "2"
+        # readable in the runs table: number and searched values in the name, as a tag and description
+        name = child.info.run_name
+        number = int(name.split(" ", 1)[0])
+        numbers.add(number)
+        assert name.startswith(f"{number:03d} lr={config['ppo']['lr']:.3g} ") and "batch=" in name, name
+        assert f"ppo.lr={config['ppo']['lr']}" in tags["rlsweep.searched"]
+        assert tags["mlflow.note.content"].startswith(f"Trial {number:03d} of sweep s1: ")
         # one point per iteration, at increasing env steps
         for metric in ("env_steps", "eval_return_mean", "policy_loss"):
             hist = client.get_metric_history(child.info.run_id, metric)
@@ -144,6 +153,14 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
         assert {"config.yaml", "checkpoints"} <= arts
         ckpts = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
         assert {"checkpoints/final", "checkpoints/best"} <= ckpts
+    assert numbers == {1, 2, 3, 4}
+    assert "top trials by eval_return_mean" in r.stdout and "  4. 0" in r.stdout
+    # the parent's row is the sweep's answer: the best trial's searched values and metric, same names
+    best_child = next(c for c in children if c.info.run_id == parent.data.tags["rlsweep.best_run_id"])
+    assert parent.info.run_name == "s1"
+    for key in ("ppo.lr", "ppo.gamma", "ppo.train_batch_size"):
+        assert parent.data.params[key] == best_child.data.params[key]
+    assert parent.data.metrics["eval_return_mean"] == best_child.data.metrics["eval_return_mean"]
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "results.csv", "optimization_history.png", "param_importance.png",
             "learning_curves.png"} <= parent_arts
@@ -153,7 +170,7 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     r = rlsweep("best", "s1", "-o", best_file, "--results-dir", tmp_path / "results")
     assert r.returncode == 0, r.stderr
     best = yaml.safe_load(best_file.read_text())
-    assert best["name"] == "s1-best"
+    assert best["name"] == "s1-best" and best["tracking"]["experiment"] == "sweeptest"  # retrained beside its trials
     local = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path))
     assert yaml.safe_load(Path(local).read_text()) == best
     r = rlsweep("best", "s1", "-o", best_file, "--results-dir", tmp_path / "results")
@@ -167,6 +184,20 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
                 "--set", f"results_dir={tmp_path / 'results'}", uri=mlflow_server)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"env_steps              {done + batch}\n" in r.stdout  # one iteration on from the checkpoint
+    continued = client.get_run(re.search(r"^mlflow run: (\w+)", r.stdout, re.M).group(1))
+    assert continued.info.experiment_id == parent.info.experiment_id and continued.info.run_name == "s1-best"
+    assert continued.data.tags["rlsweep.restored_from"] == f"runs:/{child.info.run_id}/checkpoints/final"
+    assert continued.data.tags["rlsweep.restored_from_run"] == child.info.run_id
+    assert continued.data.tags["rlsweep.restored_from_env_steps"] == str(done)
+
+    # resuming a finished sweep says so, starts nothing and changes nothing in MLflow
+    before = [(x.info.run_id, x.info.status, x.info.end_time, x.data.tags, x.data.params, x.data.metrics)
+              for x in runs_of(client) if x.data.tags.get("rlsweep.dir", "").endswith("s1")]
+    r = rlsweep("resume", "s1", "--results-dir", tmp_path / "results", uri=mlflow_server)
+    assert r.returncode == 0 and "has finished: nothing to resume" in r.stdout, r.stderr[-2000:]
+    after = [(x.info.run_id, x.info.status, x.info.end_time, x.data.tags, x.data.params, x.data.metrics)
+             for x in runs_of(client) if x.data.tags.get("rlsweep.dir", "").endswith("s1")]
+    assert sorted(after, key=str) == sorted(before, key=str)
 
 
 def _sweep_process(exp, space, name, *extra):

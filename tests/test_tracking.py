@@ -35,6 +35,7 @@ class Trial:
     last_result: dict[str, Any] = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
     error: str | None = None
+    experiment_tag: str = ""
 
     def get_error(self):
         return RuntimeError(self.error) if self.error else None
@@ -152,8 +153,8 @@ def test_sweep_nests_trials_under_a_parent_with_a_summary(store, tmp_path):
     run_dir = str(tmp_path / "s1")
     cb = callback(store, cfg, run_dir, sweep_parent(run_dir))
     cb.setup()
-    good = Trial("a_00000", {**cfg, "ppo": {**cfg["ppo"], "lr": 0.01}})
-    bad = Trial("a_00001", cfg, error="ValueError: loss is nan")
+    good = Trial("a_00000", {**cfg, "ppo": {**cfg["ppo"], "lr": 0.01}}, experiment_tag="1_lr=0.01")
+    bad = Trial("a_00001", cfg, error="ValueError: loss is nan", experiment_tag="2_lr=0.001")
     both = [good, bad]
     play(cb, good, [(64, 20.0), (128, 60.0)], tmp_path, both)
     good.status = "TERMINATED"
@@ -172,7 +173,11 @@ def test_sweep_nests_trials_under_a_parent_with_a_summary(store, tmp_path):
     assert children["a_00000"].data.tags["rlsweep.reason"] == "reached target return 50"
     assert children["a_00001"].info.status == "FAILED"
     assert children["a_00001"].data.tags["rlsweep.reason"] == "ValueError: loss is nan"
-    assert parent.info.status == "FINISHED" and parent.data.params == {"trials": "2"}
+    assert children["a_00000"].info.run_name == "001 lr=0.01" and children["a_00001"].info.run_name.startswith("002 lr=")
+    assert children["a_00000"].data.tags["rlsweep.searched"] == "ppo.lr=0.01"
+    # the parent's row reads as the answer: the sweep's params, then the best trial's searched values and metric
+    assert parent.info.status == "FINISHED" and parent.data.params == {"trials": "2", "ppo.lr": "0.01"}
+    assert parent.data.metrics[M.EVAL_RETURN_MEAN] == 60.0 and parent.data.metrics[M.ENV_STEPS] == 128
     assert parent.data.tags["rlsweep.best_trial_id"] == "a_00000"
     assert parent.data.tags["rlsweep.best_run_id"] == children["a_00000"].info.run_id
     assert parent.data.metrics[f"best_{M.EVAL_RETURN_MEAN}"] == 60.0
@@ -414,3 +419,15 @@ def test_a_checkpoint_upload_ends_with_its_state_file(store, tmp_path):
     assert order[-1] == "state.json" and sorted(order) == ["learner.pt", "state.json", "zz_extra.bin"]
     got = tracker._client.download_artifacts(run_id, "checkpoints/best/state.json", str(tmp_path / "dl"))
     assert open(got).read() == "state.json"
+
+
+def test_trial_run_names_carry_the_number_and_the_searched_values():
+    from rlsweep.tracking import trial_number, trial_run_name
+
+    cfg = validate(small_config(ppo={"lr": 0.000312345, "gamma": 0.98765, "train_batch_size": 128}))
+    config = cfg.model_dump(mode="json")
+    assert trial_number("3_lr=0.1,gamma=0.9", "ab12c") == "003" and trial_number("", "ab12c") == "ab12c"
+    assert trial_run_name("003", config, ["ppo.lr", "ppo.gamma", "ppo.train_batch_size"]) == \
+        "003 lr=0.000312 gamma=0.988 batch=128"
+    assert trial_run_name("011", config, ["policy.hidden_sizes"]) == "011 hidden=16x16"
+    assert trial_run_name("t1", config, []) == "t1"

@@ -1,4 +1,4 @@
-"""The stop criteria a trial is held to."""
+"""The stop criteria a trial is held to, and the lines a sweep prints."""
 
 import math
 
@@ -33,3 +33,22 @@ def test_the_sweep_line_shows_the_best_so_far_under_the_sweeps_metric_and_mode()
         line.on_trial_result(0, trials, trials[0], {"value_loss": v})
     text = line.sweep_line(trials)
     assert "best value_loss so far (min) 2 " in text and "trials 1/3 done, 1 running" in text
+
+
+def test_a_line_per_finished_trial_with_its_values_metric_steps_and_why(capsys, tmp_path):
+    from types import SimpleNamespace
+
+    from rlsweep.tuning import ProgressLine
+
+    stop = TrialStopper(StopConfig(target_return=475, env_steps=10_000))
+    line = ProgressLine(sweep_trials=2, metric="eval_return_mean", searched=["ppo.lr"], stop_reason=stop.reason)
+    done = SimpleNamespace(trial_id="ab_00000", experiment_tag="1_lr=0.000312345", status="TERMINATED", config={"ppo": {"lr": 0.000312345}},
+                           last_result={"eval_return_mean": 480.0, "env_steps": 12288})
+    line.on_trial_complete(0, [done], done)
+    (tmp_path / "error.txt").write_text("Traceback ...\nValueError: the env broke\n")
+    failed = SimpleNamespace(trial_id="ab_00001", experiment_tag="2_lr=0.1", status="ERROR", config={"ppo": {"lr": 0.1}},
+                             last_result={"env_steps": 512}, error_file=str(tmp_path / "error.txt"))
+    line.on_trial_error(0, [done, failed], failed)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "trial 001 lr=0.000312 | eval_return_mean 480 | 12,288 env steps | reached target return 475"
+    assert err[-1] == "trial 002 lr=0.1 | eval_return_mean nan | 512 env steps | failed: ValueError: the env broke"

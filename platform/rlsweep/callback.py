@@ -28,6 +28,7 @@ from rlsweep.journal import Journal
 from rlsweep.parent_run import SweepParent
 from rlsweep.tracking import (
     TAG_BEST_SCORE,
+    TAG_DESCRIPTION,
     TAG_DIR,
     TAG_KIND,
     TAG_PARENT,
@@ -35,15 +36,19 @@ from rlsweep.tracking import (
     TAG_RESTORE_NOTE,
     TAG_RETRIES,
     TAG_RETRY_REASON,
+    TAG_SEARCHED,
     TAG_SEED,
     TAG_STATUS,
     TAG_TRIAL,
     Store,
     Tracker,
     better,
-    error_line,
     numeric,
     run_config_dict,
+    searched_values,
+    trial_error_line,
+    trial_number,
+    trial_run_name,
 )
 
 log = logging.getLogger("rlsweep.tracking")
@@ -143,18 +148,6 @@ class _Writer:
             delay = min(2 * delay, 15.0)
 
 
-def _error_line(trial: Any) -> str:
-    """The trial's latest error, in one line, for the run's reason tag. Read from the trial's local
-    error file: the copy `get_error` reads is synced to storage only later."""
-    text = ""
-    local = getattr(trial, "error_file", None)
-    if local and Path(local).is_file():
-        text = Path(local).read_text(errors="replace")
-    elif hasattr(trial, "get_error"):
-        text = str(trial.get_error() or "")
-    return error_line(text) or "see the trial's error file"
-
-
 def _timed(hook: Any) -> Any:
     """Adds the hook's own time to `hook_s` (how long tracking holds up Tune's loop); a store that stays
     unreachable ends the run as an interruption."""
@@ -187,14 +180,16 @@ class MlflowCallback(tune.Callback):
             section whether checkpoints are uploaded and how often metrics are written.
         stop_reason: result -> why the trial stopped (None: stopped before its criteria).
         sweep: the sweep's parent run; None for `rlsweep train` (one run, no parent).
+        tags: more tags for a `train` run.
 
     A checkpoint waits until every metric of the iterations before it is written, so a resume from
     that checkpoint leaves no gap.
     """
 
     def __init__(self, store: Store, run_dir: str, cfg: ExperimentConfig, stop_reason: Any,
-                 sweep: SweepParent | None = None):
+                 sweep: SweepParent | None = None, tags: dict[str, str] | None = None):
         self.store, self.run_dir, self.stop_reason, self.sweep = store, run_dir, stop_reason, sweep
+        self.tags = dict(tags or {})  # extra tags of a `train` run (where a restore came from)
         self.metric, self.mode = cfg.sweep.metric, cfg.sweep.mode
         self.log_checkpoints = cfg.tracking.log_checkpoints
         # a trial's metric rows are written every flush_s, at its checkpoints and at its end (one
@@ -270,7 +265,7 @@ class MlflowCallback(tune.Callback):
                 return run.run_id
         return None
 
-    def _open_run(self, tid: str, trial_config: dict[str, Any], known: set[str]) -> None:
+    def _open_run(self, tid: str, trial_config: dict[str, Any], known: set[str], number: str) -> None:
         """The trial's run: found again after a resume (or adopted from a crash), else created."""
         t = self.tracker
         kind = "trial" if self.sweep else "train"
@@ -294,7 +289,15 @@ class MlflowCallback(tune.Callback):
                     TAG_STATUS: "running"}
             if self.parent_run_id:
                 tags[TAG_PARENT] = self.parent_run_id
-            run_id = t.start(tid if self.sweep else config["name"], tags)
+            if self.sweep is not None:
+                name = trial_run_name(number, config, self.sweep.searched)
+                values = ", ".join(f"{k}={v}" for k, v in searched_values(config, self.sweep.searched).items())
+                tags[TAG_SEARCHED] = values
+                tags[TAG_DESCRIPTION] = f"Trial {number} of sweep {self.sweep.name}: {values}"
+            else:
+                name = config["name"]
+                tags.update(self.tags)
+            run_id = t.start(name, tags)
             t.log_params(run_id, flatten(config))
             t.log_yaml(run_id, config, "config.yaml")
             self._logged_step[tid] = -1
@@ -344,7 +347,8 @@ class MlflowCallback(tune.Callback):
         if tid not in self._opened:
             self._opened.add(tid)
             known = {x.trial_id for x in trials or []}
-            self._writer.submit(self._open_run, tid, dict(trial.config), known)
+            number = trial_number(getattr(trial, "experiment_tag", None), tid)
+            self._writer.submit(self._open_run, tid, dict(trial.config), known, number)
 
     @_timed
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
@@ -410,7 +414,7 @@ class MlflowCallback(tune.Callback):
         self._ensure_run(trial, trials)
         tid = trial.trial_id
         self._retries[tid] = self._retries.get(tid, 0) + 1
-        self._writer.submit(self._note_retry, tid, self._retries[tid], _error_line(trial))
+        self._writer.submit(self._note_retry, tid, self._retries[tid], trial_error_line(trial))
 
     def _note_retry(self, tid: str, count: int, reason: str) -> None:
         self.tracker.set_tag(self.runs[tid], TAG_RETRIES, str(count))
@@ -420,7 +424,7 @@ class MlflowCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._ensure_run(trial, trials)
         self._closed.add(trial.trial_id)
-        self._writer.submit(self._close_run, trial.trial_id, None, "error", _error_line(trial), "FAILED")
+        self._writer.submit(self._close_run, trial.trial_id, None, "error", trial_error_line(trial), "FAILED")
 
     def on_experiment_end(self, trials, **info) -> None:
         self._journal.close()  # no more rows: every trial has stopped

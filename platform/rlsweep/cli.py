@@ -93,6 +93,20 @@ def _check_store(cfg: ExperimentConfig) -> str:
     return uri
 
 
+def _restore_tags(ref: str | None, local: str | None) -> dict[str, str]:
+    """Where a `train --restore` run continued from: the checkpoint as given, its run, its env steps."""
+    if ref is None or local is None:
+        return {}
+    from rlsweep import checkpoint
+    from rlsweep.tracking import TAG_RESTORED_FROM, TAG_RESTORED_RUN, TAG_RESTORED_STEP
+
+    tags = {TAG_RESTORED_FROM: ref if _is_mlflow_uri(ref) else str(Path(ref).resolve()),
+            TAG_RESTORED_STEP: str(checkpoint.read(local)[1].get("env_steps", ""))}
+    if ref.startswith("runs:/"):
+        tags[TAG_RESTORED_RUN] = ref.removeprefix("runs:/").split("/", 1)[0]
+    return tags
+
+
 def _is_mlflow_uri(ref: str) -> bool:
     return ref.startswith(("runs:/", "mlflow-artifacts:/", "models:/"))
 
@@ -133,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="rlsweep-checkpoint-") as scratch:
         restore = _fetch_checkpoint(args.restore, cfg, uri, scratch) if args.restore else None
-        out = run_train(cfg, restore_from=restore)
+        out = run_train(cfg, restore_from=restore, tags=_restore_tags(args.restore, restore))
     keys = [M.ENV_STEPS, M.TRAINING_ITERATION, M.EPISODE_RETURN_MEAN, M.EVAL_RETURN_MEAN, M.EVAL_RETURN_STD,
             M.EXPLAINED_VARIANCE, M.ENV_STEPS_PER_S, M.TIME_TOTAL_S]
     if out.interrupted:
@@ -178,8 +192,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from rlsweep.tracking import check_store, take_credentials
 
     directory = find_sweep(args.sweep, args.results_dir)
-    meta = read_meta(directory)
+    meta = read_meta(directory, full=True)
     check_store(take_credentials(meta["tracking_uri"]))
+    from rlsweep.tracking import TAG_DIR, TAG_KIND, TAG_STATUS, Store, experiment_name
+
+    tracker = Store(meta["tracking_uri"], experiment_name(ExperimentConfig.model_validate(meta["experiment"]))).tracker()
+    parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: str(directory)})
+    if parent is not None and tracker.tags(parent).get(TAG_STATUS) == "finished":
+        print(f"sweep {meta['name']} has finished: nothing to resume, nothing changed "
+              f"(`{_self_command()} best {directory}` shows its best trial)")
+        return 0
     print(f"resuming sweep {meta['name']} from {directory}", flush=True)
     return _sweep_outcome(resume_sweep(directory), directory)
 
@@ -189,6 +211,7 @@ def _sweep_outcome(results, directory: Path) -> int:
     calls a trial stopped by Ctrl-C 'TERMINATED')."""
     from rlsweep import metrics as M
     from rlsweep.ranking import best as best_row
+    from rlsweep.ranking import rank
     from rlsweep.sweep import read_meta
     from rlsweep.tracking import (
         TAG_DIR,
@@ -198,6 +221,8 @@ def _sweep_outcome(results, directory: Path) -> int:
         Store,
         experiment_name,
         redact,
+        trial_number,
+        trial_run_name,
         ui_link,
     )
 
@@ -229,9 +254,15 @@ def _sweep_outcome(results, directory: Path) -> int:
     if best is None:
         print("no trial reported the metric; nothing to recommend")
         return 1
+    print(f"top trials by {meta['metric']} ({meta['mode']}; ties: fewer env steps, then the earlier trial):")
+    for i, row in enumerate(rank(rows, meta["metric"], meta["mode"])[:5], 1):
+        name = trial_run_name(trial_number(row.get("experiment_tag"), row["trial_id"]), row["config"], meta["params"])
+        print(f"  {i}. {name:<48} "
+              f"{_fmt(row[meta['metric']]):>10}  {row.get(M.ENV_STEPS, 0):>9,} env steps")
     flat = {k: v for k, v in flatten(best["config"]).items() if k in meta["params"]}
     run = children.get(best["trial_id"])
-    print(f"best trial:  {best['trial_id']} with {meta['metric']} = {_fmt(best[meta['metric']])} "
+    number = trial_number(best.get("experiment_tag"), best["trial_id"])
+    print(f"best trial:  {number} (trial id {best['trial_id']}) with {meta['metric']} = {_fmt(best[meta['metric']])} "
           f"after {best.get(M.ENV_STEPS)} env steps")
     print("its config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in flat.items()))
     print(f"checkpoint:  {best['checkpoint'].path if best['checkpoint'] else None}")
@@ -393,6 +424,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # training: MLflow's own retries (7, about two minutes per call) would only block it
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    if not os.environ.get("RAY_ADDRESS"):
+        # a local Ray enables token authentication by default and warns about it on every start; asking
+        # for it explicitly (before Ray is imported: it reads this once) keeps it on without the warning.
+        # Joining a cluster follows the cluster's setting.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if os.environ.get("MLFLOW_TRACKING_URI"):  # user:password@ in it: into MLflow's credential variables
         from rlsweep.tracking import take_credentials

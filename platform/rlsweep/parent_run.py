@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlsweep import metrics as M
 from rlsweep import report
-from rlsweep.tracking import TAG_DIR, TAG_KIND, TAG_STATUS, TAG_TRIAL, Tracker
+from rlsweep.tracking import TAG_DESCRIPTION, TAG_DIR, TAG_KIND, TAG_STATUS, TAG_TRIAL, Tracker, searched_values
 
 
 @dataclass
@@ -32,7 +33,9 @@ class SweepParent:
         if run_id is not None:
             tracker.reopen(run_id)
             return run_id, True
-        run_id = tracker.start(self.name, {TAG_KIND: "sweep", TAG_DIR: self.run_dir, TAG_STATUS: "running"})
+        run_id = tracker.start(self.name, {TAG_KIND: "sweep", TAG_DIR: self.run_dir, TAG_STATUS: "running",
+                                           TAG_DESCRIPTION: f"Sweep {self.name} over {', '.join(self.searched)}: "
+                                           f"{self.mode} {self.metric}. Its params and metrics are its best trial's."})
         tracker.log_params(run_id, self.params)
         return run_id, False
 
@@ -46,8 +49,13 @@ class SweepParent:
         kind = {TAG_KIND: "trial", TAG_DIR: self.run_dir}
         all_runs = {t.trial_id: runs.get(t.trial_id) or tracker.find(**kind, **{TAG_TRIAL: t.trial_id})
                     for t in trials}
-        report.sweep_summary(tracker, run_id, trials, all_runs, metric=self.metric, mode=self.mode,
-                             params=self.searched, name=self.name, study=self.study)
+        best = report.sweep_summary(tracker, run_id, trials, all_runs, metric=self.metric, mode=self.mode,
+                                    params=self.searched, name=self.name, study=self.study)
+        if best is not None:  # the parent's row in the runs table reads as the sweep's answer
+            logged = tracker.params(run_id)  # params are write-once: a summary written again keeps the first
+            tracker.log_params(run_id, {k: v for k, v in searched_values(best["config"], self.searched).items()
+                                        if k not in logged})
+            tracker.log_metrics(run_id, {self.metric: best[self.metric], M.ENV_STEPS: best[M.ENV_STEPS]}, step=0)
         tracker.set_status(run_id, "finished", None, "FINISHED")
 
     @staticmethod

@@ -21,6 +21,8 @@ TOP_CURVES = 5
 def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
     """The best trial's config (a ranked row) as an experiment file `rlsweep train` runs as is."""
     exp = run_config_dict(row["config"])
+    # its runs go to the sweep's MLflow experiment, next to the trials, named apart from them
+    exp["tracking"]["experiment"] = exp["tracking"].get("experiment") or exp["name"]
     exp["name"] = f"{sweep}-best"
     return (f"# best trial {row['trial_id']} of sweep {sweep}: {metric} = {row[metric]}\n"
             + yaml.safe_dump(exp, sort_keys=False))

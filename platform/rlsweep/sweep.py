@@ -63,15 +63,22 @@ def find_sweep(name_or_path: str, results_dir: str = "results") -> Path:
                       f"{Path(results_dir).resolve()}")
 
 
-def read_meta(directory: Path) -> dict[str, Any]:
-    """The sweep's own record; a ConfigError when it is not what rlsweep wrote."""
+def read_meta(directory: Path, full: bool = False) -> dict[str, Any]:
+    """The sweep's own record; a ConfigError when it is not what rlsweep wrote. `best` needs only the
+    metric; `full`: everything `resume` needs."""
     try:
         meta = json.loads((directory / SWEEP_FILE).read_text())
     except (ValueError, UnicodeDecodeError, OSError):
         raise ConfigError(f"{directory / SWEEP_FILE}: not readable as a sweep record (corrupt or truncated)") from None
-    missing = [k for k in ("name", "metric", "mode") if not isinstance(meta, dict) or k not in meta]
+    keys = ("name", "metric", "mode") + (("experiment", "tracking_uri", "params", "trials") if full else ())
+    missing = [k for k in keys if not isinstance(meta, dict) or k not in meta]
     if missing:
         raise ConfigError(f"{directory / SWEEP_FILE}: not a sweep record (no {', '.join(missing)})")
+    if full:
+        try:
+            ExperimentConfig.model_validate(meta["experiment"])
+        except ValueError:
+            raise ConfigError(f"{directory / SWEEP_FILE}: its experiment is not valid (edited or corrupt)") from None
     return meta
 
 
@@ -158,7 +165,8 @@ def run_sweep(p: SweepPlan) -> Any:
                 num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
             ),
             callbacks=[JsonLoggerCallback(), tracker, signer,
-                       tuning.ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode)],
+                       tuning.ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode,
+                                           searched=list(p.space.params), stop_reason=stopper.reason)],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             verbose=0,
         ),

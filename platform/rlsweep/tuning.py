@@ -21,7 +21,7 @@ from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig, StopConfig
 from rlsweep.integrity import Signer
 from rlsweep.interrupts import interrupt_on_termination
-from rlsweep.tracking import better, error_line
+from rlsweep.tracking import better, error_line, trial_error_line, trial_number, trial_run_name
 from rlsweep.trainable import PPOTrainable, resource_request
 
 
@@ -123,8 +123,10 @@ class ProgressLine(tune.Callback):
     """
 
     def __init__(self, sweep_trials: int | None = None, metric: str = M.EVAL_RETURN_MEAN, mode: str = "max",
-                 every_s: float = 5.0):
+                 every_s: float = 5.0, searched: list[str] | None = None,
+                 stop_reason: Callable[[dict[str, Any]], str | None] | None = None):
         self.sweep_trials, self.metric, self.mode = sweep_trials, metric, mode
+        self.searched, self.stop_reason = list(searched or []), stop_reason
         self.every_s = every_s
         self._best: float | None = None  # the best value any trial has reported (it never goes back)
         self._last = 0.0
@@ -164,9 +166,28 @@ class ProgressLine(tune.Callback):
             self._best = float(v)
         self._show(self.sweep_line(trials) if self.sweep_trials else self.trial_line(trial.trial_id, result))
 
+    def _say(self, text: str) -> None:
+        """A line of its own (on a terminal, over the live line, which the next update redraws)."""
+        print(("\r\x1b[K" if sys.stderr.isatty() else "") + text, file=sys.stderr, flush=True)
+
+    def finished_line(self, trial: Any, error: str | None = None) -> str:
+        """One line per finished trial: its number and searched values, the metric, env steps, why it stopped."""
+        r = trial.last_result or {}
+        name = trial_run_name(trial_number(getattr(trial, "experiment_tag", None), trial.trial_id), trial.config,
+                              self.searched)
+        why = f"failed: {error}" if error is not None else \
+            (self.stop_reason(r) if self.stop_reason else None) or "stopped before its stop criteria"
+        return (f"trial {name} | {self.metric} {r.get(self.metric, math.nan):.4g} | "
+                f"{r.get(M.ENV_STEPS, 0):,} env steps | {why}")
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         if self.sweep_trials:
+            self._say(self.finished_line(trial))
             self._show(self.sweep_line(trials), force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        if self.sweep_trials:
+            self._say(self.finished_line(trial, trial_error_line(trial)[:200]))
 
     def on_experiment_end(self, trials, **info) -> None:
         if sys.stderr.isatty():
@@ -218,7 +239,7 @@ class TrainOutcome:
     why_interrupted: str | None = None  # when it was not a signal (the tracking store went away)
 
 
-def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOutcome:
+def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict[str, str] | None = None) -> TrainOutcome:
     """One trial of `cfg` through a Tuner; returns its last metrics and checkpoint."""
     from rlsweep.callback import MlflowCallback
     from rlsweep.tracking import Store
@@ -226,7 +247,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None) -> TrainOu
     storage = Path(cfg.results_dir).resolve()
     name = f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     stopper = TrialStopper(cfg.stop)
-    tracker = MlflowCallback(Store.of(cfg), str(storage / name), cfg, stopper.reason)
+    tracker = MlflowCallback(Store.of(cfg), str(storage / name), cfg, stopper.reason, tags=tags)
     init_ray(tracker.open)
     tuner = tune.Tuner(
         trainable_for(restore_from),
