@@ -72,7 +72,6 @@ def _fmt(v: object) -> str:
 
 def _load(args: argparse.Namespace, seed: int | None = None) -> ExperimentConfig:
     from rlsweep.envs import space_info
-
     from rlsweep.tracking import take_credentials
 
     cfg = load_experiment(args.experiment, args.overrides, seed=seed)

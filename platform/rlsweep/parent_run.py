@@ -11,7 +11,15 @@ from typing import Any
 
 from rlsweep import metrics as M
 from rlsweep import report
-from rlsweep.tracking import TAG_DESCRIPTION, TAG_DIR, TAG_KIND, TAG_STATUS, TAG_TRIAL, Tracker, searched_values
+from rlsweep.tracking import (
+    TAG_DESCRIPTION,
+    TAG_DIR,
+    TAG_KIND,
+    TAG_STATUS,
+    TAG_TRIAL,
+    Tracker,
+    searched_values,
+)
 
 
 @dataclass
