@@ -53,6 +53,9 @@ def exp(tmp_path):
     (["--set", "ppo.ent_coef=.nan"], "key 'ppo.ent_coef': Input should be a finite number (got nan)"),
     (["--set", "ppo.train_batch_size=100000000000"], "key 'ppo.train_batch_size': Input should be less than or equal"),
     (["--set", "policy.hidden_sizes=[100000000]"], "layer widths up to 65536"),
+    (["--set", "resources.learner_cpus=100000"],
+     "a trial asks for 100000.5 CPUs (resources.learner_cpus 100000 + rollouts.num_rollout_workers 1 x "
+     "resources.worker_cpus 0.25 + resources.evaluation_cpus 0.25) but this machine"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_ray(exp, tmp_path, args, fragment):
     r = rlsweep("train", exp, *args, timeout=60)
@@ -175,3 +178,19 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint_in_the_same_run(exp, tmp
     assert run.info.status == "FINISHED" and run.data.tags["rlsweep.status"] == "finished"
     assert run.data.tags["rlsweep.retries"] == "1" and "injected env crash" in run.data.tags["rlsweep.retry_reason"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == [256, 512, 768, 1024]
+
+
+def test_a_trial_that_cannot_fit_the_local_ray_is_refused_after_it_starts(exp, tmp_path):
+    """Within this machine's CPUs but beyond what Ray was given (a cgroup, RAY's own count): exit 2,
+    one line, no MLflow run, instead of Tune waiting forever."""
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "train", str(exp), "--set", "resources.learner_gpus=1"],
+                       capture_output=True, text=True, timeout=180, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT / "platform"), "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "rlsweep: error: resources.learner_gpus 1: the local Ray" in r.stderr and "has 0 GPUs" in r.stderr
+    from mlflow.tracking import MlflowClient
+
+    exp_ = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("clitest")
+    assert exp_ is None or not MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs([exp_.experiment_id])

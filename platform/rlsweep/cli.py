@@ -80,6 +80,11 @@ def _load(args: argparse.Namespace, seed: int | None = None) -> ExperimentConfig
         space_info(cfg.env)  # unknown env ids, bad kwargs and unsupported spaces fail here
     except ConfigError as e:
         raise ConfigError(f"{args.experiment}: {e}") from None
+    if not os.environ.get("RAY_ADDRESS"):  # the local Ray will have at most this machine's CPUs
+        try:
+            cfg.check_fits(os.cpu_count() or 1, None, "this machine")
+        except ConfigError as e:
+            raise ConfigError(f"{args.experiment}: {e}") from None
     return cfg
 
 

@@ -117,7 +117,8 @@ class StopConfig(_Section):
 class ResourcesConfig(_Section):
     """What a trial asks of Ray; fractions are allowed."""
 
-    learner_cpus: float = Field(1.0, gt=0, description="CPUs for the trainable (learner).")
+    # defaults: a trial with 1 or 2 rollout workers fits a 2-core machine (0.75 + 2 x 0.5 + 0.25)
+    learner_cpus: float = Field(0.75, gt=0, description="CPUs for the trainable (learner).")
     learner_gpus: float = Field(0.0, ge=0, description="GPUs for the learner; >0 trains on CUDA.")
     worker_cpus: float = Field(0.5, gt=0, description="CPUs for each rollout worker.")
     evaluation_cpus: float = Field(0.25, gt=0, description="CPUs for the evaluation worker.")
@@ -208,6 +209,27 @@ class ExperimentConfig(_Section):
         if self.sweep.scheduler == "asha" and self.stop.env_steps is None:
             raise ValueError("sweep.scheduler asha needs stop.env_steps (the budget its rungs divide)")
         return self
+
+    @property
+    def trial_cpus(self) -> float:
+        """The CPUs one trial asks Ray for: the learner, plus each rollout worker and the evaluation
+        worker when sampling runs on actors (`trainable.resource_request` makes the bundles)."""
+        r, n = self.resources, self.rollouts.num_rollout_workers
+        return r.learner_cpus if n == 0 else r.learner_cpus + n * r.worker_cpus + r.evaluation_cpus
+
+    def check_fits(self, cpus: float, gpus: float | None, where: str) -> None:
+        """ConfigError when one trial asks for more than `where` has (it would wait forever)."""
+        r, n = self.resources, self.rollouts.num_rollout_workers
+        if self.trial_cpus > cpus + 1e-9:
+            parts = f"resources.learner_cpus {r.learner_cpus:g}"
+            if n:
+                parts += (f" + rollouts.num_rollout_workers {n} x resources.worker_cpus {r.worker_cpus:g}"
+                          f" + resources.evaluation_cpus {r.evaluation_cpus:g}")
+            raise ConfigError(f"a trial asks for {self.trial_cpus:.10g} CPUs ({parts}) but {where} has {cpus:g}: "
+                              "lower rollouts.num_rollout_workers or the resources.* shares")
+        if gpus is not None and r.learner_gpus > gpus + 1e-9:
+            raise ConfigError(f"resources.learner_gpus {r.learner_gpus:g}: {where} has {gpus:g} GPUs "
+                              "(set resources.learner_gpus: 0 to train on the CPU)")
 
     @property
     def num_sampling_envs(self) -> int:

@@ -112,6 +112,17 @@ def run_sweep(p: SweepPlan) -> Any:
 
     cfg, s = p.cfg, p.cfg.sweep
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stopper = tuning.TrialStopper(cfg.stop)
+    sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
+                    "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
+    parent = SweepParent(name=p.name, run_dir=str(p.directory), metric=s.metric, mode=s.mode,
+                         searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
+                         time_budget_s=s.time_budget_s)
+    tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, sweep=parent)
+    signer = tuning.SignTuneState(p.directory)
+    # Ray first: a trial that can never fit is bad input, refused before the sweep's folder exists
+    tuning.init_ray(tracker.open)
+    tuning.check_cluster(cfg)
     try:
         p.directory.mkdir(parents=True)
     except FileExistsError:
@@ -139,15 +150,6 @@ def run_sweep(p: SweepPlan) -> Any:
                                   grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    stopper = tuning.TrialStopper(cfg.stop)
-    sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
-                    "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
-    parent = SweepParent(name=p.name, run_dir=str(p.directory), metric=s.metric, mode=s.mode,
-                         searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
-                         time_budget_s=s.time_budget_s)
-    tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, sweep=parent)
-    signer = tuning.SignTuneState(p.directory)
-    tuning.init_ray(tracker.open)
     concurrent = max_concurrent(cfg)
     sweep_params["max_concurrent"] = concurrent
     tuner = tune.Tuner(

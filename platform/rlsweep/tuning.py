@@ -56,6 +56,15 @@ def _secrets_kept_from_ray() -> Iterator[None]:
         os.environ.update(saved)
 
 
+def check_cluster(cfg: ExperimentConfig) -> None:
+    """A trial that can never fit the Ray that rlsweep started is bad input (Tune would wait for it
+    forever). A joined cluster (RAY_ADDRESS) may be autoscaling: its trials wait for nodes."""
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    have = ray.cluster_resources()
+    cfg.check_fits(have.get("CPU", 0.0), have.get("GPU", 0.0), "the local Ray")
+
+
 def init_ray(*meanwhile: Callable[[], None]) -> None:
     """Start (or join, where RAY_ADDRESS says so) Ray with little noise; `meanwhile` run on a thread
     while it starts (ray.init mostly waits on the processes it starts)."""
@@ -249,6 +258,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
     stopper = TrialStopper(cfg.stop)
     tracker = MlflowCallback(Store.of(cfg), str(storage / name), cfg, stopper.reason, tags=tags)
     init_ray(tracker.open)
+    check_cluster(cfg)
     tuner = tune.Tuner(
         trainable_for(restore_from),
         param_space=cfg.model_dump(mode="json"),
