@@ -438,3 +438,22 @@ def test_make_sweep_job_finds_a_solving_config(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     best = float(r.stdout.split("with eval_return_mean = ")[1].split()[0])
     assert best >= 475, r.stdout
+
+
+@pytest.mark.slow
+def test_two_sweeps_started_together_on_a_fresh_store_both_finish(tmp_path):
+    """Two `rlsweep sweep` processes at the same moment, one brand-new SQLite store: MLflow's migrations
+    are serialised, both sweeps finish, each with its parent and its trial."""
+    exp = experiment(tmp_path, steps=512, concurrent=1)
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    procs = [subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "sweep", str(exp), "--space", str(tmp_path / "space.yaml"),
+                               "--name", name, "--trials", "1"], cwd=ROOT, env=env_for(), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name in ("left", "right")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = runs_of(client)
+    assert sorted(r.info.run_name for r in runs if r.data.tags.get("rlsweep.kind") == "sweep") == ["left", "right"]
+    assert len([r for r in runs if r.data.tags.get("rlsweep.kind") == "trial"]) == 2
+    assert {r.info.status for r in runs} == {"FINISHED"}
