@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import sys
@@ -65,6 +66,11 @@ def check_cluster(cfg: ExperimentConfig) -> None:
     cfg.check_fits(have.get("CPU", 0.0), have.get("GPU", 0.0), "the local Ray")
 
 
+def _no_tune_interrupt_recipe(record: logging.LogRecord) -> bool:
+    text = str(record.msg)
+    return not (text.startswith("Stop signal received") or text.startswith("Experiment has been interrupted"))
+
+
 def init_ray(*meanwhile: Callable[[], None]) -> None:
     """Start (or join, where RAY_ADDRESS says so) Ray with little noise; `meanwhile` run on a thread
     while it starts (ray.init mostly waits on the processes it starts)."""
@@ -88,6 +94,9 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Checkpoints every few iterations with num_to_keep make Tune snapshot often; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # on Ctrl-C Tune logs its own recipe (`Tuner.restore(...)`) over rlsweep's one line with the command
+    # that resumes; its other messages are kept
+    logging.getLogger("ray.tune.tune").addFilter(_no_tune_interrupt_recipe)
     with _secrets_kept_from_ray():
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=True)
     interrupt_on_termination()
@@ -138,6 +147,7 @@ class ProgressLine(tune.Callback):
         self.searched, self.stop_reason = list(searched or []), stop_reason
         self.every_s = every_s
         self._best: float | None = None  # the best value any trial has reported (it never goes back)
+        self._ended: set[str] = set()  # trials that completed or failed
         self._last = 0.0
         self._start = time.monotonic()
 
@@ -150,7 +160,8 @@ class ProgressLine(tune.Callback):
         )
 
     def sweep_line(self, trials: list[Any]) -> str:
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        # Tune sets a trial's status after the callbacks have heard it ended
+        done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | self._ended)
         running = sum(t.status == "RUNNING" for t in trials)
         best = "-" if self._best is None else f"{self._best:.4g}"
         return (f"trials {done}/{self.sweep_trials} done, {running} running | best {self.metric} so far "
@@ -190,11 +201,13 @@ class ProgressLine(tune.Callback):
                 f"{r.get(M.ENV_STEPS, 0):,} env steps | {why}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._ended.add(trial.trial_id)
         if self.sweep_trials:
             self._say(self.finished_line(trial))
             self._show(self.sweep_line(trials), force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended.add(trial.trial_id)
         if self.sweep_trials:
             self._say(self.finished_line(trial, trial_error_line(trial)[:200]))
 
