@@ -45,6 +45,13 @@ def test_tune_env_propagation_that_secrets_are_kept_out_of():
         "ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE moved: see tuning._secrets_kept_from_ray"
 
 
+def test_tune_trial_retry_rule_that_a_nan_row_turns_off():
+    from ray.tune.experiment import Trial
+
+    source = inspect.getsource(Trial.should_recover)
+    assert "self.max_failures" in source, "Trial.should_recover no longer reads max_failures: see callback.on_trial_result"
+
+
 def test_searcher_drives_a_study(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
 
