@@ -162,7 +162,7 @@ class ProgressLine(tune.Callback):
     def sweep_line(self, trials: list[Any]) -> str:
         # Tune sets a trial's status after the callbacks have heard it ended
         done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | self._ended)
-        running = sum(t.status == "RUNNING" for t in trials)
+        running = sum(t.status == "RUNNING" and t.trial_id not in self._ended for t in trials)
         best = "-" if self._best is None else f"{self._best:.4g}"
         return (f"trials {done}/{self.sweep_trials} done, {running} running | best {self.metric} so far "
                 f"({self.mode}) {best} | "
