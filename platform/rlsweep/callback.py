@@ -359,12 +359,13 @@ class MlflowCallback(tune.Callback):
         self._ensure_run(trial, trials)
         tid = trial.trial_id
         step, ts = int(result.get(M.ENV_STEPS, 0)), int(time.time() * 1000)
-        values = {k: v for k, v in result.items() if k in M.REPORTED and numeric(v)}
-        if result.get(M.NON_FINITE):
-            # the iteration that met a NaN: its values go to MLflow as they are, and the trial's next step
-            # fails it; a retry from the last checkpoint would only diverge again
-            values = {k: v for k, v in result.items() if k in M.REPORTED and isinstance(v, (int, float))}
+        diverged = bool(result.get(M.NON_FINITE))
+        if diverged:
+            # the iteration that met a NaN: its values go to MLflow as they are (NaN included), and the
+            # trial's next step fails it; a retry from the last checkpoint would only diverge again
             trial.max_failures = 0
+        values = {k: v for k, v in result.items()
+                  if k in M.REPORTED and (numeric(v) or diverged and isinstance(v, float))}
         self._journal.append(tid, (step, ts, values))
         if result.get(M.RESTORE_NOTE):
             self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_RESTORE_NOTE,

@@ -12,9 +12,13 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rlsweep.config import ConfigError, ExperimentConfig, TrackingConfig, flatten, load_experiment
 from rlsweep.interrupts import interrupt_on_termination
+
+if TYPE_CHECKING:  # imported where used: `--help` and bad input stay quick
+    from rlsweep.tracking import Store
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -198,9 +202,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     directory = find_sweep(args.sweep, args.results_dir)
     meta = read_meta(directory, full=True)
     check_store(take_credentials(meta["tracking_uri"]))
-    from rlsweep.tracking import TAG_DIR, TAG_KIND, TAG_STATUS, Store, experiment_name
+    from rlsweep.tracking import TAG_DIR, TAG_KIND, TAG_STATUS
 
-    tracker = Store(meta["tracking_uri"], experiment_name(ExperimentConfig.model_validate(meta["experiment"]))).tracker()
+    tracker = _sweep_store(meta).tracker()
     parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: str(directory)})
     if parent is not None and tracker.tags(parent).get(TAG_STATUS) == "finished":
         print(f"sweep {meta['name']} has finished: nothing to resume, nothing changed "
@@ -208,6 +212,13 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return 0
     print(f"resuming sweep {meta['name']} from {directory}", flush=True)
     return _sweep_outcome(resume_sweep(directory), directory)
+
+
+def _sweep_store(meta: dict) -> Store:
+    """The MLflow store and experiment a sweep's record names."""
+    from rlsweep.tracking import Store, experiment_name
+
+    return Store(meta["tracking_uri"], experiment_name(ExperimentConfig.model_validate(meta["experiment"])))
 
 
 def _sweep_outcome(results, directory: Path) -> int:
@@ -222,8 +233,6 @@ def _sweep_outcome(results, directory: Path) -> int:
         TAG_KIND,
         TAG_STATUS,
         TAG_TRIAL,
-        Store,
-        experiment_name,
         redact,
         trial_number,
         trial_run_name,
@@ -231,7 +240,7 @@ def _sweep_outcome(results, directory: Path) -> int:
     )
 
     meta = read_meta(directory)
-    store = Store(meta["tracking_uri"], experiment_name(ExperimentConfig.model_validate(meta["experiment"])))
+    store = _sweep_store(meta)
     try:
         tracker = store.tracker()
         parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: str(directory)})

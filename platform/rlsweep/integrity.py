@@ -103,13 +103,11 @@ class Signer:
             self._key = load_key(create=True)
         d = self.directory
         now = time.monotonic()
-        paths = _scan(d, SWEEP_PATTERNS)
         scan_trials = trials or now - self._trials_at >= 1.0
+        paths = _scan(d, SWEEP_PATTERNS)
         if scan_trials:
             self._trials_at = now
             paths += _scan(d, TRIAL_PATTERNS)
-        else:
-            paths += [d / rel for rel in self._seen if "/" in rel and (d / rel).is_file()]
         changed, current = False, {}
         for p in paths:
             rel = p.relative_to(d).as_posix()
@@ -124,8 +122,8 @@ class Signer:
                         _write_atomic(d / SIGNED / seen[2], data)
                 changed = True
             current[rel] = seen
-        if not scan_trials:
-            current.update({rel: v for rel, v in self._seen.items() if "/" in rel and rel not in current})
+        if not scan_trials:  # trials' files as last scanned
+            current.update({rel: v for rel, v in self._seen.items() if "/" in rel})
         if not changed and current.keys() == self._seen.keys():
             return
         self._seen = current

@@ -46,23 +46,23 @@ class Journal:
         """The rows after the trial's position, about `max_metrics` metrics at most (at least one row),
         and the position after them; complete lines only (a line being written is left for later)."""
         start = self._position.get(tid, 0)
-        try:
-            with open(self.path(tid), "rb") as f:
-                f.seek(start)
-                data = f.read()
-        except FileNotFoundError:
-            return [], start
         rows: list[Row] = []
         metrics, end = 0, start
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break
-            step, ts, values = json.loads(line)
-            if rows and metrics + len(values) > max_metrics:
-                break
-            rows.append((int(step), int(ts), values))
-            metrics += len(values)
-            end += len(line)
+        try:
+            f = open(self.path(tid), "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return [], start
+        with f:  # line by line: a long backlog is read a chunk at a time, not whole per chunk
+            f.seek(start)
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                step, ts, values = json.loads(line)
+                if rows and metrics + len(values) > max_metrics:
+                    break
+                rows.append((int(step), int(ts), values))
+                metrics += len(values)
+                end += len(line)
         return rows, end
 
     def advance(self, tid: str, position: int) -> None:
