@@ -69,6 +69,17 @@ def test_evaluation_off_excludes_what_needs_it(exp):
         load_experiment(exp, ["evaluation.interval=0", "sweep.metric=eval_return_mean"])
 
 
+def test_a_cost_metric_needs_its_target_and_budget_and_mode_min(exp):
+    with pytest.raises(ConfigError, match="env_steps_to_target needs stop.target_return"):
+        load_experiment(exp, ["sweep.metric=env_steps_to_target", "sweep.mode=min"])
+    with pytest.raises(ConfigError, match=r"time_to_target_s needs stop.target_return .* and stop.time_s"):
+        load_experiment(exp, ["sweep.metric=time_to_target_s", "sweep.mode=min", "stop.target_return=400"])
+    with pytest.raises(ConfigError, match="is a cost: set sweep.mode: min"):
+        load_experiment(exp, ["sweep.metric=env_steps_to_target", "stop.target_return=400"])
+    cfg = load_experiment(exp, ["sweep.metric=env_steps_to_target", "sweep.mode=min", "stop.target_return=400"])
+    assert cfg.sweep.metric == "env_steps_to_target"
+
+
 def test_stop_needs_a_criterion(exp):
     with pytest.raises(ConfigError, match="set at least one of"):
         load_experiment(exp, ["stop.env_steps=null"])

@@ -46,7 +46,7 @@ def test_iterate_reports_every_metric_and_counts_steps():
     t = training(ppo={"anneal_lr": True})
     first, second = t.iterate(), t.iterate()
     t.close()
-    documented = M.REPORTED - {M.TIME_TOTAL_S, M.TRAINING_ITERATION}
+    documented = M.REPORTED - {M.TIME_TOTAL_S, M.TRAINING_ITERATION, M.ENV_STEPS_TO_TARGET, M.TIME_TO_TARGET_S}
     assert set(first) == documented
     assert second[M.ENV_STEPS] == 2 * 64 and t.iterations == 2
     assert second[M.LR] < first[M.LR] == pytest.approx(1e-3)  # annealed over stop.env_steps
@@ -67,6 +67,30 @@ def test_state_round_trip_continues_exactly():
     got = comparable(b.iterate())
     b.close()
     assert_same(expected[2], got)
+
+
+def test_steps_to_target_is_the_budget_until_an_evaluation_reaches_the_target():
+    # CartPole's return is at least 8 per episode: a target of 5 is met at the first evaluation (iteration 2)
+    t = training(stop={"target_return": 5.0, "env_steps": 1000})
+    first, second, third = t.iterate(), t.iterate(), t.iterate()
+    assert first[M.ENV_STEPS_TO_TARGET] == 1000  # not evaluated yet: the budget
+    assert second[M.ENV_STEPS_TO_TARGET] == third[M.ENV_STEPS_TO_TARGET] == 128  # held once reached
+    assert 0 < second[M.TIME_TO_TARGET_S] == third[M.TIME_TO_TARGET_S] < 60
+    learner_state, state = t.state()
+    t.close()
+    restored = training(stop={"target_return": 5.0, "env_steps": 1000})
+    restored.load_state(learner_state, state)
+    assert restored.iterate()[M.ENV_STEPS_TO_TARGET] == 128  # a restore keeps when the target was met
+    restored.close()
+    never = training(stop={"target_return": 1e9, "env_steps": 1000})
+    rows = [never.iterate() for _ in range(3)]
+    never.close()
+    assert [r[M.ENV_STEPS_TO_TARGET] for r in rows] == [1000, 1000, 1000]
+    # without a time budget, the seconds spent so far
+    assert 0 < rows[0][M.TIME_TO_TARGET_S] < rows[1][M.TIME_TO_TARGET_S] < rows[2][M.TIME_TO_TARGET_S]
+    plain = training()  # no stop.target_return: not reported
+    assert M.ENV_STEPS_TO_TARGET not in plain.iterate()
+    plain.close()
 
 
 def test_restore_onto_another_worker_count_says_so(caplog):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rlsweep import metrics as M
 from rlsweep.config import ConfigError, ExperimentConfig, TrackingConfig, flatten, load_experiment
 from rlsweep.interrupts import interrupt_on_termination
 
@@ -69,9 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.6g}"
-    return str(v)
+    return M.text(v, digits=6)
 
 
 def _load(args: argparse.Namespace, seed: int | None = None) -> ExperimentConfig:
@@ -149,7 +148,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.restore and not _is_mlflow_uri(args.restore):
         checkpoint.check(args.restore, cfg.model_dump(mode="json"))
     uri = _check_store(cfg)
-    from rlsweep import metrics as M
     from rlsweep.tracking import redact
     from rlsweep.tuning import run_train
 
@@ -224,7 +222,6 @@ def _sweep_store(meta: dict) -> Store:
 def _sweep_outcome(results, directory: Path) -> int:
     """What the sweep came to, as MLflow records it (the statuses the tracker wrote, not Tune's, which
     calls a trial stopped by Ctrl-C 'TERMINATED')."""
-    from rlsweep import metrics as M
     from rlsweep.ranking import best as best_row
     from rlsweep.ranking import rank
     from rlsweep.sweep import read_meta
@@ -303,7 +300,6 @@ def _self_command() -> str:
 def cmd_best(args: argparse.Namespace) -> int:
     import json
 
-    from rlsweep import metrics as M
     from rlsweep.ranking import best as best_row
     from rlsweep.report import best_config_yaml
     from rlsweep.sweep import find_sweep, read_meta

@@ -206,6 +206,14 @@ class ExperimentConfig(_Section):
                 raise ValueError("stop.target_return is on the evaluation mean: it needs evaluation.interval > 0")
             if self.sweep.metric.startswith("eval_"):
                 raise ValueError(f"sweep.metric {self.sweep.metric} needs evaluation.interval > 0")
+        budgets = {"env_steps_to_target": "env_steps", "time_to_target_s": "time_s"}
+        if self.sweep.metric in budgets:
+            budget = budgets[self.sweep.metric]
+            if self.stop.target_return is None or getattr(self.stop, budget) is None:
+                raise ValueError(f"sweep.metric {self.sweep.metric} needs stop.target_return (the target) and "
+                                 f"stop.{budget} (the score of a trial that never reaches it)")
+            if self.sweep.mode != "min":
+                raise ValueError(f"sweep.metric {self.sweep.metric} is a cost: set sweep.mode: min")
         if self.sweep.scheduler == "asha" and self.stop.env_steps is None:
             raise ValueError("sweep.scheduler asha needs stop.env_steps (the budget its rungs divide)")
         return self

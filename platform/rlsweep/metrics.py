@@ -23,6 +23,12 @@ TIME_EVAL_S = "time_eval_s"  # evaluation (0 when none ran)
 TIME_OTHER_S = "time_other_s"  # everything else in step()
 ENV_STEPS_PER_S = "env_steps_per_s"  # this iteration's env steps / its step() time
 WORKERS_REPLACED = "workers_replaced"  # rollout/evaluation actors that died and were replaced, so far
+# Cost-aware objectives (reported when stop.target_return is set; a sweep minimises them): the env steps
+# (seconds of training) at which the evaluation mean first reached stop.target_return; until then, and
+# for good when it never does, the budget stop.env_steps (stop.time_s), or what has been spent so far
+# when there is no such budget.
+ENV_STEPS_TO_TARGET = "env_steps_to_target"
+TIME_TO_TARGET_S = "time_to_target_s"
 
 # Tune's own keys that rlsweep reads.
 TIME_TOTAL_S = "time_total_s"
@@ -40,3 +46,15 @@ RESTORE_NOTE = "restore_note"
 # Not a metric: the NaN or infinity that ended a trial, in the one result that reports what the failing
 # iteration measured (NaN included, so that MLflow's curves show it); the next step fails the trial.
 NON_FINITE = "non_finite"
+
+
+def text(value: object, digits: int = 4) -> str:
+    """A metric value as the terminal shows it: whole numbers whole (`13312`, not `1.331e+04`), other
+    floats to `digits` significant digits, NaN as `nan`."""
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.{digits}g}"
+    return str(value)

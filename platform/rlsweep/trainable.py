@@ -59,7 +59,8 @@ class PPOTrainable(tune.Trainable):
             # report what the iteration measured first (Tune passes no result with an error), then fail:
             # the next step, or a checkpoint of the broken state, raises this error
             self._diverged = e
-            return {**e.metrics, M.EVAL_RETURN_MEAN: math.nan, M.NON_FINITE: str(e)}
+            return {**self.training.target_metrics(), **e.metrics, M.EVAL_RETURN_MEAN: math.nan,
+                    M.NON_FINITE: str(e)}
         if self._note is not None:
             result[M.RESTORE_NOTE], self._note = self._note, None
         return result

@@ -102,6 +102,18 @@ class Training:
         self.episode_means = {M.EPISODE_RETURN_MEAN: math.nan, M.EPISODE_LENGTH_MEAN: math.nan}
         self.last_eval = {M.EVAL_RETURN_MEAN: math.nan, M.EVAL_RETURN_STD: math.nan, M.EVAL_LENGTH_MEAN: math.nan}
         self.last_rollout_pids: list[int] = []
+        self.train_time_s = 0.0  # the iterations' own time, summed (restores continue it)
+        self.reached: dict[str, float] | None = None  # env steps and time when the target was first met
+
+    def target_metrics(self) -> dict[str, float]:
+        """`env_steps_to_target` and `time_to_target_s` (see metrics.py); {} without stop.target_return."""
+        stop = self.cfg.stop
+        if stop.target_return is None:
+            return {}
+        if self.reached is not None:
+            return dict(self.reached)
+        return {M.ENV_STEPS_TO_TARGET: float(stop.env_steps if stop.env_steps is not None else self.env_steps),
+                M.TIME_TO_TARGET_S: float(stop.time_s if stop.time_s is not None else self.train_time_s)}
 
     def iterate(self) -> dict[str, float]:
         """Samples one batch, updates the policy on it, evaluates when due; returns the metrics
@@ -142,7 +154,8 @@ class Training:
             }
         # 6. evaluation of the updated policy (the one a checkpoint after this iteration holds)
         t_eval = 0.0
-        if cfg.evaluation.interval and self.iterations % cfg.evaluation.interval == 0:
+        evaluated = bool(cfg.evaluation.interval) and self.iterations % cfg.evaluation.interval == 0
+        if evaluated:
             t3 = time.perf_counter()
             self.last_eval = self.workers.evaluate(self.learner.weights(), self.obs_stats, self.iterations)
             if not math.isfinite(self.last_eval[M.EVAL_RETURN_MEAN]):
@@ -150,6 +163,10 @@ class Training:
                                      {M.ENV_STEPS: self.env_steps, **self.episode_means, **stats})
             t_eval = time.perf_counter() - t3
         total = time.perf_counter() - t0
+        self.train_time_s += total
+        target = cfg.stop.target_return
+        if evaluated and self.reached is None and target is not None and self.last_eval[M.EVAL_RETURN_MEAN] >= target:
+            self.reached = {M.ENV_STEPS_TO_TARGET: float(self.env_steps), M.TIME_TO_TARGET_S: self.train_time_s}
         return {
             M.ENV_STEPS: self.env_steps,
             M.EPISODES: self.episodes,
@@ -162,6 +179,7 @@ class Training:
             M.TIME_OTHER_S: total - (t2 - t0) - t_eval,
             M.ENV_STEPS_PER_S: cfg.ppo.train_batch_size / total,
             M.WORKERS_REPLACED: self.workers.replaced,
+            **self.target_metrics(),
         }
 
     # -- checkpoint state ---------------------------------------------------------------------------
@@ -174,6 +192,8 @@ class Training:
             "episodes": self.episodes,
             "episode_means": self.episode_means,
             "last_eval": self.last_eval,
+            "train_time_s": self.train_time_s,
+            "reached": self.reached,
             "obs_stats": None if self.obs_stats is None else self.obs_stats.to_dict(),
             "learner_rng": self.learner.rng_state(),
             "samplers": self.workers.get_states(),
@@ -193,6 +213,8 @@ class Training:
         self.episodes = state["episodes"]
         self.episode_means = state["episode_means"]
         self.last_eval = state["last_eval"]
+        self.train_time_s = state.get("train_time_s", 0.0)  # absent from older checkpoints
+        self.reached = state.get("reached")
         if state["obs_stats"] is not None and self.obs_stats is not None:
             self.obs_stats = RunningMeanStd.from_dict(state["obs_stats"])
         saved = state["samplers"]

@@ -163,7 +163,7 @@ class ProgressLine(tune.Callback):
         # Tune sets a trial's status after the callbacks have heard it ended
         done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | self._ended)
         running = sum(t.status == "RUNNING" and t.trial_id not in self._ended for t in trials)
-        best = "-" if self._best is None else f"{self._best:.4g}"
+        best = "-" if self._best is None else M.text(self._best)
         return (f"trials {done}/{self.sweep_trials} done, {running} running | best {self.metric} so far "
                 f"({self.mode}) {best} | "
                 f"{time.monotonic() - self._start:6.1f} s")
@@ -197,7 +197,7 @@ class ProgressLine(tune.Callback):
                               self.searched)
         why = f"failed: {error}" if error is not None else \
             (self.stop_reason(r) if self.stop_reason else None) or "stopped before its stop criteria"
-        return (f"trial {name} | {self.metric} {r.get(self.metric, math.nan):.4g} | "
+        return (f"trial {name} | {self.metric} {M.text(r.get(self.metric, math.nan))} | "
                 f"{r.get(M.ENV_STEPS, 0):,} env steps | {why}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
