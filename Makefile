@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,all]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 sweep: venv  ## the main job: an Optuna sweep of PPO on CartPole, tracked in ./mlflow.db
@@ -36,7 +36,7 @@ lint: venv
 	$(BIN)/ruff check platform tests benchmarks
 
 bench: venv bench-rllib-venv
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,all,bench]"
 	$(BIN)/python benchmarks/cartpole_time_to_solve.py
 	$(BIN)/python benchmarks/sweep_vs_rllib.py
 

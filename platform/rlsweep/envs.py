@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,12 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from rlsweep.config import ConfigError, EnvConfig
+
+log = logging.getLogger(__name__)
+
+# The rlsweep extra that installs what an env family needs: gymnasium's own hint, `gymnasium[box2d]`,
+# pins box2d-py, which only builds where swig is installed; `box2d` is its wheel.
+EXTRAS = {"gymnasium.envs.mujoco": "mujoco", "gymnasium.envs.box2d": "box2d"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,45 @@ def resolve_spec(cfg: EnvConfig) -> EnvSpec:
     return spec
 
 
+def missing_package(cfg: EnvConfig, spec: EnvSpec, error: Exception) -> ConfigError:
+    """The one line for an env whose package is not installed, naming the rlsweep extra that has it."""
+    entry = spec.entry_point if isinstance(spec.entry_point, str) else ""
+    extra = next((x for prefix, x in EXTRAS.items() if entry.startswith(prefix)), None)
+    missing = getattr(error, "name", None) or getattr(error.__cause__, "name", None)
+    if extra is None:  # then the env's own message is the only hint there is
+        return ConfigError(f"key 'env.id': {cfg.id!r} needs a package that is not installed: {error}")
+    return ConfigError(f"key 'env.id': {cfg.id!r} needs a package that is not installed"
+                       f"{f' ({missing})' if missing else ''}: pip install 'rlsweep[{extra}]'")
+
+
+def _mujoco_warnings_to_log() -> None:
+    """MuJoCo writes its warnings (an unstable simulation) to MUJOCO_LOG.TXT in the working directory
+    and to stdout, from every actor; once it is imported, they go to this process's log instead, each
+    distinct warning once."""
+    mujoco = sys.modules.get("mujoco")
+    if mujoco is None or getattr(mujoco, "_rlsweep_handler", False):
+        return
+    seen: set[str] = set()
+
+    def warn(message: str) -> None:
+        kind = message.split(" Time =")[0]
+        if kind not in seen:
+            seen.add(kind)
+            log.warning("MuJoCo: %s", message)
+
+    mujoco.set_mju_user_warning(warn)
+    mujoco._rlsweep_handler = True
+
+
+def _made(cfg: EnvConfig, spec: EnvSpec, make: Any) -> Any:
+    try:
+        env = make()
+    except (gym.error.DependencyNotInstalled, ModuleNotFoundError) as e:
+        raise missing_package(cfg, spec, e) from None
+    _mujoco_warnings_to_log()
+    return env
+
+
 def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
     """A vector env of `num_envs` copies in NEXT_STEP autoreset mode (not yet reset)."""
     spec = resolve_spec(cfg)
@@ -70,15 +117,15 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
             raise ConfigError(f"key 'env.vectorization': {cfg.id!r} has no vectorised implementation; use sync")
         if cfg.max_episode_steps is not None:
             kwargs["max_episode_steps"] = cfg.max_episode_steps
-        env = gym.make_vec(spec, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+        env = _made(cfg, spec, lambda: gym.make_vec(spec, num_envs=num_envs, vectorization_mode=mode, **kwargs))
     else:
-        env = gym.make_vec(
+        env = _made(cfg, spec, lambda: gym.make_vec(
             spec,
             num_envs=num_envs,
             vectorization_mode=mode,
             vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
             **kwargs,
-        )
+        ))
     autoreset = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if autoreset != AutoresetMode.NEXT_STEP:
         env.close()
@@ -88,8 +135,9 @@ def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
 
 def space_info(cfg: EnvConfig) -> SpaceInfo:
     """Build one sub-env to read its spaces; raises ConfigError for envs rlsweep cannot drive."""
+    spec = resolve_spec(cfg)
     try:
-        env = gym.make(resolve_spec(cfg), **cfg.kwargs)
+        env = _made(cfg, spec, lambda: gym.make(spec, **cfg.kwargs))
     except ConfigError:
         raise
     except Exception as e:  # the env's own constructor failed: report it as bad input
