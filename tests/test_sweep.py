@@ -402,6 +402,62 @@ def test_ui_serves_the_store(tmp_path):
     assert (tmp_path / "mlflow.db").exists()
 
 
+def test_ui_links_resolve_on_a_real_sweep_and_sigterm_stops_every_server_process(tmp_path):
+    import json
+    import urllib.request
+
+    exp = experiment(tmp_path, steps=1024, concurrent=2)
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    r = rlsweep("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "linked", "--trials", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    port = free_port()
+    # started as a shell starts a background job: SIGINT ignored, SIGTERM must still stop it
+    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "ui", str(exp), "--port", str(port)], cwd=ROOT,
+                            env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        base = f"http://127.0.0.1:{port}"
+        runs_link = re.search(rf"runs of sweeptest: ({base}/#/experiments/(\d+)/runs\?workflowType=machine_learning)$",
+                              lines[1].rstrip())
+        sweep_link = re.search(rf"its latest sweep, linked: {base}/#/experiments/(\d+)/runs/(\w+)$", lines[2].rstrip())
+        assert runs_link and sweep_link, lines
+        # the sweep's own last lines gave the same two links
+        assert runs_link.group(1).replace(base, "http://127.0.0.1:5000") in r.stdout
+        assert sweep_link.group(0).split(": ", 1)[1].replace(base, "http://127.0.0.1:5000") in r.stdout
+        wait_http(base + "/health", proc)
+        page = urllib.request.urlopen(base + "/", timeout=10).read().decode()
+        assert "<html" in page.lower() and "mlflow" in page.lower()  # the UI's app; the #/ route is client-side
+
+        def api(path):
+            return json.loads(urllib.request.urlopen(f"{base}/ajax-api/2.0/mlflow/{path}", timeout=10).read())
+
+        exp_id, run_id = sweep_link.group(1), sweep_link.group(2)
+        assert runs_link.group(2) == exp_id and api(f"experiments/get?experiment_id={exp_id}")["experiment"]["name"] == "sweeptest"
+        parent = api(f"runs/get?run_id={run_id}")["run"]
+        assert parent["info"]["run_name"] == "linked" and parent["info"]["experiment_id"] == exp_id
+        # the runs table as the UI server serves it: children named by number and value, tagged
+        client = MlflowClient(base)
+        children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{run_id}'")
+        assert sorted(c.info.run_name.split(" ")[0] for c in children) == ["001", "002"]
+        for c in children:
+            assert re.fullmatch(r"00[12] lr=[0-9.e-]+", c.info.run_name), c.info.run_name
+            assert c.data.tags["rlsweep.searched"].startswith("ppo.lr=") and "eval_return_mean" in c.data.metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    with socket.socket() as again:  # no server process is left listening (closed connections may linger)
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        deadline = time.time() + 10
+        while True:
+            try:
+                again.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                assert time.time() < deadline, "the MLflow server outlived `rlsweep ui`"
+                time.sleep(0.5)
+
+
 def test_ui_refuses_a_missing_store_and_a_busy_port(tmp_path):
     exp = experiment(tmp_path)
     r = rlsweep("ui", exp, timeout=60)

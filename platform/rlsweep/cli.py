@@ -380,10 +380,37 @@ def _evaluate(args: argparse.Namespace, scratch: str) -> int:
     return 0
 
 
+def _ui_links(uri: str, base: str, experiment: str | None) -> list[str]:
+    """Links to the Runs page of `experiment` (else of every experiment with runs) and to its latest
+    sweep's parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from rlsweep.tracking import ui_link
+
+    client = MlflowClient(uri)
+    if experiment is not None:
+        found = client.get_experiment_by_name(experiment)
+        experiments = [found] if found is not None else []
+    else:
+        experiments = client.search_experiments()
+    lines = []
+    for exp in experiments:
+        if not client.search_runs([exp.experiment_id], max_results=1):
+            continue
+        lines.append(f"  runs of {exp.name}: {ui_link(base, exp.experiment_id)}")
+        sweeps = client.search_runs([exp.experiment_id], "tags.`rlsweep.kind` = 'sweep'", max_results=1,
+                                    order_by=["attributes.start_time DESC"])
+        if sweeps:
+            run = sweeps[0]
+            lines.append(f"    its latest sweep, {run.info.run_name}: "
+                         f"{ui_link(base, exp.experiment_id, run.info.run_id)}")
+    return lines
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import socket
 
-    from rlsweep.tracking import experiment_name, redact, resolve_uri, ui_link
+    from rlsweep.tracking import experiment_name, redact, resolve_uri
 
     cfg = load_experiment(args.experiment) if args.experiment else None
     uri = resolve_uri(cfg.tracking if cfg else TrackingConfig())
@@ -403,22 +430,41 @@ def cmd_ui(args: argparse.Namespace) -> int:
     base = uri if server else f"http://{args.host}:{args.port}"
     print(f"the store is a server already: open {redact(uri)}" if server else
           f"MLflow UI on {redact(uri)}: {base}  (Ctrl-C stops it)", flush=True)
-    if cfg is not None and (db is None or db.exists()):
-        from mlflow.tracking import MlflowClient
-
-        exp = MlflowClient(uri).get_experiment_by_name(experiment_name(cfg))
-        if exp is not None:
-            print(f"  runs of {exp.name}: {ui_link(base, exp.experiment_id)}", flush=True)
+    if db is None or db.exists():
+        for line in _ui_links(uri, base, experiment_name(cfg) if cfg else None):
+            print(line, flush=True)
     print("  (MLflow 3 opens an experiment in its GenAI view: the link above, or its 'Model training' switch, "
           "shows the runs table)", flush=True)
     if server:
         return 0
+    return _serve(uri, args.host, args.port)
+
+
+def _serve(uri: str, host: str, port: int) -> int:
+    """The MLflow server, lean: one worker, no job runner (its GenAI jobs spawn a dozen processes), no
+    access log. Its processes form their own group, stopped together however this one ends (Ctrl-C,
+    SIGTERM, SIGHUP): none is left holding the port."""
+    import signal
+
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port), "--workers", "1"]
+           "--host", host, "--port", str(port), "--workers", "1", "--uvicorn-opts", "--log-level warning"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore:starlette.middleware.wsgi is deprecated"}
+    server = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
-        return subprocess.call(cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+        return server.wait()
     except KeyboardInterrupt:
         return 0
+    finally:
+        for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(server.pid, sig)
+                server.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                break
 
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "best": cmd_best,

@@ -12,7 +12,13 @@ import threading
 
 
 def _as_ctrl_c(signum: int, frame: object) -> None:
-    signal.raise_signal(signal.SIGINT)
+    # whatever handles Ctrl-C now (Tune's graceful stop during a fit, else Python's KeyboardInterrupt);
+    # a process started in the background by a shell has SIGINT ignored, and must still stop
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
 
 
 def interrupt_on_termination() -> None:
