@@ -194,3 +194,13 @@ def test_a_trial_that_cannot_fit_the_local_ray_is_refused_after_it_starts(exp, t
 
     exp_ = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("clitest")
     assert exp_ is None or not MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_runs([exp_.experiment_id])
+
+
+def test_verbose_lets_ray_tune_and_mlflow_speak(exp, tmp_path):
+    quiet = rlsweep("train", exp, "--set", "stop.env_steps=256")
+    loud = rlsweep("train", "-v", exp, "--set", "stop.env_steps=256", "--set", f"results_dir={tmp_path / 'loud'}")
+    assert quiet.returncode == 0 and loud.returncode == 0, loud.stderr[-2000:]
+    for said in ("Started a local Ray instance", "Total run time", "Checkpoint successfully created"):
+        assert said in loud.stderr and said not in quiet.stderr, said
+    assert [x for x in quiet.stderr.splitlines() if x.strip()] == [
+        x for x in quiet.stderr.splitlines() if x.startswith("[")], quiet.stderr  # only the progress line

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlsweep import metrics as M
+from rlsweep import verbosity
 from rlsweep.config import ConfigError, ExperimentConfig, TrackingConfig, flatten, load_experiment
 from rlsweep.interrupts import interrupt_on_termination
 
@@ -26,7 +27,11 @@ EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rlsweep", description="Tune reinforcement-learning hyperparameters.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="also print what Ray, Tune, Optuna, MLflow and the MLflow server say")
+    p = argparse.ArgumentParser(prog="rlsweep", description="Tune reinforcement-learning hyperparameters.",
+                                parents=[common])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def experiment_args(sp: argparse.ArgumentParser) -> None:
@@ -34,34 +39,34 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set stop.env_steps=20000 (repeatable)")
 
-    t = sub.add_parser("train", help="train one trial of an experiment through Ray Tune")
+    t = sub.add_parser("train", parents=[common], help="train one trial of an experiment through Ray Tune")
     experiment_args(t)
     t.add_argument("--seed", type=int, default=None, help="override the experiment's seed")
     t.add_argument("--restore", metavar="CHECKPOINT", default=None,
                    help="continue from a checkpoint directory or an MLflow artifact URI (runs:/<id>/...)")
 
-    s = sub.add_parser("sweep", help="search hyperparameters with Optuna through Ray Tune, tracked in MLflow")
+    s = sub.add_parser("sweep", parents=[common], help="search hyperparameters with Optuna through Ray Tune, tracked in MLflow")
     experiment_args(s)
     s.add_argument("--space", default=None, help="search space YAML (default: the experiment's sweep.search_space)")
     s.add_argument("--trials", type=int, default=None, help="number of trials (default: sweep.trials)")
     s.add_argument("--name", default=None, help="sweep name (default: <experiment>-<date>-<time>)")
 
-    r = sub.add_parser("resume", help="continue an interrupted sweep")
+    r = sub.add_parser("resume", parents=[common], help="continue an interrupted sweep")
     r.add_argument("sweep", metavar="NAME_OR_PATH", help="a sweep name under --results-dir, or its directory")
     r.add_argument("--results-dir", default="results")
 
-    b = sub.add_parser("best", help="write a sweep's best trial as an experiment file")
+    b = sub.add_parser("best", parents=[common], help="write a sweep's best trial as an experiment file")
     b.add_argument("sweep", metavar="NAME_OR_PATH", help="a sweep name under --results-dir, or its directory")
     b.add_argument("-o", "--output", default=None, help="write here (default: print); never overwrites a file")
     b.add_argument("--results-dir", default="results")
 
-    e = sub.add_parser("evaluate", help="play deterministic episodes with a checkpoint's policy (no Ray)")
+    e = sub.add_parser("evaluate", parents=[common], help="play deterministic episodes with a checkpoint's policy (no Ray)")
     e.add_argument("checkpoint", help="a checkpoint directory or an MLflow artifact URI (runs:/<id>/...)")
     e.add_argument("--episodes", type=int, default=None, help="default: the experiment's evaluation.episodes")
     e.add_argument("--seed", type=int, default=0, help="seeds the evaluation episodes")
     e.add_argument("--tracking-uri", default=None, help="store for runs:/ URIs (default: as `ui` finds it)")
 
-    u = sub.add_parser("ui", help="start the MLflow UI on rlsweep's store")
+    u = sub.add_parser("ui", parents=[common], help="start the MLflow UI on rlsweep's store")
     u.add_argument("experiment", nargs="?", default=None, help="use this experiment's tracking settings")
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--host", default="127.0.0.1")
@@ -447,9 +452,11 @@ def _serve(uri: str, host: str, port: int) -> int:
     import signal
 
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", host, "--port", str(port), "--workers", "1", "--uvicorn-opts", "--log-level warning"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore:starlette.middleware.wsgi is deprecated"}
+           "--host", host, "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    if not verbosity.verbose():
+        cmd += ["--uvicorn-opts", "--log-level warning"]
+        env["PYTHONWARNINGS"] = "ignore::DeprecationWarning,ignore:starlette.middleware.wsgi is deprecated"
     server = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
         return server.wait()
@@ -474,7 +481,8 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "best"
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     interrupt_on_termination()
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # not a line per store migration
+    verbosity.set_verbose(getattr(args, "verbose", False))
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(verbosity.level()))  # not a line per migration
     # rlsweep's writer retries failed MLflow calls itself (tracking.outage_s), without holding up
     # training: MLflow's own retries (7, about two minutes per call) would only block it
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -484,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # for it explicitly (before Ray is imported: it reads this once) keeps it on without the warning.
         # Joining a cluster follows the cluster's setting.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(verbosity.level())
     if os.environ.get("MLFLOW_TRACKING_URI"):  # user:password@ in it: into MLflow's credential variables
         from rlsweep.tracking import take_credentials
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlsweep import verbosity
 from rlsweep.config import ConfigError, ExperimentConfig
 from rlsweep.search_space import SearchSpace
 from rlsweep.tracking import Store
@@ -111,7 +112,7 @@ def run_sweep(p: SweepPlan) -> Any:
     from rlsweep.searcher import make_sampler, searcher_class
 
     cfg, s = p.cfg, p.cfg.sweep
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(verbosity.level())
     stopper = tuning.TrialStopper(cfg.stop)
     sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
                     "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
@@ -170,7 +171,7 @@ def run_sweep(p: SweepPlan) -> Any:
                        tuning.ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode,
                                            searched=list(p.space.params), stop_reason=stopper.reason)],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            verbose=0,
+            verbose=verbosity.tune_verbosity(),
         ),
     )
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 from ray import tune
 
-from rlsweep import checkpoint
+from rlsweep import checkpoint, verbosity
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig
 from rlsweep.training import NonFiniteError, Training
@@ -36,7 +36,7 @@ class PPOTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any], restore_from: str | None = None) -> None:
         for name in ("ray.tune", "ray.train"):  # no line per saved checkpoint
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(verbosity.level())
         self.cfg = ExperimentConfig.model_validate(config)
         workers = make_workers(self.cfg)  # actors first: their processes start while the learner is built
         self.training = Training(self.cfg, workers)

@@ -19,6 +19,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from rlsweep import metrics as M
+from rlsweep import verbosity
 from rlsweep.config import ExperimentConfig, StopConfig
 from rlsweep.integrity import Signer
 from rlsweep.interrupts import interrupt_on_termination
@@ -96,9 +97,10 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # on Ctrl-C Tune logs its own recipe (`Tuner.restore(...)`) over rlsweep's one line with the command
     # that resumes; its other messages are kept
-    logging.getLogger("ray.tune.tune").addFilter(_no_tune_interrupt_recipe)
+    if not verbosity.verbose():
+        logging.getLogger("ray.tune.tune").addFilter(_no_tune_interrupt_recipe)
     with _secrets_kept_from_ray():
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=True, configure_logging=True)
+        ray.init(include_dashboard=False, logging_level=verbosity.level(), log_to_driver=True, configure_logging=True)
     interrupt_on_termination()
     warm.join()
 
@@ -285,7 +287,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
             ),
             callbacks=[JsonLoggerCallback(), tracker, ProgressLine()],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            verbose=0,
+            verbose=verbosity.tune_verbosity(),
         ),
     )
     result = tuner.fit()[0]
