@@ -10,7 +10,8 @@ from rlsweep.trainable import PPOTrainable
 from tests.conftest import small_config
 
 TIMINGS = {M.TIME_SAMPLE_S, M.TIME_LEARN_S, M.TIME_EVAL_S, M.TIME_OTHER_S, M.ENV_STEPS_PER_S}
-DOCUMENTED = M.REPORTED - {M.TIME_TOTAL_S, M.TRAINING_ITERATION}  # Tune adds those two
+DOCUMENTED = M.REPORTED - {M.TIME_TOTAL_S, M.TRAINING_ITERATION,  # Tune adds those two
+                          M.ENV_STEPS_TO_TARGET, M.TIME_TO_TARGET_S}  # only with stop.target_return
 
 
 def comparable(result):
@@ -38,6 +39,7 @@ CASES = {
     "cartpole-inline": dict(workers=0),
     "cartpole-1-worker": dict(workers=1),
     "cartpole-2-workers-normalized": dict(workers=2, policy={"normalize_observations": True}),
+    "cartpole-2-learner-actors": dict(workers=1, learners={"num_learners": 2, "cpus_per_learner": 0.25}),
     "pendulum-sync-normalized": dict(env_id="Pendulum-v1", workers=1,
                                      env={"vectorization": "sync", "max_episode_steps": 40},
                                      policy={"normalize_observations": True}),

@@ -125,6 +125,16 @@ class ResourcesConfig(_Section):
     torch_threads: int = Field(1, ge=1, le=1024, description="torch intra-op threads in the learner.")
 
 
+class LearnersConfig(_Section):
+    """Where the PPO update runs: in the trial's process, or on learner actors (data-parallel)."""
+
+    num_learners: int = Field(0, ge=0, le=1024, description="0: the update runs in the trial's process; N >= 1: "
+                              "on N Ray actors, each computing its share of every minibatch's gradient, averaged "
+                              "across them (torch.distributed: gloo on CPUs, NCCL on GPUs).")
+    cpus_per_learner: float = Field(1.0, gt=0, description="CPUs for each learner actor.")
+    gpus_per_learner: float = Field(0.0, ge=0, description="GPUs for each learner actor; >0 trains on CUDA.")
+
+
 class SweepConfig(_Section):
     """How `rlsweep sweep` searches: Optuna through Ray Tune."""
 
@@ -188,6 +198,7 @@ class ExperimentConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     stop: StopConfig
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    learners: LearnersConfig = Field(default_factory=LearnersConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -214,6 +225,10 @@ class ExperimentConfig(_Section):
                                  f"stop.{budget} (the score of a trial that never reaches it)")
             if self.sweep.mode != "min":
                 raise ValueError(f"sweep.metric {self.sweep.metric} is a cost: set sweep.mode: min")
+        n = self.learners.num_learners
+        if n and self.resources.learner_gpus > 0:
+            raise ValueError("resources.learner_gpus is for an update in the trial's process; with "
+                             "learners.num_learners > 0 ask for learners.gpus_per_learner instead")
         if self.sweep.scheduler == "asha" and self.stop.env_steps is None:
             raise ValueError("sweep.scheduler asha needs stop.env_steps (the budget its rungs divide)")
         return self
@@ -222,22 +237,30 @@ class ExperimentConfig(_Section):
     def trial_cpus(self) -> float:
         """The CPUs one trial asks Ray for: the learner, plus each rollout worker and the evaluation
         worker when sampling runs on actors (`trainable.resource_request` makes the bundles)."""
-        r, n = self.resources, self.rollouts.num_rollout_workers
-        return r.learner_cpus if n == 0 else r.learner_cpus + n * r.worker_cpus + r.evaluation_cpus
+        r, n, ls = self.resources, self.rollouts.num_rollout_workers, self.learners
+        sampling = 0.0 if n == 0 else n * r.worker_cpus + r.evaluation_cpus
+        return r.learner_cpus + sampling + ls.num_learners * ls.cpus_per_learner
+
+    @property
+    def trial_gpus(self) -> float:
+        return self.resources.learner_gpus + self.learners.num_learners * self.learners.gpus_per_learner
 
     def check_fits(self, cpus: float, gpus: float | None, where: str) -> None:
         """ConfigError when one trial asks for more than `where` has (it would wait forever)."""
-        r, n = self.resources, self.rollouts.num_rollout_workers
+        r, n, ls = self.resources, self.rollouts.num_rollout_workers, self.learners
         if self.trial_cpus > cpus + 1e-9:
             parts = f"resources.learner_cpus {r.learner_cpus:g}"
             if n:
                 parts += (f" + rollouts.num_rollout_workers {n} x resources.worker_cpus {r.worker_cpus:g}"
                           f" + resources.evaluation_cpus {r.evaluation_cpus:g}")
+            if ls.num_learners:
+                parts += f" + learners.num_learners {ls.num_learners} x learners.cpus_per_learner {ls.cpus_per_learner:g}"
             raise ConfigError(f"a trial asks for {self.trial_cpus:.10g} CPUs ({parts}) but {where} has {cpus:g}: "
-                              "lower rollouts.num_rollout_workers or the resources.* shares")
-        if gpus is not None and r.learner_gpus > gpus + 1e-9:
-            raise ConfigError(f"resources.learner_gpus {r.learner_gpus:g}: {where} has {gpus:g} GPUs "
-                              "(set resources.learner_gpus: 0 to train on the CPU)")
+                              "lower rollouts.num_rollout_workers, learners.num_learners or the CPU shares")
+        if gpus is not None and self.trial_gpus > gpus + 1e-9:
+            what = (f"resources.learner_gpus {r.learner_gpus:g}" if not ls.num_learners else
+                    f"learners.num_learners {ls.num_learners} x learners.gpus_per_learner {ls.gpus_per_learner:g}")
+            raise ConfigError(f"{what}: {where} has {gpus:g} GPUs (ask for 0 GPUs to train on the CPU)")
 
     @property
     def num_sampling_envs(self) -> int:

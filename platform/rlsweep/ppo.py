@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import torch
+import torch.distributed
 
 from rlsweep import metrics as M
 from rlsweep.adam import FlatAdam
@@ -18,10 +19,19 @@ from rlsweep.policy import Weights
 
 
 class Learner:
-    """Owns the network, the optimiser and the minibatch RNG."""
+    """Owns the network, the optimiser and the minibatch RNG.
 
-    def __init__(self, space: SpaceInfo, policy: PolicyConfig, ppo: PPOConfig, seed: int, device: str = "cpu"):
+    Data-parallel (`world` > 1, a torch.distributed process group already joined): every rank holds
+    the whole batch and draws the same shuffles, computes the loss on its share of each minibatch
+    (advantages normalised over the whole minibatch), weighted by the share's size, and the ranks sum
+    their gradients with one all-reduce before the identical clip and Adam step. The update is then the one-learner
+    update, up to float summation order, and the ranks' parameters stay equal.
+    """
+
+    def __init__(self, space: SpaceInfo, policy: PolicyConfig, ppo: PPOConfig, seed: int, device: str = "cpu",
+                 rank: int = 0, world: int = 1):
         self.cfg = ppo
+        self.rank, self.world = rank, world
         self.device = torch.device(device)
         torch.manual_seed(seed)
         self.net = ActorCritic(space, policy).to(self.device)
@@ -57,8 +67,9 @@ class Learner:
             the lr and the epochs run (fewer than `num_epochs` when `target_kl` stops them).
         """
         cfg = self.cfg
-        obs, actions, old_logp, old_values, advantages, returns = (torch.as_tensor(v, device=self.device)
-                                                                    for v in batch)
+        # (arrays that arrive through Ray's object store are read-only: torch gets a copy of those)
+        obs, actions, old_logp, old_values, advantages, returns = (
+            torch.as_tensor(v if v.flags.writeable else v.copy(), device=self.device) for v in batch)
         data = (obs, actions, old_logp, old_values, advantages, returns)
         n = len(obs)
         bounds = np.linspace(0, n, cfg.num_minibatches + 1).astype(int).tolist()
@@ -70,16 +81,26 @@ class Learner:
             perm = torch.as_tensor(self.rng.permutation(n), device=self.device)
             mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret = (x[perm] for x in data)
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-                logp, entropy, values = self.net.evaluate(mb_obs[lo:hi], mb_act[lo:hi], cfg.ent_coef != 0)
                 adv = mb_adv[lo:hi]
                 if cfg.normalize_advantages and hi - lo > 1:
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                # this rank's share of the minibatch (all of it with one learner); shares differ by at most
+                # one sample (a batch holds only the valid steps), so each is weighted by its size
+                size = hi - lo
+                a, b = size * self.rank // self.world, size * (self.rank + 1) // self.world
+                lo, hi, adv = lo + a, lo + b, adv[a:b]
+                logp, entropy, values = self.net.evaluate(mb_obs[lo:hi], mb_act[lo:hi], cfg.ent_coef != 0)
                 terms = ppo_loss(
                     logp, mb_logp[lo:hi], adv, values, mb_val[lo:hi], mb_ret[lo:hi], entropy,
                     clip=cfg.clip, vf_clip=cfg.vf_clip, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
                 )
                 self.grad.zero_()
-                terms.loss.backward()
+                if self.world > 1:  # the shares' size-weighted gradients sum to the minibatch's
+                    if b > a:  # (a minibatch smaller than the group leaves some ranks nothing)
+                        (terms.loss * ((b - a) / size)).backward()
+                    torch.distributed.all_reduce(self.grad)
+                else:
+                    terms.loss.backward()
                 grad_norm = torch.linalg.vector_norm(self.grad)
                 self.grad.mul_(torch.clamp(cfg.max_grad_norm / (grad_norm + 1e-6), max=1.0))
                 self.adam.step(self.grad, lr)
@@ -112,6 +133,9 @@ class Learner:
         row = torch.stack([terms.policy_loss, terms.value_loss, terms.entropy, shift.approx_kl,
                            shift.clip_fraction]).tolist()
         return dict(zip((M.POLICY_LOSS, M.VALUE_LOSS, M.ENTROPY, M.APPROX_KL, M.CLIP_FRACTION), row, strict=True))
+
+    def close(self) -> None:
+        """Nothing to release in-process (learner actors release their group)."""
 
     def finite(self) -> bool:
         """Whether every parameter is a finite number."""

@@ -11,20 +11,23 @@ from ray import tune
 from rlsweep import checkpoint, verbosity
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig
+from rlsweep.learners import LearnerGroup
 from rlsweep.training import NonFiniteError, Training
 from rlsweep.workers import make_workers
 
 
 def resource_request(cfg: ExperimentConfig) -> tune.PlacementGroupFactory:
-    """One bundle for the learner, one per rollout worker, one for evaluation."""
-    r = cfg.resources
-    learner: dict[str, float] = {"CPU": r.learner_cpus}
+    """One bundle for the trainable, one per rollout worker and one for evaluation (when sampling runs
+    on actors), one per learner actor."""
+    r, ls = cfg.resources, cfg.learners
+    trainable: dict[str, float] = {"CPU": r.learner_cpus}
     if r.learner_gpus > 0:
-        learner["GPU"] = r.learner_gpus
-    if cfg.rollouts.num_rollout_workers == 0:
-        return tune.PlacementGroupFactory([learner])
-    workers = [{"CPU": r.worker_cpus}] * cfg.rollouts.num_rollout_workers
-    return tune.PlacementGroupFactory([learner, *workers, {"CPU": r.evaluation_cpus}])
+        trainable["GPU"] = r.learner_gpus
+    bundles = [trainable]
+    if cfg.rollouts.num_rollout_workers:
+        bundles += [{"CPU": r.worker_cpus}] * cfg.rollouts.num_rollout_workers + [{"CPU": r.evaluation_cpus}]
+    learner = {"CPU": ls.cpus_per_learner, **({"GPU": ls.gpus_per_learner} if ls.gpus_per_learner > 0 else {})}
+    return tune.PlacementGroupFactory(bundles + [learner] * ls.num_learners)
 
 
 class PPOTrainable(tune.Trainable):
@@ -39,7 +42,8 @@ class PPOTrainable(tune.Trainable):
             logging.getLogger(name).setLevel(verbosity.level())
         self.cfg = ExperimentConfig.model_validate(config)
         workers = make_workers(self.cfg)  # actors first: their processes start while the learner is built
-        self.training = Training(self.cfg, workers)
+        learner = LearnerGroup(self.cfg) if self.cfg.learners.num_learners else None
+        self.training = Training(self.cfg, workers, learner)
         self._note: str | None = None
         self._diverged: NonFiniteError | None = None
         if restore_from is not None:

@@ -83,7 +83,8 @@ class Training:
     torch, which remote workers' processes can overlap with their own start-up.
     """
 
-    def __init__(self, cfg: ExperimentConfig, workers: WorkerGroup):
+    def __init__(self, cfg: ExperimentConfig, workers: WorkerGroup, learner: Learner | None = None):
+        """`learner`: where the update runs (`learners.LearnerGroup`); by default a `ppo.Learner` here."""
         import torch  # here, not at import: the driver and the rollout actors never need torch
 
         from rlsweep.ppo import Learner
@@ -91,9 +92,11 @@ class Training:
         self.cfg = cfg
         self.workers = workers
         torch.set_num_threads(cfg.resources.torch_threads)
-        device = "cuda" if cfg.resources.learner_gpus > 0 else "cpu"
         space = space_info(cfg.env)
-        self.learner: Learner = Learner(space, cfg.policy, cfg.ppo, cfg.seed, device)
+        if learner is None:
+            device = "cuda" if cfg.resources.learner_gpus > 0 else "cpu"
+            learner = Learner(space, cfg.policy, cfg.ppo, cfg.seed, device)
+        self.learner = learner
         self.obs_stats = RunningMeanStd.zeros(space.obs_dim) if cfg.policy.normalize_observations else None
         self.iterations = 0
         self.env_steps = 0
@@ -233,3 +236,4 @@ class Training:
 
     def close(self) -> None:
         self.workers.close()
+        self.learner.close()

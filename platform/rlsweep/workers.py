@@ -95,10 +95,10 @@ class RemoteWorkers:
         self.replaced = 0
 
     def _new_sampler(self, index: int) -> Any:
-        return self._ray.remote(Sampler).options(**_in_trial_group(self.cfg.resources.worker_cpus)).remote(self.cfg, index)
+        return self._ray.remote(Sampler).options(**in_trial_group(self.cfg.resources.worker_cpus)).remote(self.cfg, index)
 
     def _new_evaluator(self) -> Any:
-        return self._ray.remote(Evaluator).options(**_in_trial_group(self.cfg.resources.evaluation_cpus)).remote(self.cfg)
+        return self._ray.remote(Evaluator).options(**in_trial_group(self.cfg.resources.evaluation_cpus)).remote(self.cfg)
 
     def _replace(self, index: int | None, error: BaseException) -> Any:
         """A new actor for sampler `index` (None: the evaluator), after `error` said the old one died."""
@@ -156,7 +156,7 @@ def make_workers(cfg: ExperimentConfig) -> WorkerGroup:
     return RemoteWorkers(cfg) if cfg.rollouts.num_rollout_workers > 0 else LocalWorkers(cfg)
 
 
-def _in_trial_group(num_cpus: float) -> dict[str, Any]:
+def in_trial_group(num_cpus: float) -> dict[str, Any]:
     """Actor options that place it in the current trial's placement group, when there is one."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
