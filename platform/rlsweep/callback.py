@@ -32,6 +32,7 @@ from rlsweep.tracking import (
     TAG_DIR,
     TAG_KIND,
     TAG_PARENT,
+    TAG_PLACEMENT,
     TAG_REPLACES,
     TAG_RESTORE_NOTE,
     TAG_RETRIES,
@@ -370,6 +371,9 @@ class MlflowCallback(tune.Callback):
         if result.get(M.RESTORE_NOTE):
             self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_RESTORE_NOTE,
                                                              str(result[M.RESTORE_NOTE])))
+        if result.get(M.PLACEMENT):
+            self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_PLACEMENT,
+                                                             str(result[M.PLACEMENT])))
         now = time.monotonic()
         if now - self._flushed_at.get(tid, -math.inf) >= self.flush_s:
             self._flushed_at[tid] = now

@@ -34,10 +34,16 @@ def _parser() -> argparse.ArgumentParser:
                                 parents=[common])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def address_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--address", default=None, metavar="ADDRESS",
+                        help="join this Ray cluster (host:port, ray://host:10001, or auto); default $RAY_ADDRESS, "
+                             "else a local Ray")
+
     def experiment_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("experiment", help="experiment YAML, e.g. experiments/cartpole_ppo.yaml")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set stop.env_steps=20000 (repeatable)")
+        address_arg(sp)
 
     t = sub.add_parser("train", parents=[common], help="train one trial of an experiment through Ray Tune")
     experiment_args(t)
@@ -54,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("resume", parents=[common], help="continue an interrupted sweep")
     r.add_argument("sweep", metavar="NAME_OR_PATH", help="a sweep name under --results-dir, or its directory")
     r.add_argument("--results-dir", default="results")
+    address_arg(r)
 
     b = sub.add_parser("best", parents=[common], help="write a sweep's best trial as an experiment file")
     b.add_argument("sweep", metavar="NAME_OR_PATH", help="a sweep name under --results-dir, or its directory")
@@ -482,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     interrupt_on_termination()
     verbosity.set_verbose(getattr(args, "verbose", False))
+    if getattr(args, "address", None):  # ray.init() joins RAY_ADDRESS, and Ray's own tools read it too
+        os.environ["RAY_ADDRESS"] = args.address
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(verbosity.level()))  # not a line per migration
     # rlsweep's writer retries failed MLflow calls itself (tracking.outage_s), without holding up
     # training: MLflow's own retries (7, about two minutes per call) would only block it

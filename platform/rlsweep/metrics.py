@@ -43,6 +43,11 @@ REPORTED = frozenset(
 # sets it as the run's `rlsweep.restore_note` tag).
 RESTORE_NOTE = "restore_note"
 
+# Not a metric: where a trial's processes run, in its first result (the tracker sets it as the run's
+# `rlsweep.placement` tag): "trainable=<node> rollout=<node>,<node> evaluation=<node> learners=<node>,...",
+# each node as the first 8 hex digits of its Ray node id.
+PLACEMENT = "placement"
+
 # Not a metric: the NaN or infinity that ended a trial, in the one result that reports what the failing
 # iteration measured (NaN included, so that MLflow's curves show it); the next step fails the trial.
 NON_FINITE = "non_finite"

@@ -35,6 +35,7 @@ TAG_STATUS = "rlsweep.status"  # running | finished | stopped early | interrupte
 TAG_REASON = "rlsweep.reason"
 TAG_BEST_SCORE = "rlsweep.best_checkpoint_score"  # the metric when checkpoints/best was saved
 TAG_REPLACES = "rlsweep.replaces_trial_id"  # a run adopted after a crash: the trial id it had before
+TAG_PLACEMENT = "rlsweep.placement"  # the Ray nodes of a trial's processes (metrics.PLACEMENT)
 TAG_RESTORE_NOTE = "rlsweep.restore_note"  # why a restored run could not continue exactly
 TAG_RETRIES = "rlsweep.retries"  # times Tune restarted the trial after a failure
 TAG_RETRY_REASON = "rlsweep.retry_reason"  # the failure before the latest restart

@@ -13,7 +13,7 @@ from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig
 from rlsweep.learners import LearnerGroup
 from rlsweep.training import NonFiniteError, Training
-from rlsweep.workers import make_workers
+from rlsweep.workers import RemoteWorkers, make_workers
 
 
 def resource_request(cfg: ExperimentConfig) -> tune.PlacementGroupFactory:
@@ -49,6 +49,21 @@ class PPOTrainable(tune.Trainable):
         if restore_from is not None:
             self.load_checkpoint(restore_from)
         workers.wait_ready()  # so that step() times steps, not actor start-up
+        self._placement: str | None = self._where(workers, learner)
+
+    @staticmethod
+    def _where(workers: Any, learner: LearnerGroup | None) -> str:
+        import ray
+
+        def short(node_ids: list[str]) -> str:
+            return ",".join(n[:8] for n in node_ids)
+
+        parts = [f"trainable={short([ray.get_runtime_context().get_node_id()])}"]
+        if isinstance(workers, RemoteWorkers):
+            parts += [f"rollout={short(workers.node_ids())}", f"evaluation={short(workers.node_ids(evaluator=True))}"]
+        if learner is not None:
+            parts.append(f"learners={short(learner.node_ids())}")
+        return " ".join(parts)
 
     @property
     def last_rollout_pids(self) -> list[int]:
@@ -67,6 +82,8 @@ class PPOTrainable(tune.Trainable):
                     M.NON_FINITE: str(e)}
         if self._note is not None:
             result[M.RESTORE_NOTE], self._note = self._note, None
+        if self._placement is not None:
+            result[M.PLACEMENT], self._placement = self._placement, None
         return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> str:

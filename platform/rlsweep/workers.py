@@ -145,10 +145,22 @@ class RemoteWorkers:
     def wait_ready(self) -> None:
         self._ray.get([a.__ray_ready__.remote() for a in [*self.samplers, self.evaluator]])
 
+    def node_ids(self, evaluator: bool = False) -> list[str]:
+        """The Ray node ids of the samplers' actors (or of the evaluator's)."""
+        actors = [self.evaluator] if evaluator else self.samplers
+        return self._ray.get([a.__ray_call__.remote(_node_id) for a in actors])
+
     def close(self) -> None:
         for actor in [*self.samplers, self.evaluator]:
             self._ray.kill(actor)
         self.samplers = []
+
+
+def _node_id(actor: Any) -> str:
+    """Run on an actor (`__ray_call__`): the id of the node it lives on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def make_workers(cfg: ExperimentConfig) -> WorkerGroup:

@@ -1,0 +1,100 @@
+"""A real two-node Ray cluster on loopback (`ray.cluster_utils.Cluster`: a head and a worker node,
+each its own raylet), joined with `--address`: trials, rollout actors and learner actors land on
+both nodes, checkpoints and resume work across them, MLflow holds every run whole."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT
+from tests.test_sweep import LR_ONLY, env_for, runs_of
+
+# one CPU a trial (trainable, a rollout worker, evaluation, a learner actor): two trials at once need
+# both one-CPU nodes
+EXP = """\
+name: sweeptest
+seed: 4
+results_dir: {results}
+checkpoint_frequency: 2
+env: {{id: CartPole-v1}}
+policy: {{hidden_sizes: [16, 16]}}
+ppo: {{train_batch_size: 512, minibatch_size: 128, num_epochs: 8}}
+rollouts: {{num_rollout_workers: 1, num_envs_per_worker: 8}}
+learners: {{num_learners: 1, cpus_per_learner: 0.25}}
+evaluation: {{interval: 1, episodes: 2}}
+stop: {{env_steps: {steps}}}
+resources: {{learner_cpus: 0.25, worker_cpus: 0.25, evaluation_cpus: 0.25}}
+sweep: {{trials: 2, max_concurrent: 2, n_startup_trials: 2, seed: 3}}
+tracking: {{local_dir: {store}, flush_s: 0}}
+"""
+
+
+@pytest.fixture
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    try:
+        yield c
+    finally:
+        c.shutdown()
+
+
+@pytest.mark.slow
+def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, cluster):
+    steps = 8192
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(EXP.format(results=tmp_path / "results", store=tmp_path, steps=steps))
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    nodes = {cluster.head_node.node_id[:8], cluster.list_all_nodes()[1].node_id[:8]}
+    assert len(nodes) == 2
+    env = env_for()
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "sweep", str(exp), "--space", str(tmp_path / "space.yaml"),
+                             "--name", "two-nodes", "--address", cluster.address], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.time() + 300
+    while True:  # both trials part-way through, then Ctrl-C
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "the trials never both got going"
+        try:
+            children = [r for r in runs_of(client) if r.data.tags.get("rlsweep.kind") == "trial"]
+            going = [c for c in children if 4 <= len(client.get_metric_history(c.info.run_id, "env_steps")) < 12]
+        except Exception:  # the store may not exist yet
+            going = []
+        if len(going) == 2:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+
+    r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "resume", "two-nodes", "--results-dir",
+                        str(tmp_path / "results"), "--address", cluster.address],
+                       cwd=ROOT, env=env, text=True, capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+    runs = runs_of(client)
+    parents = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
+    children = [x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
+    seen = set()
+    for c in children:
+        assert c.info.status == "FINISHED"
+        steps_logged = [m.step for m in client.get_metric_history(c.info.run_id, "env_steps")]
+        assert steps_logged == list(range(512, steps + 1, 512))  # whole, once, across the resume
+        placement = dict(part.split("=") for part in c.data.tags["rlsweep.placement"].split())
+        assert set(placement) == {"trainable", "rollout", "evaluation", "learners"}
+        for where in placement.values():
+            seen |= set(where.split(","))
+        arts = {a.path for a in client.list_artifacts(c.info.run_id, "checkpoints")}
+        assert {"checkpoints/final", "checkpoints/best"} <= arts
+    assert seen == nodes, (seen, nodes)  # the trials' processes ran on both nodes, and nowhere else
