@@ -163,7 +163,7 @@ def check_store(uri: str, must_exist: bool = False) -> None:
         user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
         if parts.username is not None:  # user:password@ in the URI
             user, password = unquote(parts.username), unquote(parts.password or "")
-        if user is not None:  # HTTP basic auth, as MLflow sends it
+        if user:  # HTTP basic auth, as MLflow sends it (an empty variable, as compose sets it, is none)
             token = f"{user}:{password or ''}".encode()
             request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
         elif os.environ.get(TOKEN_ENV):
