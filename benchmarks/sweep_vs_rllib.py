@@ -45,7 +45,7 @@ def run_rlsweep(out: Path, trials: int, concurrent: int) -> dict:
            "--space", "search_spaces/ppo_core.yaml", "--trials", str(trials), "--name", "bench",
            "--set", "stop.target_return=null", "--set", f"stop.episode_return={TARGET}",
            "--set", f"stop.env_steps={MAX_STEPS}", "--set", f"sweep.max_concurrent={concurrent}",
-           "--set", "sweep.metric=episode_return_mean", "--set", "sweep.seed=0", "--set", "sweep.n_startup_trials=5",
+           "--set", "sweep.metric=episode_return_mean", "--set", "sweep.mode=max", "--set", "sweep.seed=0", "--set", "sweep.n_startup_trials=5",
            "--set", "evaluation.interval=0",
            "--set", f"results_dir={out / 'results'}", "--set", f"tracking.local_dir={out}"]
     t0 = time.time()
