@@ -39,6 +39,7 @@ bench: venv bench-rllib-venv
 	$(BIN)/python -m pip install --quiet -e ".[dev,all,bench]"
 	$(BIN)/python benchmarks/cartpole_time_to_solve.py
 	$(BIN)/python benchmarks/sweep_vs_rllib.py
+	$(BIN)/python benchmarks/throughput.py
 
 # RLlib pins an older gymnasium than rlsweep allows: its peer runs in a virtualenv of its own.
 bench-rllib-venv: .venv-rllib/.installed
