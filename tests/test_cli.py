@@ -204,3 +204,56 @@ def test_verbose_lets_ray_tune_and_mlflow_speak(exp, tmp_path):
         assert said in loud.stderr and said not in quiet.stderr, said
     assert [x for x in quiet.stderr.splitlines() if x.strip()] == [
         x for x in quiet.stderr.splitlines() if x.startswith("[")], quiet.stderr  # only the progress line
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        found += kids
+        frontier += kids
+    return found
+
+
+def test_a_killed_learner_actor_fails_the_trial_and_tune_restarts_it_from_its_checkpoint(exp, tmp_path):
+    """SIGKILL to the learner actor's process mid-run: the trial fails, is restarted from its last
+    checkpoint on new learner actors (max_failures 1) and finishes; one MLflow run, every step once."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "train", str(exp), "--set", "learners.num_learners=1",
+                             "--set", "learners.cpus_per_learner=0.25", "--set", "checkpoint_frequency=2",
+                             "--set", "stop.env_steps=4096", "--set", "ppo.num_epochs=30", "--set", "tracking.flush_s=0"],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "platform")}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline, victim = time.time() + 180, None
+    while victim is None:
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        try:
+            [run] = client.search_runs([client.get_experiment_by_name("clitest").experiment_id])
+            logged = len(client.get_metric_history(run.info.run_id, "env_steps"))
+        except Exception:  # the store and the run are made by the command
+            logged = 0
+        if 3 <= logged < 12:
+            learners = [p for p in _descendants(proc.pid)
+                        if b"LearnerActor" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            if learners:
+                victim = learners[0]
+        time.sleep(0.1)
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    [run] = client.search_runs([client.get_experiment_by_name("clitest").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["rlsweep.retries"] == "1", run.data.tags
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == list(range(256, 4097, 256))

@@ -35,7 +35,9 @@ def test_the_sweep_line_shows_the_best_so_far_under_the_sweeps_metric_and_mode()
     assert "best value_loss so far (min) 2 " in text and "trials 1/3 done, 1 running" in text
     trials.append(SimpleNamespace(trial_id="c", status="RUNNING", config={}, last_result={}))
     line.on_trial_complete(0, trials, trials[2])  # Tune marks it TERMINATED only after the callbacks
-    assert "trials 2/3 done, 1 running" in line.sweep_line(trials)
+    assert "trials 2/3 done, 1 running |" in line.sweep_line(trials)
+    trials.append(SimpleNamespace(trial_id="d", status="PENDING"))  # a cluster without room for it yet
+    assert "trials 2/3 done, 1 running, 1 waiting for resources |" in line.sweep_line(trials)
 
 
 def test_a_line_per_finished_trial_with_its_values_metric_steps_and_why(capsys, tmp_path):

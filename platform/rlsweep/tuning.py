@@ -212,8 +212,10 @@ class ProgressLine(tune.Callback):
         # Tune sets a trial's status after the callbacks have heard it ended
         done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | self._ended)
         running = sum(t.status == "RUNNING" and t.trial_id not in self._ended for t in trials)
+        pending = sum(t.status == "PENDING" for t in trials)
+        waiting = f", {pending} waiting for resources" if pending else ""
         best = "-" if self._best is None else M.text(self._best)
-        return (f"trials {done}/{self.sweep_trials} done, {running} running | best {self.metric} so far "
+        return (f"trials {done}/{self.sweep_trials} done, {running} running{waiting} | best {self.metric} so far "
                 f"({self.mode}) {best} | "
                 f"{time.monotonic() - self._start:6.1f} s")
 
@@ -224,10 +226,16 @@ class ProgressLine(tune.Callback):
 
     def _show(self, text: str, force: bool = False) -> None:
         if sys.stderr.isatty():
+            self._last = time.monotonic()
             print("\r" + text, end="", file=sys.stderr, flush=True)
         elif force or time.monotonic() - self._last >= self.every_s:
             self._last = time.monotonic()
             print(text, file=sys.stderr, flush=True)
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        """While no trial reports (all waiting for a cluster's resources, say), the line still updates."""
+        if self.sweep_trials and time.monotonic() - self._last >= self.every_s:
+            self._show(self.sweep_line(trials), force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         v = result.get(self.metric)
