@@ -17,7 +17,7 @@ import ray
 from rlsweep.config import ExperimentConfig
 from rlsweep.envs import space_info
 from rlsweep.policy import Weights
-from rlsweep.workers import in_trial_group
+from rlsweep.workers import in_trial_group, node_ids
 
 
 class LearnerActor:
@@ -54,17 +54,8 @@ class LearnerActor:
         self.learner = Learner(space_info(cfg.env), cfg.policy, cfg.ppo, cfg.seed, self.device, self.rank, self.world)
         return os.getpid()
 
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
-
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.learner, method)(*args)
-
-    def close(self) -> None:
-        import torch
-
-        if self.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 class LearnerGroup:
@@ -105,9 +96,9 @@ class LearnerGroup:
         self._all("set_rng_state", state)
 
     def node_ids(self) -> list[str]:
-        return ray.get([a.node_id.remote() for a in self.actors])
+        return node_ids(self.actors)
 
-    def close(self) -> None:
+    def close(self) -> None:  # (killing a rank ends its process group with it)
         for a in self.actors:
             ray.kill(a)
         self.actors = []

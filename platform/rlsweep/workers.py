@@ -147,8 +147,7 @@ class RemoteWorkers:
 
     def node_ids(self, evaluator: bool = False) -> list[str]:
         """The Ray node ids of the samplers' actors (or of the evaluator's)."""
-        actors = [self.evaluator] if evaluator else self.samplers
-        return self._ray.get([a.__ray_call__.remote(_node_id) for a in actors])
+        return node_ids([self.evaluator] if evaluator else self.samplers)
 
     def close(self) -> None:
         for actor in [*self.samplers, self.evaluator]:
@@ -161,6 +160,13 @@ def _node_id(actor: Any) -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
+
+
+def node_ids(actors: list[Any]) -> list[str]:
+    """The Ray node ids of these actors."""
+    import ray
+
+    return ray.get([a.__ray_call__.remote(_node_id) for a in actors])
 
 
 def make_workers(cfg: ExperimentConfig) -> WorkerGroup:
