@@ -31,9 +31,11 @@ import sys
 import time
 from pathlib import Path
 
+from report import markers, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 RLLIB_PY = ROOT / ".venv-rllib" / "bin" / "python"
-MARK_BEGIN, MARK_END = "<!-- sweep-vs-rllib:begin -->", "<!-- sweep-vs-rllib:end -->"
+MARK_BEGIN, MARK_END = markers("sweep-vs-rllib")
 TARGET, MAX_STEPS = 475.0, 100_000
 
 
@@ -164,12 +166,7 @@ def main() -> None:
     block = "\n".join(lines)
     print(block)
     if not args.no_write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        if MARK_BEGIN not in text:
-            text += "\n## Sweep: rlsweep vs RLlib + Tune + Optuna\n\n" + MARK_BEGIN + "\n" + MARK_END + "\n"
-        start, end = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)
-        path.write_text(text[:start] + block + text[end:])
+        write_section("sweep-vs-rllib", "Sweep: rlsweep vs RLlib + Tune + Optuna", block)
 
 
 if __name__ == "__main__":

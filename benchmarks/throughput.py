@@ -32,9 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import markers, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "platform"))
-MARK_BEGIN, MARK_END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
+MARK_BEGIN, MARK_END = markers("throughput")
 
 ENVS = {
     "CartPole-v1": {"env": {"id": "CartPole-v1"}, "ppo": {"train_batch_size": 2048, "minibatch_size": 256,
@@ -174,13 +176,8 @@ def main() -> None:
     block = "\n".join(lines)
     print(block)
     if not args.no_write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text()
-        if MARK_BEGIN not in text:
-            text += ("\n## Rollout throughput and one iteration's cost, by rollout workers and learner actors\n\n"
-                     + MARK_BEGIN + "\n" + MARK_END + "\n")
-        start, end = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)
-        path.write_text(text[:start] + block + text[end:])
+        write_section("throughput", "Rollout throughput and one iteration's cost, by rollout workers and learner actors",
+                      block)
     ray.shutdown()
 
 
