@@ -115,3 +115,27 @@ def test_resume_of_a_copied_sweep_with_a_payload_exits_2_before_anything_runs(tm
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be resumed safely" in lines[0] and "has no .rlsweep_manifest.json" in lines[0]
     assert not marker.exists() and (d / "tuner.pkl").exists()
+
+
+def test_tunes_staged_state_is_signed_before_its_upload_lands(tmp_path):
+    """Tune writes its state into a staging folder and uploads it later: the newest state is what is
+    signed, so a driver killed before the upload resumes from it, not from the older one on disk."""
+    d = tune_dir(tmp_path)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "experiment_state-1.json").write_text('{"trials": ["newest"]}')
+    Signer(d, staging=staging).sign()
+    assert json.loads((staging / MANIFEST).read_text()) == json.loads((d / MANIFEST).read_text())
+    notes = verify(d)  # the upload never landed
+    assert (d / "experiment_state-1.json").read_text() == '{"trials": ["newest"]}'
+    assert any("experiment_state-1.json changed after it was signed" in n for n in notes)
+
+
+def test_a_manifest_overwritten_by_an_upload_is_written_again(tmp_path):
+    d = tune_dir(tmp_path)
+    signer = Signer(d)
+    signer.sign()
+    current = (d / MANIFEST).read_bytes()
+    (d / MANIFEST).write_bytes(current.replace(b'"files"', b'"files" ', 1))  # a stale copy lands
+    signer.sign()
+    assert (d / MANIFEST).read_bytes() == current and verify(d) == []

@@ -89,29 +89,44 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class Signer:
-    """Signs a sweep directory's Tune state as it changes (cheap when nothing did: a stat per file)."""
+    """Signs a sweep directory's Tune state as it changes (cheap when nothing did: a stat per file).
 
-    def __init__(self, directory: str | Path):
+    `staging`: where Tune writes its sweep-level state first (it uploads that folder into the sweep
+    directory in the background). A sweep-level file found there is signed as written there, so the
+    manifest always holds Tune's latest state, however late its upload lands: a driver killed before
+    it does resumes from that state's signed copy, never from an older one whose checkpoints Tune may
+    already have deleted (`sweep.keep_checkpoints`).
+    """
+
+    def __init__(self, directory: str | Path, staging: Path | None = None):
         self.directory = Path(directory)
+        self.staging = staging
         self._key: bytes | None = None
         self._seen: dict[str, tuple[int, int, str]] = {}  # rel path -> (mtime_ns, size, sha256)
         self._trials_at = 0.0
+        self._manifest: tuple[bytes, tuple[int, int]] | None = None  # as last written, and its stat
 
     def sign(self, trials: bool = True) -> None:
         """Signs what changed; trials' files are scanned at most once a second unless `trials` is forced."""
         if self._key is None:
             self._key = load_key(create=True)
         d = self.directory
+        if not d.is_dir():  # nothing written yet
+            return
         now = time.monotonic()
         scan_trials = trials or now - self._trials_at >= 1.0
-        paths = _scan(d, SWEEP_PATTERNS)
+        paths = {p.relative_to(d).as_posix(): p for p in _scan(d, SWEEP_PATTERNS)}
+        if self.staging is not None and self.staging.is_dir():  # Tune's latest, maybe not uploaded yet
+            paths.update({p.relative_to(self.staging).as_posix(): p for p in _scan(self.staging, SWEEP_PATTERNS)})
         if scan_trials:
             self._trials_at = now
-            paths += _scan(d, TRIAL_PATTERNS)
+            paths.update({p.relative_to(d).as_posix(): p for p in _scan(d, TRIAL_PATTERNS)})
         changed, current = False, {}
-        for p in paths:
-            rel = p.relative_to(d).as_posix()
-            st = p.stat()
+        for rel, p in paths.items():
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # replaced between the scan and now (Tune writes temp-and-rename)
+                continue
             seen = self._seen.get(rel)
             if seen is None or seen[:2] != (st.st_mtime_ns, st.st_size):
                 data = p.read_bytes()
@@ -124,14 +139,31 @@ class Signer:
             current[rel] = seen
         if not scan_trials:  # trials' files as last scanned
             current.update({rel: v for rel, v in self._seen.items() if "/" in rel})
-        if not changed and current.keys() == self._seen.keys():
+        if not changed and current.keys() == self._seen.keys() and self._manifest_intact():
             return
         self._seen = current
         files = {rel: v[2] for rel, v in current.items()}
-        _write_atomic(d / MANIFEST, json.dumps({"files": files, "mac": _mac(self._key, files)}, indent=1).encode())
+        data = json.dumps({"files": files, "mac": _mac(self._key, files)}, indent=1).encode()
+        # into the staging folder too: Tune uploads it over the sweep directory's, and after a resume it
+        # holds the manifest Tune downloaded then
+        if self.staging is not None and self.staging.is_dir():
+            _write_atomic(self.staging / MANIFEST, data)
+        _write_atomic(d / MANIFEST, data)
+        st = (d / MANIFEST).stat()
+        self._manifest = (data, (st.st_mtime_ns, st.st_size))
         for copy in (d / SIGNED).glob("*"):  # copies of states no longer signed
             if copy.name not in files.values():
                 copy.unlink(missing_ok=True)
+
+    def _manifest_intact(self) -> bool:
+        """Whether the sweep directory still holds the manifest as last written (not overwritten)."""
+        if self._manifest is None:
+            return False
+        try:
+            st = (self.directory / MANIFEST).stat()
+        except FileNotFoundError:
+            return False
+        return (st.st_mtime_ns, st.st_size) == self._manifest[1]
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks into tuner.pkl: never the key
         return {"directory": self.directory}

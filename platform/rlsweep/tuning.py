@@ -140,6 +140,11 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     # Tune's CSV and TensorBoard loggers cost time every iteration; result.json (which Tune itself
     # reads back) is kept by passing its callback explicitly.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune snapshots its state (which trials run, each one's latest checkpoint) at most every 10 s by
+    # default, while it deletes checkpoints beyond sweep.keep_checkpoints at once: a driver killed in
+    # between resumes from a snapshot naming a checkpoint that is gone. Every second keeps that window
+    # short (a snapshot of a 16-trial sweep is a few ms).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Checkpoints every few iterations with num_to_keep make Tune snapshot often; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # on Ctrl-C Tune logs its own recipe (`Tuner.restore(...)`) over rlsweep's one line with the command
@@ -280,10 +285,24 @@ class SignTuneState(tune.Callback):
     def __init__(self, directory: str | Path):
         self.signer = Signer(directory)
 
+    def _find_staging(self) -> None:
+        """Tune's driver staging folder for this sweep (`<Ray session>/artifacts/<time>/<name>/
+        driver_artifacts`, made at its first save): signing there keeps up with Tune's writes (see
+        `integrity.Signer`). Fenced by tests/test_sweep.py's SIGKILL test."""
+        if self.signer.staging is not None:
+            return
+        from ray.train.constants import _get_ray_train_session_dir
+
+        found = sorted(Path(_get_ray_train_session_dir()).glob(f"*/{self.signer.directory.name}/driver_artifacts"),
+                       key=lambda p: p.stat().st_mtime)
+        if found:
+            self.signer.staging = found[-1]
+
     def setup(self, **info: Any) -> None:
         self.signer.sign()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._find_staging()
         self.signer.sign(trials=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
