@@ -79,6 +79,8 @@ def test_train_then_restore_continues(exp, tmp_path):
     first = rlsweep("train", exp)
     assert first.returncode == 0, first.stderr[-3000:]
     assert printed(first.stdout, "env_steps") == 1024
+    # without -v, only rlsweep's progress line: none of Ray's, Tune's or MLflow's own lines
+    assert [x for x in first.stderr.splitlines() if x.strip() and not x.startswith("[")] == [], first.stderr
     ckpt = Path(re.search(r"^checkpoint: (.+)$", first.stdout, re.M).group(1))
     assert (ckpt / "learner.pt").is_file() and (ckpt / "state.json").is_file()
 
@@ -197,13 +199,11 @@ def test_a_trial_that_cannot_fit_the_local_ray_is_refused_after_it_starts(exp, t
 
 
 def test_verbose_lets_ray_tune_and_mlflow_speak(exp, tmp_path):
-    quiet = rlsweep("train", exp, "--set", "stop.env_steps=256")
-    loud = rlsweep("train", "-v", exp, "--set", "stop.env_steps=256", "--set", f"results_dir={tmp_path / 'loud'}")
-    assert quiet.returncode == 0 and loud.returncode == 0, loud.stderr[-2000:]
+    """(Without -v none of these lines show: test_train_then_restore_continues.)"""
+    loud = rlsweep("train", "-v", exp, "--set", "stop.env_steps=256")
+    assert loud.returncode == 0, loud.stderr[-2000:]
     for said in ("Started a local Ray instance", "Total run time", "Checkpoint successfully created"):
-        assert said in loud.stderr and said not in quiet.stderr, said
-    assert [x for x in quiet.stderr.splitlines() if x.strip()] == [
-        x for x in quiet.stderr.splitlines() if x.startswith("[")], quiet.stderr  # only the progress line
+        assert said in loud.stderr, said
 
 
 def _descendants(pid: int) -> list[int]:
@@ -233,7 +233,7 @@ def test_a_killed_learner_actor_fails_the_trial_and_tune_restarts_it_from_its_ch
 
     proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "train", str(exp), "--set", "learners.num_learners=1",
                              "--set", "learners.cpus_per_learner=0.25", "--set", "checkpoint_frequency=2",
-                             "--set", "stop.env_steps=4096", "--set", "ppo.num_epochs=30", "--set", "tracking.flush_s=0"],
+                             "--set", "stop.env_steps=2560", "--set", "ppo.num_epochs=30", "--set", "tracking.flush_s=0"],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "platform")}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -245,7 +245,7 @@ def test_a_killed_learner_actor_fails_the_trial_and_tune_restarts_it_from_its_ch
             logged = len(client.get_metric_history(run.info.run_id, "env_steps"))
         except Exception:  # the store and the run are made by the command
             logged = 0
-        if 3 <= logged < 12:
+        if 3 <= logged < 8:
             learners = [p for p in _descendants(proc.pid)
                         if b"LearnerActor" in Path(f"/proc/{p}/cmdline").read_bytes()]
             if learners:
@@ -256,4 +256,4 @@ def test_a_killed_learner_actor_fails_the_trial_and_tune_restarts_it_from_its_ch
     assert proc.returncode == 0, err[-3000:]
     [run] = client.search_runs([client.get_experiment_by_name("clitest").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["rlsweep.retries"] == "1", run.data.tags
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == list(range(256, 4097, 256))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == list(range(256, 2561, 256))

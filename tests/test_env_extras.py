@@ -56,7 +56,7 @@ def test_mujoco_warnings_go_to_the_log_once_and_no_file_is_written(tmp_path, mon
 
 def test_the_hopper_experiment_trains_on_a_rollout_actor(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "train", str(ROOT / "experiments/hopper_ppo.yaml"),
-                        "--set", "stop.env_steps=4096", "--set", "evaluation.interval=1",
+                        "--set", "stop.env_steps=2048", "--set", "evaluation.interval=1",
                         "--set", f"results_dir={tmp_path / 'results'}", "--set", f"tracking.local_dir={tmp_path}"],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path,
                        env={**__import__("os").environ, **PYTHONPATH})

@@ -406,7 +406,7 @@ def test_ui_links_resolve_on_a_real_sweep_and_sigterm_stops_every_server_process
     import json
     import urllib.request
 
-    exp = experiment(tmp_path, steps=1024, concurrent=2)
+    exp = experiment(tmp_path, steps=512, concurrent=2)
     (tmp_path / "space.yaml").write_text(LR_ONLY)
     r = rlsweep("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "linked", "--trials", "2")
     assert r.returncode == 0, r.stderr[-3000:]
