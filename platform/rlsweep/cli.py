@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def address_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--address", default=None, metavar="ADDRESS",
-                        help="join this Ray cluster (host:port, ray://host:10001, or auto); default $RAY_ADDRESS, "
+                        help="join this Ray cluster (host:port of its head, or auto on one of its nodes); default $RAY_ADDRESS, "
                              "else a local Ray")
 
     def experiment_args(sp: argparse.ArgumentParser) -> None:

@@ -135,7 +135,7 @@ class Learner:
         return dict(zip((M.POLICY_LOSS, M.VALUE_LOSS, M.ENTROPY, M.APPROX_KL, M.CLIP_FRACTION), row, strict=True))
 
     def close(self) -> None:
-        """Nothing to release in-process (learner actors release their group)."""
+        """Nothing to release in-process (a `learners.LearnerGroup` kills its actors)."""
 
     def finite(self) -> bool:
         """Whether every parameter is a finite number."""
