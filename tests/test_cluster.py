@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -34,8 +35,9 @@ tracking: {{local_dir: {store}, flush_s: 0}}
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
+    """Two nodes of one CPU each, started like `ray start` nodes: a fixed cluster (no autoscaler)."""
     from ray.cluster_utils import Cluster
 
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -47,13 +49,48 @@ def cluster():
         c.shutdown()
 
 
+def rlsweep(*args, timeout=300):
+    env = env_for()
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "rlsweep.cli", *map(str, args)], cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def node_ids(cluster):
+    return {cluster.head_node.node_id[:8], *(n.node_id[:8] for n in cluster.list_all_nodes())}
+
+
+def test_a_trial_bigger_than_a_fixed_cluster_is_refused_and_without_address_rlsweep_starts_its_own_ray(tmp_path, cluster):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(EXP.format(results=tmp_path / "results", store=tmp_path, steps=512))
+    # 1.5 + 0.25 x 3 = 2.25 CPUs: more than both nodes together, and nothing will add nodes
+    r = rlsweep("train", exp, "--address", cluster.address, "--set", "resources.learner_cpus=1.5")
+    assert r.returncode == 2, r.stderr[-3000:]
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("rlsweep: error: a trial asks for 2.25 CPUs (resources.learner_cpus 1.5 + ") and \
+        "but the cluster now has 2: " in line and "Ray reports no autoscaler for this cluster" in line and \
+        "--wait-for-resources" in line, line
+    assert not (tmp_path / "results").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("sweeptest")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+    # no --address, no RAY_ADDRESS: a Ray of rlsweep's own, though a `ray start` cluster runs on this
+    # machine (a bare ray.init() would join it)
+    r = rlsweep("train", exp, "--set", "learners.num_learners=0", "--set", "rollouts.num_rollout_workers=0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    [run] = client.search_runs([client.get_experiment_by_name("sweeptest").experiment_id])
+    placement = dict(part.split("=") for part in run.data.tags["rlsweep.placement"].split())
+    assert placement and not set(placement.values()) & node_ids(cluster), (placement, node_ids(cluster))
+
+
 @pytest.mark.slow
 def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, cluster):
     steps = 4096
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP.format(results=tmp_path / "results", store=tmp_path, steps=steps))
     (tmp_path / "space.yaml").write_text(LR_ONLY)
-    nodes = {cluster.head_node.node_id[:8], cluster.list_all_nodes()[1].node_id[:8]}
+    nodes = node_ids(cluster)
     assert len(nodes) == 2
     env = env_for()
     env.pop("RAY_ADDRESS", None)
@@ -98,3 +135,49 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
         arts = {a.path for a in client.list_artifacts(c.info.run_id, "checkpoints")}
         assert {"checkpoints/final", "checkpoints/best"} <= arts
     assert seen == nodes, (seen, nodes)  # the trials' processes ran on both nodes, and nowhere else
+
+
+def test_a_node_that_does_not_share_results_dir_is_named_before_anything_starts(tmp_path):
+    """A second node whose results_dir is its own disk (here: a tmpfs in its own mount namespace,
+    over the same path): it writes the probe, this machine never sees it. One line naming the node,
+    exit 2, no sweep folder, no MLflow run."""
+    from ray.cluster_utils import Cluster
+
+    results = tmp_path / "results"
+    results.mkdir()
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # root may make a mount namespace; anyone else, within a user namespace of their own
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    node = subprocess.Popen([*unshare, "--propagation", "private", "sh", "-c",
+                             f"mount -t tmpfs rlsweep-test {results} && exec {ray_cli} start --address {head.address} "
+                             "--num-cpus 1 --block --disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while len([n for n in head.global_state.node_table() if n["Alive"]]) < 2:
+            assert node.poll() is None, node.communicate()[1][-3000:]
+            assert time.time() < deadline, "the second node never joined"
+            time.sleep(0.5)
+        [other] = [n["NodeID"][:8] for n in head.global_state.node_table() if n["Alive"] and
+                   n["NodeID"] != head.head_node.node_id]
+        exp = tmp_path / "exp.yaml"
+        exp.write_text(EXP.format(results=results, store=tmp_path, steps=512))
+        (tmp_path / "space.yaml").write_text(LR_ONLY)
+        r = rlsweep("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "apart", "--address", head.address)
+        assert r.returncode == 2, r.stderr[-3000:]
+        [line] = r.stderr.strip().splitlines()
+        assert line.startswith(f"rlsweep: error: results_dir {results}: node {other} (") and \
+            "wrote a file there that this machine does not see" in line and "shared filesystem" in line, line
+        assert list(results.iterdir()) == []  # no sweep folder, and the probes are gone
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        experiment = client.get_experiment_by_name("sweeptest")
+        assert experiment is None or not client.search_runs([experiment.experiment_id])
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
+        head.shutdown()

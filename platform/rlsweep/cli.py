@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--address", default=None, metavar="ADDRESS",
                         help="join this Ray cluster (host:port of its head, or auto on one of its nodes); default $RAY_ADDRESS, "
                              "else a local Ray")
+        sp.add_argument("--wait-for-resources", action="store_true", default=argparse.SUPPRESS,
+                        help="on a joined cluster, let trials bigger than it is now wait for nodes (an autoscaler "
+                             "that Ray does not report); default: refused, exit 2")
 
     def experiment_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("experiment", help="experiment YAML, e.g. experiments/cartpole_ppo.yaml")
@@ -491,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity.set_verbose(getattr(args, "verbose", False))
     if getattr(args, "address", None):  # ray.init() joins RAY_ADDRESS, and Ray's own tools read it too
         os.environ["RAY_ADDRESS"] = args.address
+    if getattr(args, "wait_for_resources", False):
+        os.environ["RLSWEEP_WAIT_FOR_RESOURCES"] = "1"  # tuning.WAIT_ENV (importing it here would import Ray)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(verbosity.level()))  # not a line per migration
     # rlsweep's writer retries failed MLflow calls itself (tracking.outage_s), without holding up
     # training: MLflow's own retries (7, about two minutes per call) would only block it

@@ -191,6 +191,8 @@ def resume_sweep(directory: Path) -> Any:
     for note in verify(directory):
         print(f"rlsweep: {note}", file=sys.stderr)
     tuning.init_ray()
+    # the cluster resumed on may be another one, or smaller than the one the sweep started on
+    tuning.check_cluster(ExperimentConfig.model_validate(read_meta(directory, full=True)["experiment"]), directory)
     tuner = tune.Tuner.restore(str(directory), trainable=tuning.trainable_for(), resume_unfinished=True,
                                resume_errored=False)
     try:

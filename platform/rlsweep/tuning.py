@@ -58,19 +58,41 @@ def _secrets_kept_from_ray() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def check_cluster(cfg: ExperimentConfig) -> None:
-    """A trial that can never fit the Ray that rlsweep started is bad input (Tune would wait for it
-    forever). A joined cluster (RAY_ADDRESS, --address) may be autoscaling: a trial that does not fit
-    it now is said once, and waits for nodes; every node must reach `results_dir`."""
+WAIT_ENV = "RLSWEEP_WAIT_FOR_RESOURCES"  # set by --wait-for-resources
+
+
+def _autoscaling_ceiling() -> dict[str, float] | None:
+    """The most of each resource the joined cluster's autoscaler may grow it to, where Ray reports
+    one (autoscaler v2, KubeRay); None where Ray knows of no autoscaler (`ray start` nodes)."""
+    try:
+        from ray._private.state import state
+
+        return state.get_max_resources_from_cluster_config() or None
+    except Exception:  # an internal API: where it is missing or fails, no ceiling is known
+        return None
+
+
+def check_cluster(cfg: ExperimentConfig, storage: str | Path | None = None) -> None:
+    """A trial that can never fit is bad input (Tune would wait for it forever): on the Ray rlsweep
+    started, and on a joined cluster (RAY_ADDRESS, --address) whose autoscaler's ceiling is below it
+    or that Ray knows no autoscaler of. A trial that does not fit a joined cluster now but could once
+    its autoscaler adds nodes (or the user says one will: --wait-for-resources) is said once, and
+    waits. Every node of a joined cluster must reach `storage` (default: `results_dir`)."""
     have = ray.cluster_resources()
     if not os.environ.get("RAY_ADDRESS"):
         cfg.check_fits(have.get("CPU", 0.0), have.get("GPU", 0.0), "the local Ray")
         return
     try:
         cfg.check_fits(have.get("CPU", 0.0), have.get("GPU", 0.0), "the cluster now")
-    except ConfigError as e:
-        print(f"rlsweep: {e}; its trials wait until an autoscaler adds nodes (Ctrl-C stops)", file=sys.stderr)
-    check_shared_storage(cfg.results_dir)
+    except ConfigError as now:
+        ceiling = _autoscaling_ceiling()
+        if ceiling is not None:
+            cfg.check_fits(ceiling.get("CPU", 0.0), ceiling.get("GPU", 0.0), "the cluster at its autoscaler's largest")
+        elif not os.environ.get(WAIT_ENV):
+            raise ConfigError(f"{now} (Ray reports no autoscaler for this cluster; if one adds nodes, "
+                              "pass --wait-for-resources)") from None
+        print(f"rlsweep: {now}; its trials wait until an autoscaler adds nodes (Ctrl-C stops)", file=sys.stderr)
+    check_shared_storage(str(storage or cfg.results_dir))
 
 
 def _probe(directory: str, token: str) -> str:
@@ -151,8 +173,13 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     # that resumes; its other messages are kept
     if not verbosity.verbose():
         logging.getLogger("ray.tune.tune").addFilter(_no_tune_interrupt_recipe)
+    # Without --address / RAY_ADDRESS rlsweep starts a Ray of its own: ray.init() alone would join the
+    # latest cluster started on this machine (`ray start`, /tmp/ray/ray_current_cluster) unasked, and
+    # every check here would take that cluster for the local Ray.
+    address = None if os.environ.get("RAY_ADDRESS") else "local"
     with _secrets_kept_from_ray():
-        ray.init(include_dashboard=False, logging_level=verbosity.level(), log_to_driver=True, configure_logging=True)
+        ray.init(address=address, include_dashboard=False, logging_level=verbosity.level(), log_to_driver=True,
+                 configure_logging=True)
     interrupt_on_termination()
     warm.join()
 
