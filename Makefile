@@ -26,8 +26,8 @@ sweep: venv  ## the main job: an Optuna sweep of PPO on CartPole, tracked in ./m
 train: venv
 	$(BIN)/rlsweep train experiments/cartpole_ppo.yaml
 
-test: venv  ## the whole suite, slow tests included
-	$(BIN)/python -m pytest -q
+test: venv  ## the whole suite, slow tests included: two workers (most of a test's time is waiting on processes)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -9,12 +9,19 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ["RLSWEEP_KEY_FILE"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"rlsweep-test-key-{os.getpid()}")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Long tests first (a stable sort): with `make test`'s two pytest-xdist workers, the suite then
+    ends on short tests instead of one worker finishing a long one alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the in-process trainable tests (2 CPUs, like the smallest machine)."""
+    """One local Ray for the in-process trainable tests (2 CPUs, like the smallest machine); its own
+    even where a cluster of another test runs on this machine (a bare ray.init() would join that)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

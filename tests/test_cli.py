@@ -75,6 +75,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr
 
 
+@pytest.mark.slow
 def test_train_then_restore_continues(exp, tmp_path):
     first = rlsweep("train", exp)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -138,6 +139,7 @@ def with_test_envs(*args):
                           env={**__import__("os").environ, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"})
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_fails_and_says_why_in_the_terminal_and_in_mlflow(exp, tmp_path):
     """Rewards that turn NaN (a real env, in a real rollout actor) end the trial as an error that
     names the iteration and the quantity; exit 1; the MLflow run is FAILED with that reason, its curve
@@ -163,6 +165,7 @@ def test_a_diverging_trial_fails_and_says_why_in_the_terminal_and_in_mlflow(exp,
     assert json.loads((trial_dir / "checkpoint_000000" / "state.json").read_text())["iterations"] == 1
 
 
+@pytest.mark.slow
 def test_a_crashed_trial_is_retried_from_its_checkpoint_in_the_same_run(exp, tmp_path):
     """The env raises once, in the trial's 3rd iteration: Tune restarts the trial from its checkpoint
     after iteration 2 (max_failures 1) and it finishes; one MLflow run, every step logged once."""
@@ -223,6 +226,7 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_learner_actor_fails_the_trial_and_tune_restarts_it_from_its_checkpoint(exp, tmp_path):
     """SIGKILL to the learner actor's process mid-run: the trial fails, is restarted from its last
     checkpoint on new learner actors (max_failures 1) and finishes; one MLflow run, every step once."""

@@ -15,6 +15,9 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import ROOT
 from tests.test_sweep import LR_ONLY, env_for, runs_of
 
+# one pytest-xdist worker runs them all, so that the module's cluster is started once
+pytestmark = pytest.mark.xdist_group("cluster")
+
 # one CPU a trial (trainable, a rollout worker, evaluation, a learner actor): two trials at once need
 # both one-CPU nodes
 EXP = """\
@@ -60,6 +63,7 @@ def node_ids(cluster):
     return {cluster.head_node.node_id[:8], *(n.node_id[:8] for n in cluster.list_all_nodes())}
 
 
+@pytest.mark.slow
 def test_a_trial_bigger_than_a_fixed_cluster_is_refused_and_without_address_rlsweep_starts_its_own_ray(tmp_path, cluster):
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP.format(results=tmp_path / "results", store=tmp_path, steps=512))
@@ -137,6 +141,7 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
     assert seen == nodes, (seen, nodes)  # the trials' processes ran on both nodes, and nowhere else
 
 
+@pytest.mark.slow
 def test_a_node_that_does_not_share_results_dir_is_named_before_anything_starts(tmp_path):
     """A second node whose results_dir is its own disk (here: a tmpfs in its own mount namespace,
     over the same path): it writes the probe, this machine never sees it. One line naming the node,

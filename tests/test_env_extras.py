@@ -54,6 +54,7 @@ def test_mujoco_warnings_go_to_the_log_once_and_no_file_is_written(tmp_path, mon
     assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
 
 
+@pytest.mark.slow
 def test_the_hopper_experiment_trains_on_a_rollout_actor(tmp_path):
     r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "train", str(ROOT / "experiments/hopper_ppo.yaml"),
                         "--set", "stop.env_steps=2048", "--set", "evaluation.interval=1",

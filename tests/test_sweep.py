@@ -109,6 +109,7 @@ def trial_results(sweep_dir):
     return out
 
 
+@pytest.mark.slow
 def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     exp = experiment(tmp_path)
     r = rlsweep("sweep", exp, "--space", CORE, "--name", "s1", uri=mlflow_server)
@@ -213,9 +214,9 @@ def _sweep_process(exp, space, name, *extra):
                             preexec_fn=lambda: os.nice(10))
 
 
-def _wait_mid_sweep(tmp_path, proc, per_trial, timeout=240):
-    """Until MLflow shows one trial finished and another part-way through and past its last
-    checkpoint (they come every 3 iterations), so that resuming must replay iterations it logged.
+def _wait_mid_sweep(tmp_path, proc, per_trial, finished_before=1, timeout=240):
+    """Until MLflow shows `finished_before` trials finished and another part-way through and past its
+    last checkpoint (they come every 3 iterations), so that resuming must replay iterations it logged.
 
     MLflow is watched because the driver logs every iteration at once; Tune's own result files only
     reach the results folder when a checkpoint is synced.
@@ -235,24 +236,24 @@ def _wait_mid_sweep(tmp_path, proc, per_trial, timeout=240):
                         mid.append(r)
         except Exception:  # the store is created by the sweep; it may not exist yet or be busy
             finished, mid = [], []
-        if finished and mid:
+        if len(finished) == finished_before and mid:
             return
         time.sleep(0.05)
-    raise TimeoutError("the sweep never reached the middle of a second trial")
+    raise TimeoutError("the sweep never reached the middle of a trial after the first ones")
 
 
-def _check_interrupted(tmp_path, proc, trials):
+def _check_interrupted(tmp_path, proc, trials, done=1):
     """The interruption as the user sees it: exit 130, true counts, the resume command; in MLflow the
-    parent and the cut trial interrupted (KILLED), the finished trial finished."""
+    parent and the cut trial interrupted (KILLED), the finished trials finished."""
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    assert f"interrupted (1/{trials} trials done, 0 of them failed)" in err and "rlsweep resume" in err, err[-3000:]
+    assert f"interrupted ({done}/{trials} trials done, 0 of them failed)" in err and "rlsweep resume" in err, err[-3000:]
     assert "done:" not in out
     runs = runs_of(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
     assert parent.info.status == "KILLED" and parent.data.tags["rlsweep.status"] == "interrupted"
     children = sorted(x.data.tags["rlsweep.status"] for x in runs if x.data.tags.get("rlsweep.kind") == "trial")
-    assert children == ["finished", "interrupted"]
+    assert children == ["finished"] * done + ["interrupted"]
 
 
 def _check_resumed(tmp_path, name, per_trial, trials=4):
@@ -294,7 +295,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     per_trial = 6144  # 12 iterations of 512, checkpoints every 3
     exp = experiment(tmp_path, steps=per_trial, concurrent=1)
     (tmp_path / "space.yaml").write_text(LR_ONLY)
-    proc = _sweep_process(exp, tmp_path / "space.yaml", "crash")
+    proc = _sweep_process(exp, tmp_path / "space.yaml", "crash", "--trials", "2")
     try:
         _wait_mid_sweep(tmp_path, proc, per_trial)
     finally:
@@ -304,7 +305,7 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     marker = tmp_path / "payload-ran"
     (tmp_path / "results" / "crash" / "tuner.pkl").write_bytes(
         pickle.dumps(Payload(f"touch {marker}")))
-    r = _check_resumed(tmp_path, "crash", per_trial)
+    r = _check_resumed(tmp_path, "crash", per_trial, trials=2)
     assert not marker.exists() and "tuner.pkl changed after it was signed" in r.stderr
 
 
@@ -317,29 +318,25 @@ class Payload:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+def test_ctrl_c_then_sigterm_in_the_last_trial_stop_cleanly_and_resume(tmp_path):
+    """Ctrl-C (SIGINT to the whole foreground group, as a terminal sends it) in the second of three
+    trials; `resume`; then `kill` (SIGTERM, to the driver alone) while the sweep's last trial runs:
+    Tune would call every trial TERMINATED, rlsweep reports it interrupted; `resume` finishes it."""
     per_trial = 6144
     exp = experiment(tmp_path, steps=per_trial, concurrent=1)
     (tmp_path / "space.yaml").write_text(LR_ONLY)
-    proc = _sweep_process(exp, tmp_path / "space.yaml", "ctrlc")
+    proc = _sweep_process(exp, tmp_path / "space.yaml", "ctrlc", "--trials", "3")
     _wait_mid_sweep(tmp_path, proc, per_trial)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground group
-    _check_interrupted(tmp_path, proc, trials=4)
-    _check_resumed(tmp_path, "ctrlc", per_trial)
+    os.killpg(proc.pid, signal.SIGINT)
+    _check_interrupted(tmp_path, proc, trials=3)
 
-
-@pytest.mark.slow
-def test_sigterm_in_the_last_trial_is_an_interruption_not_a_finish(tmp_path):
-    """`kill` (SIGTERM, to the driver alone) while the sweep's last trial runs: Tune would call every
-    trial TERMINATED; rlsweep reports it interrupted, and `resume` finishes it."""
-    per_trial = 6144
-    exp = experiment(tmp_path, steps=per_trial, concurrent=1)
-    (tmp_path / "space.yaml").write_text(LR_ONLY)
-    proc = _sweep_process(exp, tmp_path / "space.yaml", "term", "--trials", "2")
-    _wait_mid_sweep(tmp_path, proc, per_trial)
+    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "resume", "ctrlc", "--results-dir",
+                             str(tmp_path / "results")], cwd=ROOT, env=env_for(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=lambda: os.nice(10))
+    _wait_mid_sweep(tmp_path, proc, per_trial, finished_before=2)
     os.kill(proc.pid, signal.SIGTERM)
-    _check_interrupted(tmp_path, proc, trials=2)
-    _check_resumed(tmp_path, "term", per_trial, trials=2)
+    _check_interrupted(tmp_path, proc, trials=3, done=2)
+    _check_resumed(tmp_path, "ctrlc", per_trial, trials=3)
 
 
 @pytest.mark.parametrize("setup,args,fragment", [
@@ -402,6 +399,7 @@ def test_ui_serves_the_store(tmp_path):
     assert (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_ui_links_resolve_on_a_real_sweep_and_sigterm_stops_every_server_process(tmp_path):
     import json
     import urllib.request
@@ -470,6 +468,7 @@ def test_ui_refuses_a_missing_store_and_a_busy_port(tmp_path):
     assert r.returncode == 1 and "is in use" in r.stderr and "--port" in r.stderr
 
 
+@pytest.mark.slow
 def test_asha_stops_weak_trials_early(tmp_path):
     exp = experiment(tmp_path, steps=8192, concurrent=2)
     (tmp_path / "space.yaml").write_text("ppo.lr: {type: loguniform, low: 1.0e-5, high: 3.0e-3}\n")

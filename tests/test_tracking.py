@@ -382,6 +382,7 @@ def test_check_store_sends_basic_auth_from_the_uri():
     assert seen[0][0] == "/health"
 
 
+@pytest.mark.slow
 def test_processes_opening_a_fresh_sqlite_store_at_once_do_not_race(tmp_path):
     """Four processes create the same brand-new store (and experiment) at the same moment, as two
     sweeps started together do: every one gets it."""
