@@ -129,7 +129,7 @@ def main() -> None:
     from rlsweep.tracking import Tracker
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     store = tempfile.mkdtemp(prefix="rlsweep-throughput-")
     tracker = Tracker(f"sqlite:///{store}/mlflow.db", "throughput")
     out = []

@@ -1,4 +1,10 @@
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -79,3 +85,41 @@ def mlflow_store(tmp_path_factory):
     uri = f"sqlite:///{d / 'mlflow.db'}"
     Store(uri, "warm-up", (d / "artifacts").as_uri()).tracker()  # runs the migrations once
     return uri, (d / "artifacts").as_uri()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, proc, seconds=90):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert proc.poll() is None, "server exited"
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def start_mlflow_server(directory: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on loopback, its SQLite store and artifacts in `directory`, in a process
+    group of its own; returns once it answers. MLflow's job runner stays off: a dozen processes this
+    suite does not use, one of which outlived the server's SIGTERM."""
+    db = directory / "server.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(directory / "server-artifacts"),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    wait_http(f"http://127.0.0.1:{port}/health", proc)
+    return proc
+
+
+def stop_mlflow_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)

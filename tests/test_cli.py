@@ -53,6 +53,7 @@ def exp(tmp_path):
     (["--set", "ppo.ent_coef=.nan"], "key 'ppo.ent_coef': Input should be a finite number (got nan)"),
     (["--set", "ppo.train_batch_size=100000000000"], "key 'ppo.train_batch_size': Input should be less than or equal"),
     (["--set", "policy.hidden_sizes=[100000000]"], "layer widths up to 65536"),
+    (["--set", "results_dir=s3://bucket/runs"], "key 'results_dir': a filesystem path, not a URI (s3://bucket/runs)"),
     (["--set", "resources.learner_cpus=100000"],
      "a trial asks for 100000.5 CPUs (resources.learner_cpus 100000 + rollouts.num_rollout_workers 1 x "
      "resources.worker_cpus 0.25 + resources.evaluation_cpus 0.25) but this machine"),

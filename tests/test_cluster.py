@@ -74,6 +74,13 @@ def test_a_trial_bigger_than_a_fixed_cluster_is_refused_and_without_address_rlsw
     assert line.startswith("rlsweep: error: a trial asks for 2.25 CPUs (resources.learner_cpus 1.5 + ") and \
         "but the cluster now has 2: " in line and "Ray reports no autoscaler for this cluster" in line and \
         "--wait-for-resources" in line, line
+    # 1.5 CPUs in all fit the two nodes together, but no node has 1.5 for the trainable's process
+    r = rlsweep("train", exp, "--address", cluster.address, "--set", "resources.learner_cpus=1.5",
+                "--set", "rollouts.num_rollout_workers=0", "--set", "learners.num_learners=0")
+    assert r.returncode == 2, r.stderr[-3000:]
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("rlsweep: error: resources.learner_cpus 1.5: one process of a trial asks for 1.5 CPUs "
+                           "on one node but its largest node now has 1: ") and "--wait-for-resources" in line, line
     assert not (tmp_path / "results").exists()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("sweeptest")
@@ -139,6 +146,66 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
         arts = {a.path for a in client.list_artifacts(c.info.run_id, "checkpoints")}
         assert {"checkpoints/final", "checkpoints/best"} <= arts
     assert seen == nodes, (seen, nodes)  # the trials' processes ran on both nodes, and nowhere else
+
+
+@pytest.mark.slow
+def test_on_an_autoscaling_cluster_a_trial_waits_for_nodes_up_to_the_autoscalers_ceiling(tmp_path, cluster):
+    """The cluster config an autoscaler (v2, KubeRay) reports to the GCS, here reported by the test:
+    node groups and how many nodes each may grow to. Above that ceiling a trial is refused; below it,
+    it is said once and waits for nodes (Ctrl-C stops it)."""
+    from ray._raylet import GcsClient
+    from ray.core.generated import autoscaler_pb2
+
+    gcs = GcsClient(address=cluster.address)
+
+    def report(workers=None, cpus=1):
+        """The head's group (one node of 1 CPU) and up to `workers` nodes of `cpus` CPUs each."""
+        config = autoscaler_pb2.ClusterConfig()
+        if workers is not None:
+            for name, count, size in (("head", 1, 1), ("cpu-workers", workers, cpus)):
+                group = config.node_group_configs.add(name=name, max_count=count)
+                group.resources["CPU"] = size
+        gcs.report_cluster_config(config.SerializeToString())
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(EXP.format(results=tmp_path / "results", store=tmp_path, steps=512))
+    too_big = ("--address", cluster.address, "--set", "resources.learner_cpus=1.5")  # 2.25 CPUs, 2 there now
+    try:
+        report(workers=1)  # at most 2 one-CPU nodes
+        r = rlsweep("train", exp, *too_big)
+        assert r.returncode == 2, r.stderr[-3000:]
+        [line] = r.stderr.strip().splitlines()
+        assert "a trial asks for 2.25 CPUs" in line and "but the cluster at its autoscaler's largest has 2: " in line
+
+        report(workers=4)  # 5 CPUs in all, but no node bigger than one CPU for the trainable's 1.5
+        r = rlsweep("train", exp, *too_big)
+        assert r.returncode == 2, r.stderr[-3000:]
+        [line] = r.stderr.strip().splitlines()
+        assert line == ("rlsweep: error: resources.learner_cpus 1.5: one process of a trial asks for 1.5 CPUs on one "
+                        "node but the largest node its autoscaler adds has 1: lower resources.learner_cpus, or add "
+                        "larger nodes"), line
+
+        report(workers=2, cpus=2)  # two-CPU nodes, 5 CPUs in all: the trial fits once nodes come
+        env = env_for()
+        env.pop("RAY_ADDRESS", None)
+        proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "train", str(exp), *too_big], cwd=ROOT, env=env,
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            said = proc.stderr.readline()  # the first line it prints
+            assert "a trial asks for 2.25 CPUs" in said and "but the cluster now has 2" in said and \
+                "its trials wait until an autoscaler adds nodes" in said, said
+            time.sleep(3)
+            assert proc.poll() is None  # waiting, not refused
+            os.killpg(proc.pid, signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 130, out + err[-3000:]  # not "finished": it never ran
+            assert "interrupted after 0 env steps; its trial never started (it waited for resources)" in err, err
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    finally:
+        report()  # no autoscaler again, for the module's other tests
 
 
 @pytest.mark.slow

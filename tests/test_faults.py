@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
-from tests.test_sweep import free_port, wait_http
+from tests.conftest import ROOT, free_port
+from tests.conftest import start_mlflow_server as start_server
+from tests.conftest import stop_mlflow_server as stop_server
 
 EXP = """\
 name: outage
@@ -31,21 +32,6 @@ resources: {{learner_cpus: 1}}
 sweep: {{metric: episode_return_mean}}
 tracking: {{flush_s: 0, outage_s: {outage_s}, checkpoint_wait_s: 2}}
 """
-
-
-def start_server(tmp_path, port):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/health", proc)
-    return proc
-
-
-def stop_server(proc):
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
 
 
 def train(tmp_path, uri, steps, outage_s):
@@ -81,13 +67,13 @@ def test_a_server_outage_mid_run_loses_nothing_and_does_not_stop_training(tmp_pa
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(tmp_path, port)
-    steps = 512 * 60
+    steps = 512 * 40
     proc = train(tmp_path, uri, steps, outage_s=300)
     try:
         wait_for_steps(uri, proc, 3)
         stop_server(server)
         down_at = time.time()
-        time.sleep(12)
+        time.sleep(10)
         assert proc.poll() is None
         back_at = time.time()
         server = start_server(tmp_path, port)

@@ -442,9 +442,13 @@ class MlflowCallback(tune.Callback):
             self.interrupted = True
             return
         # Tune marks the trials it stops on Ctrl-C TERMINATED, as if they had finished, but never
-        # completes them: a trial that ran here and did not complete or fail was cut short
+        # completes them: a trial that ran here and did not complete or fail was cut short, and so
+        # was one that never started (it waited for resources); one that finished before a resume
+        # has its last result
         cut = [t for t in trials if t.status not in ("TERMINATED", "ERROR")
-               or (t.trial_id in self._opened and t.trial_id not in self._closed)]
+               or (t.trial_id in self._opened and t.trial_id not in self._closed)
+               or (t.status == "TERMINATED" and t.trial_id not in self._closed
+                   and not (t.last_result or {}).get(M.TRAINING_ITERATION))]
         budget = self.sweep.time_budget_s if self.sweep is not None else None
         out_of_time = budget is not None and time.monotonic() - self._started_at >= budget
         for trial in cut:

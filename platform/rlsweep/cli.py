@@ -173,7 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             M.EXPLAINED_VARIANCE, M.ENV_STEPS_PER_S, M.TIME_TOTAL_S]
     if out.interrupted:
         then = (f"continue it with: {_self_command()} train {args.experiment} --restore {out.checkpoint}"
-                if out.checkpoint else "it saved no checkpoint yet (see checkpoint_frequency)")
+                if out.checkpoint else "it saved no checkpoint yet (see checkpoint_frequency)"
+                if out.run_id else "its trial never started (it waited for resources)")
         why = f" ({redact(out.why_interrupted)})" if out.why_interrupted else ""
         print(f"interrupted after {out.metrics.get(M.ENV_STEPS, 0)} env steps{why}; {then}", file=sys.stderr)
         return EXIT_INTERRUPTED

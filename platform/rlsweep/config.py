@@ -6,6 +6,7 @@ expected, so the CLI can print one line and exit 2.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,7 +187,8 @@ class ExperimentConfig(_Section):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name.")
     seed: int = Field(0, ge=0, description="Seeds the learner, every worker and evaluation.")
-    results_dir: str = Field("results", description="Where Tune keeps trials and checkpoints.")
+    results_dir: str = Field("results", min_length=1, description="Where Tune keeps trials and checkpoints: a "
+                             "path (on a cluster, one filesystem mounted at that path on every node).")
     checkpoint_frequency: int = Field(0, ge=0, description="Checkpoint every N iterations (0: at end).")
     max_failures: int = Field(
         1, ge=0, description="Restart a trial that failed (a crash, a lost node) up to this many times, from its "
@@ -201,6 +203,14 @@ class ExperimentConfig(_Section):
     learners: LearnersConfig = Field(default_factory=LearnersConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("results_dir")
+    @classmethod
+    def _a_path(cls, v: str) -> str:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
+            raise ValueError(f"a filesystem path, not a URI ({v}): rlsweep reads and signs Tune's state there; mount "
+                             "the bucket on every node (s3fs, gcsfuse) or use a shared filesystem")
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -233,17 +243,37 @@ class ExperimentConfig(_Section):
             raise ValueError("sweep.scheduler asha needs stop.env_steps (the budget its rungs divide)")
         return self
 
+    def bundles(self) -> list[tuple[dict[str, str], dict[str, float]]]:
+        """What one trial asks Ray for, bundle by bundle, each with the keys that size it: the trainable,
+        each rollout worker and the evaluation worker when sampling runs on actors, each learner actor
+        (`trainable.resource_request` makes them a placement group). A bundle lands on one node."""
+        r, n, ls = self.resources, self.rollouts.num_rollout_workers, self.learners
+        out = [({"CPU": "resources.learner_cpus", "GPU": "resources.learner_gpus"},
+                {"CPU": r.learner_cpus, **({"GPU": r.learner_gpus} if r.learner_gpus else {})})]
+        if n:
+            out += [({"CPU": "resources.worker_cpus"}, {"CPU": r.worker_cpus})] * n
+            out += [({"CPU": "resources.evaluation_cpus"}, {"CPU": r.evaluation_cpus})]
+        learner = {"CPU": ls.cpus_per_learner, **({"GPU": ls.gpus_per_learner} if ls.gpus_per_learner else {})}
+        return out + [({"CPU": "learners.cpus_per_learner", "GPU": "learners.gpus_per_learner"}, learner)] * ls.num_learners
+
     @property
     def trial_cpus(self) -> float:
-        """The CPUs one trial asks Ray for: the learner, plus each rollout worker and the evaluation
-        worker when sampling runs on actors (`trainable.resource_request` makes the bundles)."""
-        r, n, ls = self.resources, self.rollouts.num_rollout_workers, self.learners
-        sampling = 0.0 if n == 0 else n * r.worker_cpus + r.evaluation_cpus
-        return r.learner_cpus + sampling + ls.num_learners * ls.cpus_per_learner
+        return sum(b.get("CPU", 0.0) for _, b in self.bundles())
 
     @property
     def trial_gpus(self) -> float:
-        return self.resources.learner_gpus + self.learners.num_learners * self.learners.gpus_per_learner
+        return sum(b.get("GPU", 0.0) for _, b in self.bundles())
+
+    def check_bundles_fit(self, cpus: float, gpus: float, where: str) -> None:
+        """ConfigError when one bundle asks for more than the largest node `where` has (Ray places a
+        bundle on one node: it would wait forever)."""
+        for kind, have in (("CPU", cpus), ("GPU", gpus)):
+            keys, bundle = max(self.bundles(), key=lambda kb: kb[1].get(kind, 0.0))
+            want = bundle.get(kind, 0.0)
+            if want > have + 1e-9:
+                key = keys[kind]
+                raise ConfigError(f"{key} {want:g}: one process of a trial asks for {want:g} {kind}s on one node but "
+                                  f"{where} has {have:g}: lower {key}, or add larger nodes")
 
     def check_fits(self, cpus: float, gpus: float | None, where: str) -> None:
         """ConfigError when one trial asks for more than `where` has (it would wait forever)."""

@@ -17,17 +17,8 @@ from rlsweep.workers import RemoteWorkers, make_workers
 
 
 def resource_request(cfg: ExperimentConfig) -> tune.PlacementGroupFactory:
-    """One bundle for the trainable, one per rollout worker and one for evaluation (when sampling runs
-    on actors), one per learner actor."""
-    r, ls = cfg.resources, cfg.learners
-    trainable: dict[str, float] = {"CPU": r.learner_cpus}
-    if r.learner_gpus > 0:
-        trainable["GPU"] = r.learner_gpus
-    bundles = [trainable]
-    if cfg.rollouts.num_rollout_workers:
-        bundles += [{"CPU": r.worker_cpus}] * cfg.rollouts.num_rollout_workers + [{"CPU": r.evaluation_cpus}]
-    learner = {"CPU": ls.cpus_per_learner, **({"GPU": ls.gpus_per_learner} if ls.gpus_per_learner > 0 else {})}
-    return tune.PlacementGroupFactory(bundles + [learner] * ls.num_learners)
+    """The trial's bundles (`ExperimentConfig.bundles`) as a placement group: the trainable's first."""
+    return tune.PlacementGroupFactory([bundle for _, bundle in cfg.bundles()])
 
 
 class PPOTrainable(tune.Trainable):

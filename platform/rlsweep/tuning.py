@@ -61,33 +61,62 @@ def _secrets_kept_from_ray() -> Iterator[None]:
 WAIT_ENV = "RLSWEEP_WAIT_FOR_RESOURCES"  # set by --wait-for-resources
 
 
-def _autoscaling_ceiling() -> dict[str, float] | None:
-    """The most of each resource the joined cluster's autoscaler may grow it to, where Ray reports
-    one (autoscaler v2, KubeRay); None where Ray knows of no autoscaler (`ray start` nodes)."""
+Sizes = tuple[dict[str, float], dict[str, float]]  # (all nodes together, the largest node), by resource
+
+
+def _cluster_now() -> Sizes:
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    largest = {k: max((r.get(k, 0.0) for r in nodes), default=0.0) for k in ("CPU", "GPU")}
+    return ray.cluster_resources(), largest
+
+
+def _autoscaling_ceiling() -> Sizes | None:
+    """What the joined cluster's autoscaler may grow it to, where Ray reports one (autoscaler v2,
+    KubeRay: node groups and how many nodes each may have); None where Ray knows of no autoscaler
+    (`ray start` nodes)."""
     try:
         from ray._private.state import state
 
-        return state.get_max_resources_from_cluster_config() or None
+        config = state.get_cluster_config()
     except Exception:  # an internal API: where it is missing or fails, no ceiling is known
         return None
+    groups = [g for g in (config.node_group_configs if config is not None else []) if g.max_count != 0]
+    if not groups:
+        return None
+    total: dict[str, float] = {}
+    largest: dict[str, float] = {}
+    for g in groups:
+        for k, v in g.resources.items():
+            total[k] = math.inf if g.max_count < 0 else total.get(k, 0.0) + g.max_count * v
+            largest[k] = max(largest.get(k, 0.0), float(v))
+    for k, cap in config.max_resources.items():
+        total[k] = min(total.get(k, 0.0), float(cap))
+    return total, largest
 
 
 def check_cluster(cfg: ExperimentConfig, storage: str | Path | None = None) -> None:
     """A trial that can never fit is bad input (Tune would wait for it forever): on the Ray rlsweep
     started, and on a joined cluster (RAY_ADDRESS, --address) whose autoscaler's ceiling is below it
-    or that Ray knows no autoscaler of. A trial that does not fit a joined cluster now but could once
-    its autoscaler adds nodes (or the user says one will: --wait-for-resources) is said once, and
-    waits. Every node of a joined cluster must reach `storage` (default: `results_dir`)."""
-    have = ray.cluster_resources()
+    or that Ray knows no autoscaler of; by all its bundles together, and by its largest bundle against
+    the largest node. A trial that does not fit a joined cluster now but could once its autoscaler
+    adds nodes (or the user says one will: --wait-for-resources) is said once, and waits. Every node
+    of a joined cluster must reach `storage` (default: `results_dir`)."""
     if not os.environ.get("RAY_ADDRESS"):
+        have = ray.cluster_resources()
         cfg.check_fits(have.get("CPU", 0.0), have.get("GPU", 0.0), "the local Ray")
         return
+
+    def fits(sizes: Sizes, where: str, node: str) -> None:
+        total, largest = sizes
+        cfg.check_fits(total.get("CPU", 0.0), total.get("GPU", 0.0), where)
+        cfg.check_bundles_fit(largest.get("CPU", 0.0), largest.get("GPU", 0.0), node)
+
     try:
-        cfg.check_fits(have.get("CPU", 0.0), have.get("GPU", 0.0), "the cluster now")
+        fits(_cluster_now(), "the cluster now", "its largest node now")
     except ConfigError as now:
         ceiling = _autoscaling_ceiling()
         if ceiling is not None:
-            cfg.check_fits(ceiling.get("CPU", 0.0), ceiling.get("GPU", 0.0), "the cluster at its autoscaler's largest")
+            fits(ceiling, "the cluster at its autoscaler's largest", "the largest node its autoscaler adds")
         elif not os.environ.get(WAIT_ENV):
             raise ConfigError(f"{now} (Ray reports no autoscaler for this cluster; if one adds nodes, "
                               "pass --wait-for-resources)") from None
@@ -173,6 +202,9 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     # that resumes; its other messages are kept
     if not verbosity.verbose():
         logging.getLogger("ray.tune.tune").addFilter(_no_tune_interrupt_recipe)
+        # a trial stopped before its first result has no result file for Tune's summary to read: rlsweep
+        # says what happened to it; the warning with the whole config is for -v
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     # Without --address / RAY_ADDRESS rlsweep starts a Ray of its own: ray.init() alone would join the
     # latest cluster started on this machine (`ray start`, /tmp/ray/ray_current_cluster) unasked, and
     # every check here would take that cluster for the local Ray.
