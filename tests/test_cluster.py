@@ -194,7 +194,11 @@ def test_on_an_autoscaling_cluster_a_trial_waits_for_nodes_up_to_the_autoscalers
             said = proc.stderr.readline()  # the first line it prints
             assert "a trial asks for 2.25 CPUs" in said and "but the cluster now has 2" in said and \
                 "its trials wait until an autoscaler adds nodes" in said, said
-            time.sleep(3)
+            for _ in range(20):  # then the live line, while Tune holds the trial pending
+                said = proc.stderr.readline()
+                if "] waiting for resources | " in said or not said:
+                    break
+            assert "] waiting for resources | " in said, said
             assert proc.poll() is None  # waiting, not refused
             os.killpg(proc.pid, signal.SIGINT)
             out, err = proc.communicate(timeout=120)

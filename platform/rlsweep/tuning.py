@@ -298,8 +298,13 @@ class ProgressLine(tune.Callback):
 
     def on_step_end(self, iteration, trials, **info) -> None:
         """While no trial reports (all waiting for a cluster's resources, say), the line still updates."""
-        if self.sweep_trials and time.monotonic() - self._last >= self.every_s:
+        if time.monotonic() - self._last < self.every_s:
+            return
+        if self.sweep_trials:
             self._show(self.sweep_line(trials), force=True)
+        elif trials and all(t.status == "PENDING" for t in trials):
+            self._show(f"[{trials[0].trial_id}] waiting for resources | {time.monotonic() - self._start:6.1f} s",
+                       force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         v = result.get(self.metric)
