@@ -2,10 +2,12 @@
 each its own raylet), joined with `--address`: trials, rollout actors and learner actors land on
 both nodes, checkpoints and resume work across them, MLflow holds every run whole."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -72,7 +74,7 @@ def test_a_trial_bigger_than_a_fixed_cluster_is_refused_and_without_address_rlsw
     assert r.returncode == 2, r.stderr[-3000:]
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("rlsweep: error: a trial asks for 2.25 CPUs (resources.learner_cpus 1.5 + ") and \
-        "but the cluster now has 2: " in line and "Ray reports no autoscaler for this cluster" in line and \
+        "but the cluster now has 2: " in line and "Ray knows of no autoscaler for this cluster" in line and \
         "--wait-for-resources" in line, line
     # 1.5 CPUs in all fit the two nodes together, but no node has 1.5 for the trainable's process
     r = rlsweep("train", exp, "--address", cluster.address, "--set", "resources.learner_cpus=1.5",
@@ -80,7 +82,8 @@ def test_a_trial_bigger_than_a_fixed_cluster_is_refused_and_without_address_rlsw
     assert r.returncode == 2, r.stderr[-3000:]
     [line] = r.stderr.strip().splitlines()
     assert line.startswith("rlsweep: error: resources.learner_cpus 1.5: one process of a trial asks for 1.5 CPUs "
-                           "on one node but its largest node now has 1: ") and "--wait-for-resources" in line, line
+                           "on one node but no node of the cluster now has that (the most on one: 1 CPUs): ") and \
+        "--wait-for-resources" in line, line
     assert not (tmp_path / "results").exists()
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("sweeptest")
@@ -159,19 +162,18 @@ def test_on_an_autoscaling_cluster_a_trial_waits_for_nodes_up_to_the_autoscalers
     gcs = GcsClient(address=cluster.address)
 
     def report(workers=None, cpus=1):
-        """The head's group (one node of 1 CPU) and up to `workers` nodes of `cpus` CPUs each."""
+        """A worker group of up to `workers` nodes of `cpus` CPUs each (the head is not a group)."""
         config = autoscaler_pb2.ClusterConfig()
         if workers is not None:
-            for name, count, size in (("head", 1, 1), ("cpu-workers", workers, cpus)):
-                group = config.node_group_configs.add(name=name, max_count=count)
-                group.resources["CPU"] = size
+            group = config.node_group_configs.add(name="cpu-workers", max_count=workers)
+            group.resources["CPU"] = cpus
         gcs.report_cluster_config(config.SerializeToString())
 
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP.format(results=tmp_path / "results", store=tmp_path, steps=512))
     too_big = ("--address", cluster.address, "--set", "resources.learner_cpus=1.5")  # 2.25 CPUs, 2 there now
     try:
-        report(workers=1)  # at most 2 one-CPU nodes
+        report(workers=1)  # the head and one more one-CPU node, at most
         r = rlsweep("train", exp, *too_big)
         assert r.returncode == 2, r.stderr[-3000:]
         [line] = r.stderr.strip().splitlines()
@@ -182,18 +184,20 @@ def test_on_an_autoscaling_cluster_a_trial_waits_for_nodes_up_to_the_autoscalers
         assert r.returncode == 2, r.stderr[-3000:]
         [line] = r.stderr.strip().splitlines()
         assert line == ("rlsweep: error: resources.learner_cpus 1.5: one process of a trial asks for 1.5 CPUs on one "
-                        "node but the largest node its autoscaler adds has 1: lower resources.learner_cpus, or add "
-                        "larger nodes"), line
+                        "node but no node of the cluster or that its autoscaler adds has that (the most on one: 1 "
+                        "CPUs): lower resources.learner_cpus, or add larger nodes"), line
 
-        report(workers=2, cpus=2)  # two-CPU nodes, 5 CPUs in all: the trial fits once nodes come
+        report(workers=2, cpus=2)  # two-CPU nodes, 5 CPUs with the head: the trial fits once nodes come
         env = env_for()
         env.pop("RAY_ADDRESS", None)
         proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "train", str(exp), *too_big], cwd=ROOT, env=env,
                                 text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        watchdog = threading.Timer(120, lambda: os.killpg(proc.pid, signal.SIGKILL))  # readline cannot hang
+        watchdog.start()
         try:
             said = proc.stderr.readline()  # the first line it prints
             assert "a trial asks for 2.25 CPUs" in said and "but the cluster now has 2" in said and \
-                "its trials wait until an autoscaler adds nodes" in said, said
+                "its trials wait until nodes are added" in said, said
             for _ in range(20):  # then the live line, while Tune holds the trial pending
                 said = proc.stderr.readline()
                 if "] waiting for resources | " in said or not said:
@@ -203,8 +207,9 @@ def test_on_an_autoscaling_cluster_a_trial_waits_for_nodes_up_to_the_autoscalers
             os.killpg(proc.pid, signal.SIGINT)
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 130, out + err[-3000:]  # not "finished": it never ran
-            assert "interrupted after 0 env steps; its trial never started (it waited for resources)" in err, err
+            assert "interrupted after 0 env steps; its trial never started" in err, err
         finally:
+            watchdog.cancel()
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -213,26 +218,31 @@ def test_on_an_autoscaling_cluster_a_trial_waits_for_nodes_up_to_the_autoscalers
 
 
 @pytest.mark.slow
-def test_a_node_that_does_not_share_results_dir_is_named_before_anything_starts(tmp_path):
+@pytest.mark.parametrize("mount,said", [
+    ("rw", "wrote a file there that this machine does not see"),
+    ("ro", "cannot write there (OSError: [Errno 30] Read-only file system"),
+])
+def test_a_node_that_does_not_share_results_dir_is_named_before_anything_starts(tmp_path, mount, said):
     """A second node whose results_dir is its own disk (here: a tmpfs in its own mount namespace,
-    over the same path): it writes the probe, this machine never sees it. One line naming the node,
-    exit 2, no sweep folder, no MLflow run."""
+    over the same path): it writes the probe and this machine never sees it, or (read-only) it cannot
+    write at all. One line naming the node, exit 2, no sweep folder, no MLflow run."""
     from ray.cluster_utils import Cluster
 
     results = tmp_path / "results"
     results.mkdir()
-    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     # root may make a mount namespace; anyone else, within a user namespace of their own
     unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    node = subprocess.Popen([*unshare, "--propagation", "private", "sh", "-c",
-                             f"mount -t tmpfs rlsweep-test {results} && exec {ray_cli} start --address {head.address} "
-                             "--num-cpus 1 --block --disable-usage-stats"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    head = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    node = None
     try:
+        node = subprocess.Popen([*unshare, "--propagation", "private", "sh", "-c",
+                                 f"mount -t tmpfs -o {mount} rlsweep-test {results} && exec {ray_cli} start "
+                                 f"--address {head.address} --num-cpus 1 --block --disable-usage-stats"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.time() + 120
         while len([n for n in head.global_state.node_table() if n["Alive"]]) < 2:
-            assert node.poll() is None, node.communicate()[1][-3000:]
+            assert node.poll() is None, f"the node in its own mount namespace did not start: {node.communicate()[1][-3000:]}"
             assert time.time() < deadline, "the second node never joined"
             time.sleep(0.5)
         [other] = [n["NodeID"][:8] for n in head.global_state.node_table() if n["Alive"] and
@@ -244,16 +254,16 @@ def test_a_node_that_does_not_share_results_dir_is_named_before_anything_starts(
         assert r.returncode == 2, r.stderr[-3000:]
         [line] = r.stderr.strip().splitlines()
         assert line.startswith(f"rlsweep: error: results_dir {results}: node {other} (") and \
-            "wrote a file there that this machine does not see" in line and "shared filesystem" in line, line
+            said in line and "shared filesystem" in line, line
         assert list(results.iterdir()) == []  # no sweep folder, and the probes are gone
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         experiment = client.get_experiment_by_name("sweeptest")
         assert experiment is None or not client.search_runs([experiment.experiment_id])
     finally:
-        os.killpg(node.pid, signal.SIGTERM)
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(node.pid, signal.SIGKILL)
-            node.wait()
+        if node is not None:  # `ray start --block` and the node's processes, in the group it leads
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.pid, sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.wait(timeout=30)
         head.shutdown()

@@ -116,3 +116,20 @@ def test_parse_override_forms():
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3, "f": {}}) == {"a.b": 1, "a.c.d": 2, "e": 3, "f": {}}
+
+
+def test_each_bundle_must_fit_one_node_with_all_it_asks_for(exp):
+    """Ray places a bundle on one node: enough CPUs on one node and a GPU on another is not enough."""
+    cfg = load_experiment(exp, ["learners.num_learners=2", "learners.cpus_per_learner=4", "learners.gpus_per_learner=1",
+                                "resources.learner_cpus=1"])
+    assert [b for _, b in cfg.bundles()] == [{"CPU": 1}, {"CPU": 0.5}, {"CPU": 0.25}, {"CPU": 4, "GPU": 1},
+                                             {"CPU": 4, "GPU": 1}]
+    assert (cfg.trial_cpus, cfg.trial_gpus) == (9.75, 2)
+    cfg.check_bundles_fit([{"CPU": 2}, {"CPU": 6, "GPU": 1}], "here")
+    with pytest.raises(ConfigError) as e:
+        cfg.check_bundles_fit([{"CPU": 8}, {"CPU": 2, "GPU": 1}], "here")
+    assert str(e.value) == ("learners.cpus_per_learner 4 and learners.gpus_per_learner 1: one process of a trial asks "
+                            "for 4 CPUs and 1 GPUs on one node but no node here has that (the most on one: 8 CPUs and 1 "
+                            "GPUs): lower learners.cpus_per_learner and learners.gpus_per_learner, or add larger nodes")
+    with pytest.raises(ConfigError, match=r"^resources.learner_cpus 1: .* \(the most on one: 0.5 CPUs\)"):
+        cfg.check_bundles_fit([{"CPU": 0.5, "GPU": 4}], "here")

@@ -299,16 +299,22 @@ def test_ctrl_c_then_sigterm_in_the_last_trial_stop_cleanly_and_resume(tmp_path)
     exp = experiment(tmp_path, steps=per_trial, concurrent=1)
     (tmp_path / "space.yaml").write_text(LR_ONLY)
     proc = _sweep_process(exp, tmp_path / "space.yaml", "ctrlc", "--trials", "3")
-    _wait_mid_sweep(tmp_path, proc, per_trial)
-    os.killpg(proc.pid, signal.SIGINT)
-    _check_interrupted(tmp_path, proc, trials=3)
+    try:
+        _wait_mid_sweep(tmp_path, proc, per_trial)
+        os.killpg(proc.pid, signal.SIGINT)
+        _check_interrupted(tmp_path, proc, trials=3)
 
-    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "resume", "ctrlc", "--results-dir",
-                             str(tmp_path / "results")], cwd=ROOT, env=env_for(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=lambda: os.nice(10))
-    _wait_mid_sweep(tmp_path, proc, per_trial, finished_before=2)
-    os.kill(proc.pid, signal.SIGTERM)
-    _check_interrupted(tmp_path, proc, trials=3, done=2)
+        proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "resume", "ctrlc", "--results-dir",
+                                 str(tmp_path / "results")], cwd=ROOT, env=env_for(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=lambda: os.nice(10))
+        _wait_mid_sweep(tmp_path, proc, per_trial, finished_before=2)
+        os.kill(proc.pid, signal.SIGTERM)
+        _check_interrupted(tmp_path, proc, trials=3, done=2)
+    finally:
+        if proc.poll() is None:  # a failed wait: the sweep and its Ray go, not on into other tests
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     _check_resumed(tmp_path, "ctrlc", per_trial, trials=3)
 
 

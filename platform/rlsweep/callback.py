@@ -431,6 +431,11 @@ class MlflowCallback(tune.Callback):
         self._closed.add(trial.trial_id)
         self._writer.submit(self._close_run, trial.trial_id, None, "error", trial_error_line(trial), "FAILED")
 
+    @property
+    def started(self) -> bool:
+        """Some trial started (its run was asked for)."""
+        return bool(self._opened)
+
     def on_experiment_end(self, trials, **info) -> None:
         self._journal.close()  # no more rows: every trial has stopped
         if self.tracking_lost is None:

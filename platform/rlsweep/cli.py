@@ -174,7 +174,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if out.interrupted:
         then = (f"continue it with: {_self_command()} train {args.experiment} --restore {out.checkpoint}"
                 if out.checkpoint else "it saved no checkpoint yet (see checkpoint_frequency)"
-                if out.run_id else "its trial never started (it waited for resources)")
+                if out.started else "its trial never started")
         why = f" ({redact(out.why_interrupted)})" if out.why_interrupted else ""
         print(f"interrupted after {out.metrics.get(M.ENV_STEPS, 0)} env steps{why}; {then}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -264,16 +264,19 @@ class ExperimentConfig(_Section):
     def trial_gpus(self) -> float:
         return sum(b.get("GPU", 0.0) for _, b in self.bundles())
 
-    def check_bundles_fit(self, cpus: float, gpus: float, where: str) -> None:
-        """ConfigError when one bundle asks for more than the largest node `where` has (Ray places a
-        bundle on one node: it would wait forever)."""
-        for kind, have in (("CPU", cpus), ("GPU", gpus)):
-            keys, bundle = max(self.bundles(), key=lambda kb: kb[1].get(kind, 0.0))
-            want = bundle.get(kind, 0.0)
-            if want > have + 1e-9:
-                key = keys[kind]
-                raise ConfigError(f"{key} {want:g}: one process of a trial asks for {want:g} {kind}s on one node but "
-                                  f"{where} has {have:g}: lower {key}, or add larger nodes")
+    def check_bundles_fit(self, nodes: list[dict[str, float]], where: str) -> None:
+        """ConfigError when a bundle fits no node (Ray places a bundle on one node: it would wait
+        forever); `nodes`: each node's resources."""
+        for keys, bundle in self.bundles():
+            want = {k: v for k, v in bundle.items() if v > 0}
+            if any(all(n.get(k, 0.0) + 1e-9 >= v for k, v in want.items()) for n in nodes):
+                continue
+            named = " and ".join(f"{keys[k]} {v:g}" for k, v in want.items())
+            asks = " and ".join(f"{v:g} {k}s" for k, v in want.items())
+            most = " and ".join(f"{max((n.get(k, 0.0) for n in nodes), default=0.0):g} {k}s" for k in want)
+            raise ConfigError(f"{named}: one process of a trial asks for {asks} on one node but no node {where} has "
+                              f"that (the most on one: {most}): lower {' and '.join(keys[k] for k in want)}, or add "
+                              "larger nodes")
 
     def check_fits(self, cpus: float, gpus: float | None, where: str) -> None:
         """ConfigError when one trial asks for more than `where` has (it would wait forever)."""

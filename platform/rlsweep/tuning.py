@@ -61,19 +61,18 @@ def _secrets_kept_from_ray() -> Iterator[None]:
 WAIT_ENV = "RLSWEEP_WAIT_FOR_RESOURCES"  # set by --wait-for-resources
 
 
-Sizes = tuple[dict[str, float], dict[str, float]]  # (all nodes together, the largest node), by resource
+Sizes = tuple[dict[str, float], list[dict[str, float]]]  # (all nodes together, each node's resources)
 
 
 def _cluster_now() -> Sizes:
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    largest = {k: max((r.get(k, 0.0) for r in nodes), default=0.0) for k in ("CPU", "GPU")}
-    return ray.cluster_resources(), largest
+    return ray.cluster_resources(), [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
 
 
-def _autoscaling_ceiling() -> Sizes | None:
-    """What the joined cluster's autoscaler may grow it to, where Ray reports one (autoscaler v2,
-    KubeRay: node groups and how many nodes each may have); None where Ray knows of no autoscaler
-    (`ray start` nodes)."""
+def _autoscaling_ceiling(now: Sizes) -> Sizes | None:
+    """What the joined cluster may grow to, where its autoscaler's node groups (their node sizes and
+    most nodes) are in Ray's GCS; None where they are not (`ray start` nodes; also Ray's own
+    autoscaler in Ray 2.60, which does not report them). The head node is counted as it is now and
+    beside the groups (a group for it would count it twice: too much, never too little)."""
     try:
         from ray._private.state import state
 
@@ -83,44 +82,49 @@ def _autoscaling_ceiling() -> Sizes | None:
     groups = [g for g in (config.node_group_configs if config is not None else []) if g.max_count != 0]
     if not groups:
         return None
-    total: dict[str, float] = {}
-    largest: dict[str, float] = {}
+    heads = [r for r in now[1] if "node:__internal_head__" in r]
+    total = {k: sum(r.get(k, 0.0) for r in heads) for k in ("CPU", "GPU")}
     for g in groups:
         for k, v in g.resources.items():
-            total[k] = math.inf if g.max_count < 0 else total.get(k, 0.0) + g.max_count * v
-            largest[k] = max(largest.get(k, 0.0), float(v))
+            if v > 0:
+                total[k] = math.inf if g.max_count < 0 else total.get(k, 0.0) + g.max_count * v
     for k, cap in config.max_resources.items():
         total[k] = min(total.get(k, 0.0), float(cap))
-    return total, largest
+    return total, [*now[1], *({k: float(v) for k, v in g.resources.items()} for g in groups)]
+
+
+def _wait_asked() -> bool:
+    return os.environ.get(WAIT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def check_cluster(cfg: ExperimentConfig, storage: str | Path | None = None) -> None:
     """A trial that can never fit is bad input (Tune would wait for it forever): on the Ray rlsweep
-    started, and on a joined cluster (RAY_ADDRESS, --address) whose autoscaler's ceiling is below it
-    or that Ray knows no autoscaler of; by all its bundles together, and by its largest bundle against
-    the largest node. A trial that does not fit a joined cluster now but could once its autoscaler
-    adds nodes (or the user says one will: --wait-for-resources) is said once, and waits. Every node
-    of a joined cluster must reach `storage` (default: `results_dir`)."""
+    started, and on a joined cluster (RAY_ADDRESS, --address) that cannot grow enough (its
+    autoscaler's node groups, where Ray has them, or none); by all its bundles together, and bundle
+    by bundle against each node. A trial that does not fit a joined cluster now but could once nodes
+    are added (or the user says they will be: --wait-for-resources) is said once, and waits. Every
+    node of a joined cluster must reach `storage` (default: `results_dir`)."""
     if not os.environ.get("RAY_ADDRESS"):
         have = ray.cluster_resources()
         cfg.check_fits(have.get("CPU", 0.0), have.get("GPU", 0.0), "the local Ray")
         return
 
-    def fits(sizes: Sizes, where: str, node: str) -> None:
-        total, largest = sizes
+    def fits(sizes: Sizes, where: str, nodes: str) -> None:
+        total, each = sizes
         cfg.check_fits(total.get("CPU", 0.0), total.get("GPU", 0.0), where)
-        cfg.check_bundles_fit(largest.get("CPU", 0.0), largest.get("GPU", 0.0), node)
+        cfg.check_bundles_fit(each, nodes)
 
+    now = _cluster_now()
     try:
-        fits(_cluster_now(), "the cluster now", "its largest node now")
-    except ConfigError as now:
-        ceiling = _autoscaling_ceiling()
-        if ceiling is not None:
-            fits(ceiling, "the cluster at its autoscaler's largest", "the largest node its autoscaler adds")
-        elif not os.environ.get(WAIT_ENV):
-            raise ConfigError(f"{now} (Ray reports no autoscaler for this cluster; if one adds nodes, "
-                              "pass --wait-for-resources)") from None
-        print(f"rlsweep: {now}; its trials wait until an autoscaler adds nodes (Ctrl-C stops)", file=sys.stderr)
+        fits(now, "the cluster now", "of the cluster now")
+    except ConfigError as short:
+        ceiling = _autoscaling_ceiling(now)
+        if not _wait_asked():
+            if ceiling is None:
+                raise ConfigError(f"{short} (Ray knows of no autoscaler for this cluster; if one adds nodes, pass "
+                                  "--wait-for-resources)") from None
+            fits(ceiling, "the cluster at its autoscaler's largest", "of the cluster or that its autoscaler adds")
+        print(f"rlsweep: {short}; its trials wait until nodes are added (Ctrl-C stops)", file=sys.stderr)
     check_shared_storage(str(storage or cfg.results_dir))
 
 
@@ -399,6 +403,7 @@ class TrainOutcome:
     trial_dir: str
     interrupted: bool = False
     why_interrupted: str | None = None  # when it was not a signal (the tracking store went away)
+    started: bool = True  # False: cut short before the trial started (waiting for resources, say)
 
 
 def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict[str, str] | None = None) -> TrainOutcome:
@@ -439,4 +444,5 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
         trial_dir=str(result.path),
         interrupted=tracker.interrupted,
         why_interrupted=None if tracker.tracking_lost is None else str(tracker.tracking_lost),
+        started=tracker.started,
     )
