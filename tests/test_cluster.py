@@ -153,9 +153,9 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
 
 @pytest.mark.slow
 def test_on_an_autoscaling_cluster_a_trial_waits_for_nodes_up_to_the_autoscalers_ceiling(tmp_path, cluster):
-    """The cluster config an autoscaler (v2, KubeRay) reports to the GCS, here reported by the test:
-    node groups and how many nodes each may grow to. Above that ceiling a trial is refused; below it,
-    it is said once and waits for nodes (Ctrl-C stops it)."""
+    """The cluster config an autoscaler may report to the GCS (here reported by the test): node groups,
+    their node sizes and most nodes. Above that ceiling a trial is refused; below it, it is said once
+    and waits for nodes (Ctrl-C stops it); with --wait-for-resources it waits where none is reported."""
     from ray._raylet import GcsClient
     from ray.core.generated import autoscaler_pb2
 
@@ -188,33 +188,41 @@ def test_on_an_autoscaling_cluster_a_trial_waits_for_nodes_up_to_the_autoscalers
                         "CPUs): lower resources.learner_cpus, or add larger nodes"), line
 
         report(workers=2, cpus=2)  # two-CPU nodes, 5 CPUs with the head: the trial fits once nodes come
-        env = env_for()
-        env.pop("RAY_ADDRESS", None)
-        proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "train", str(exp), *too_big], cwd=ROOT, env=env,
-                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-        watchdog = threading.Timer(120, lambda: os.killpg(proc.pid, signal.SIGKILL))  # readline cannot hang
-        watchdog.start()
-        try:
-            said = proc.stderr.readline()  # the first line it prints
-            assert "a trial asks for 2.25 CPUs" in said and "but the cluster now has 2" in said and \
-                "its trials wait until nodes are added" in said, said
-            for _ in range(20):  # then the live line, while Tune holds the trial pending
-                said = proc.stderr.readline()
-                if "] waiting for resources | " in said or not said:
-                    break
-            assert "] waiting for resources | " in said, said
-            assert proc.poll() is None  # waiting, not refused
-            os.killpg(proc.pid, signal.SIGINT)
-            out, err = proc.communicate(timeout=120)
-            assert proc.returncode == 130, out + err[-3000:]  # not "finished": it never ran
-            assert "interrupted after 0 env steps; its trial never started" in err, err
-        finally:
-            watchdog.cancel()
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        waits_then_ctrl_c(exp, *too_big)
     finally:
         report()  # no autoscaler again, for the module's other tests
+    # an autoscaler that does not report itself (Ray's own): the user says it will add nodes
+    waits_then_ctrl_c(exp, *too_big, "--wait-for-resources")
+
+
+def waits_then_ctrl_c(exp, *args):
+    """`rlsweep train` says once what the trial lacks, its live line says it waits while Tune holds it
+    pending, and Ctrl-C then is an interruption of a trial that never started (exit 130)."""
+    env = env_for()
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "train", str(exp), *args], cwd=ROOT, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    watchdog = threading.Timer(120, lambda: os.killpg(proc.pid, signal.SIGKILL))  # readline cannot hang
+    watchdog.start()
+    try:
+        said = proc.stderr.readline()  # the first line it prints
+        assert "a trial asks for 2.25 CPUs" in said and "but the cluster now has 2" in said and \
+            "its trials wait until nodes are added" in said, said
+        for _ in range(20):  # then the live line, while Tune holds the trial pending
+            said = proc.stderr.readline()
+            if "] waiting for resources | " in said or not said:
+                break
+        assert "] waiting for resources | " in said, said
+        assert proc.poll() is None  # waiting, not refused
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, out + err[-3000:]  # not "finished": it never ran
+        assert "interrupted after 0 env steps; its trial never started" in err, err
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.mark.slow
