@@ -22,9 +22,10 @@ def test_unset_criteria_never_stop():
     assert s.reason({"eval_return_mean": 1e9, "episode_return_mean": 1e9, "time_total_s": 1e9}) is None
 
 
-def test_the_sweep_line_shows_the_best_so_far_under_the_sweeps_metric_and_mode():
+def test_the_sweep_line_shows_the_best_so_far_under_the_sweeps_metric_and_mode(monkeypatch):
     from types import SimpleNamespace
 
+    from rlsweep import tuning
     from rlsweep.tuning import ProgressLine
 
     line = ProgressLine(sweep_trials=3, metric="value_loss", mode="min")
@@ -36,7 +37,9 @@ def test_the_sweep_line_shows_the_best_so_far_under_the_sweeps_metric_and_mode()
     trials.append(SimpleNamespace(trial_id="c", status="RUNNING", config={}, last_result={}))
     line.on_trial_complete(0, trials, trials[2])  # Tune marks it TERMINATED only after the callbacks
     assert "trials 2/3 done, 1 running |" in line.sweep_line(trials)
-    trials.append(SimpleNamespace(trial_id="d", status="PENDING"))  # a cluster without room for it yet
+    trials.append(SimpleNamespace(trial_id="d", status="PENDING"))  # its actors start
+    assert "trials 2/3 done, 1 running, 1 starting |" in line.sweep_line(trials)
+    monkeypatch.setattr(tuning, "_short_of_resources", True)  # what check_cluster found: no room for it yet
     assert "trials 2/3 done, 1 running, 1 waiting for resources |" in line.sweep_line(trials)
 
 

@@ -60,6 +60,11 @@ def _secrets_kept_from_ray() -> Iterator[None]:
 
 WAIT_ENV = "RLSWEEP_WAIT_FOR_RESOURCES"  # set by --wait-for-resources
 
+# Whether a trial does not fit the cluster as it is now (check_cluster): the live line then calls
+# pending trials waiting for resources; otherwise they are only starting (Tune holds a trial pending
+# while its actors start, also on a local Ray).
+_short_of_resources = False
+
 
 Sizes = tuple[dict[str, float], list[dict[str, float]]]  # (all nodes together, each node's resources)
 
@@ -114,10 +119,12 @@ def check_cluster(cfg: ExperimentConfig, storage: str | Path | None = None) -> N
         cfg.check_fits(total.get("CPU", 0.0), total.get("GPU", 0.0), where)
         cfg.check_bundles_fit(each, nodes)
 
+    global _short_of_resources
     now = _cluster_now()
     try:
         fits(now, "the cluster now", "of the cluster now")
     except ConfigError as short:
+        _short_of_resources = True
         ceiling = _autoscaling_ceiling(now)
         if not _wait_asked():
             if ceiling is None:
@@ -250,6 +257,10 @@ class TrialStopper(tune.Stopper):
         return False
 
 
+def _pending_word() -> str:
+    return "waiting for resources" if _short_of_resources else "starting"
+
+
 class ProgressLine(tune.Callback):
     """A live line on stderr, rewritten in place on a terminal and printed every few seconds otherwise.
 
@@ -281,7 +292,7 @@ class ProgressLine(tune.Callback):
         done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | self._ended)
         running = sum(t.status == "RUNNING" and t.trial_id not in self._ended for t in trials)
         pending = sum(t.status == "PENDING" for t in trials)
-        waiting = f", {pending} waiting for resources" if pending else ""
+        waiting = f", {pending} {_pending_word()}" if pending else ""
         best = "-" if self._best is None else M.text(self._best)
         return (f"trials {done}/{self.sweep_trials} done, {running} running{waiting} | best {self.metric} so far "
                 f"({self.mode}) {best} | "
@@ -307,8 +318,7 @@ class ProgressLine(tune.Callback):
         if self.sweep_trials:
             self._show(self.sweep_line(trials), force=True)
         elif trials and all(t.status == "PENDING" for t in trials):
-            self._show(f"[{trials[0].trial_id}] waiting for resources | {time.monotonic() - self._start:6.1f} s",
-                       force=True)
+            self._show(f"[{trials[0].trial_id}] {_pending_word()} | {time.monotonic() - self._start:6.1f} s", force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         v = result.get(self.metric)
