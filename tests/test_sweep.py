@@ -367,15 +367,17 @@ def test_ui_serves_the_store(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "ui", str(exp), "--port", str(port), "--create"],
                             cwd=ROOT,
-                            env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
         wait_http(f"http://127.0.0.1:{port}/health", proc)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        out, err = proc.communicate(timeout=30)
     assert (tmp_path / "mlflow.db").exists()
+    # the server started and answered, without the two lines MLflow prints at every start
+    assert "Registry store URI" not in out + err and "Security middleware" not in out + err, out + err
 
 
 @pytest.mark.slow

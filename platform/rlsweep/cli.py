@@ -10,9 +10,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rlsweep import metrics as M
 from rlsweep import verbosity
@@ -456,6 +457,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return _serve(uri, args.host, args.port)
 
 
+_SERVER_NOISE = ("Registry store URI not provided", "[MLflow] Security middleware enabled with default settings")
+
+
+def _forward(stream: Any, to: Any) -> None:
+    for line in stream:
+        if not line.startswith(_SERVER_NOISE):
+            to.write(line)
+            to.flush()
+
+
 def _serve(uri: str, host: str, port: int) -> int:
     """The MLflow server, lean: one worker, no job runner (its GenAI jobs spawn a dozen processes), no
     access log. Its processes form their own group, stopped together however this one ends (Ctrl-C,
@@ -468,7 +479,12 @@ def _serve(uri: str, host: str, port: int) -> int:
     if not verbosity.verbose():
         cmd += ["--uvicorn-opts", "--log-level warning"]
         env["PYTHONWARNINGS"] = "ignore::DeprecationWarning,ignore:starlette.middleware.wsgi is deprecated"
-    server = subprocess.Popen(cmd, env=env, start_new_session=True)
+    quiet = not verbosity.verbose()
+    pipe = subprocess.PIPE if quiet else None
+    server = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=pipe, stderr=pipe, text=True)
+    if quiet:  # what the server says, less the two lines it prints at every start
+        for stream, to in ((server.stdout, sys.stdout), (server.stderr, sys.stderr)):
+            threading.Thread(target=_forward, args=(stream, to), daemon=True).start()
     try:
         return server.wait()
     except KeyboardInterrupt:
