@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -276,10 +277,22 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
         proc.wait()
     # a payload planted in Tune's pickled state never runs: resume puts back the copy rlsweep signed
     marker = tmp_path / "payload-ran"
-    (tmp_path / "results" / "crash" / "tuner.pkl").write_bytes(
-        pickle.dumps(Payload(f"touch {marker}")))
+    sweep_dir = tmp_path / "results" / "crash"
+    (sweep_dir / "tuner.pkl").write_bytes(pickle.dumps(Payload(f"touch {marker}")))
+    # Tune deletes checkpoints beyond keep_checkpoints as soon as a newer one comes, and snapshots
+    # which one is a trial's latest at most once a second: a kill in between leaves a state naming a
+    # deleted checkpoint. Here the cut trial's are all deleted, whichever the signed state names.
+    [cut] = [c.data.tags["rlsweep.trial_id"] for c in runs_of(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+             if c.data.tags.get("rlsweep.kind") == "trial" and c.data.tags.get("rlsweep.status") == "running"]
+    deleted = sorted(p.name for p in (sweep_dir / f"trial_{cut}").glob("checkpoint_*"))
+    assert deleted
+    for name in deleted:
+        shutil.rmtree(sweep_dir / f"trial_{cut}" / name)
     r = _check_resumed(tmp_path, "crash", per_trial, trials=2)
     assert not marker.exists() and "tuner.pkl changed after it was signed" in r.stderr
+    for name in deleted:  # put back, and the trial went on from where its checkpoint was
+        assert f"trial_{cut}/{name} put back: Tune had deleted it" in r.stderr, r.stderr[-3000:]
+    assert not (sweep_dir / ".rlsweep_kept").exists()  # the finished sweep keeps no extra copies
 
 
 class Payload:

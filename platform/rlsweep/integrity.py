@@ -155,6 +155,12 @@ class Signer:
             if copy.name not in files.values():
                 copy.unlink(missing_ok=True)
 
+    @property
+    def state_signed_at(self) -> float:
+        """The time of the Tune snapshot (`experiment_state-*.json`) signed last; 0 before any."""
+        times = [v[0] for rel, v in self._seen.items() if rel.startswith("experiment_state-")]
+        return max(times, default=0) / 1e9
+
     def _manifest_intact(self) -> bool:
         """Whether the sweep directory still holds the manifest as last written (not overwritten)."""
         if self._manifest is None:

@@ -185,10 +185,10 @@ def resume_sweep(directory: Path) -> Any:
     only what rlsweep signed."""
     from ray import tune
 
-    from rlsweep import tuning
+    from rlsweep import retention, tuning
     from rlsweep.integrity import Signer, verify
 
-    for note in verify(directory):
+    for note in verify(directory) + retention.restore(directory):
         print(f"rlsweep: {note}", file=sys.stderr)
     tuning.init_ray()
     # the cluster resumed on may be another one, or smaller than the one the sweep started on

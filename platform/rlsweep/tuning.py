@@ -23,6 +23,7 @@ from rlsweep import verbosity
 from rlsweep.config import ConfigError, ExperimentConfig, StopConfig
 from rlsweep.integrity import Signer
 from rlsweep.interrupts import interrupt_on_termination
+from rlsweep.retention import Retainer
 from rlsweep.tracking import better, error_line, trial_error_line, trial_number, trial_run_name
 from rlsweep.trainable import PPOTrainable, resource_request
 
@@ -358,10 +359,17 @@ class ProgressLine(tune.Callback):
 
 class SignTuneState(tune.Callback):
     """Signs a sweep's Tune state (`integrity.Signer`) whenever Tune may have written it: after each
-    step of Tune's loop (Tune snapshots its state just before), after a trial error, and at the end."""
+    step of Tune's loop (Tune snapshots its state just before), after a trial error, and at the end;
+    keeps each checkpoint recoverable until a signed state no longer names it (`retention.Retainer`)."""
 
     def __init__(self, directory: str | Path):
         self.signer = Signer(directory)
+        self.retainer = Retainer(directory)
+
+    def __setstate__(self, state: dict) -> None:  # a sweep started before checkpoints were kept has none
+        self.__dict__.update(state)
+        if "retainer" not in state:
+            self.retainer = Retainer(self.signer.directory)
 
     def _find_staging(self) -> None:
         """Tune's driver staging folder for this sweep (`<Ray session>/artifacts/<time>/<name>/
@@ -378,16 +386,22 @@ class SignTuneState(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         self.signer.sign()
+        self.retainer.keep_all()
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self.retainer.keep(checkpoint.path)  # before Tune registers it, and deletes older ones
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self._find_staging()
         self.signer.sign(trials=False)
+        self.retainer.prune(self.signer.state_signed_at)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.signer.sign()  # its error.pkl
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.signer.sign()
+        self.signer.sign()  # Tune's final snapshot, taken just before
+        self.retainer.drop()
 
 
 def trainable_for(restore_from: str | None = None) -> Any:
