@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT
-from tests.test_sweep import LR_ONLY, env_for, runs_of
+from tests.test_sweep import LR_ONLY, env_for, rlsweep, runs_of
 
 # one pytest-xdist worker runs them all, so that the module's cluster is started once
 pytestmark = pytest.mark.xdist_group("cluster")
@@ -52,13 +52,6 @@ def cluster():
         yield c
     finally:
         c.shutdown()
-
-
-def rlsweep(*args, timeout=300):
-    env = env_for()
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "rlsweep.cli", *map(str, args)], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=timeout)
 
 
 def node_ids(cluster):
@@ -107,7 +100,6 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
     nodes = node_ids(cluster)
     assert len(nodes) == 2
     env = env_for()
-    env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "sweep", str(exp), "--space", str(tmp_path / "space.yaml"),
                              "--name", "two-nodes", "--address", cluster.address], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
@@ -199,7 +191,6 @@ def waits_then_ctrl_c(exp, *args):
     """`rlsweep train` says once what the trial lacks, its live line says it waits while Tune holds it
     pending, and Ctrl-C then is an interruption of a trial that never started (exit 130)."""
     env = env_for()
-    env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "train", str(exp), *args], cwd=ROOT, env=env,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     watchdog = threading.Timer(120, lambda: os.killpg(proc.pid, signal.SIGKILL))  # readline cannot hang

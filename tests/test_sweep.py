@@ -39,8 +39,11 @@ LR_ONLY = "ppo.lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}\n"
 
 
 def env_for(uri=None):
+    """The environment of an `rlsweep` command under test: this checkout's code, and neither the
+    user's MLflow store nor their Ray cluster (each test says which it uses)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "platform")}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
     if uri:
         env["MLFLOW_TRACKING_URI"] = uri
     return env

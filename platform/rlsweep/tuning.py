@@ -204,9 +204,9 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     # reads back) is kept by passing its callback explicitly.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Tune snapshots its state (which trials run, each one's latest checkpoint) at most every 10 s by
-    # default, while it deletes checkpoints beyond sweep.keep_checkpoints at once: a driver killed in
-    # between resumes from a snapshot naming a checkpoint that is gone. Every second keeps that window
-    # short (a snapshot of a 16-trial sweep is a few ms).
+    # default, while it deletes checkpoints beyond sweep.keep_checkpoints at once; `retention.py` keeps
+    # a deleted checkpoint until a later snapshot is signed, so a snapshot every second keeps those
+    # extra links short-lived (a snapshot of a 16-trial sweep is a few ms).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     # Checkpoints every few iterations with num_to_keep make Tune snapshot often; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
