@@ -54,6 +54,12 @@ def cluster():
         c.shutdown()
 
 
+def placed_on(run):
+    """The nodes a trial's run says its processes were on (its `rlsweep.placement` tag), if it has one."""
+    tag = run.data.tags.get("rlsweep.placement", "")
+    return {node for part in tag.split() for node in part.split("=", 1)[1].split(",")}
+
+
 def node_ids(cluster):
     return {cluster.head_node.node_id[:8], *(n.node_id[:8] for n in cluster.list_all_nodes())}
 
@@ -87,8 +93,7 @@ def test_a_trial_bigger_than_a_fixed_cluster_is_refused_and_without_address_rlsw
     r = rlsweep("train", exp, "--set", "learners.num_learners=0", "--set", "rollouts.num_rollout_workers=0")
     assert r.returncode == 0, r.stderr[-3000:]
     [run] = client.search_runs([client.get_experiment_by_name("sweeptest").experiment_id])
-    placement = dict(part.split("=") for part in run.data.tags["rlsweep.placement"].split())
-    assert placement and not set(placement.values()) & node_ids(cluster), (placement, node_ids(cluster))
+    assert placed_on(run) and not placed_on(run) & node_ids(cluster), (placed_on(run), node_ids(cluster))
 
 
 @pytest.mark.slow
@@ -105,17 +110,23 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     deadline = time.time() + 300
-    while True:  # both trials part-way through, then Ctrl-C
+    # Ctrl-C once a trial is part-way through (the other may not have started yet, or be done: on a
+    # loaded machine the two start seconds apart and take ~4 s each). A trial's placement tag is
+    # rewritten when it is resumed, so the nodes it ran on before are noted here.
+    seen = set()
+    while True:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() < deadline, "the trials never both got going"
+        assert time.time() < deadline, "no trial ever got going"
         try:
             children = [r for r in runs_of(client) if r.data.tags.get("rlsweep.kind") == "trial"]
-            going = [c for c in children if 3 <= len(client.get_metric_history(c.info.run_id, "env_steps")) < 7]
+            going = [c for c in children if 2 <= len(client.get_metric_history(c.info.run_id, "env_steps")) <= 5]
         except Exception:  # the store may not exist yet
-            going = []
-        if len(going) == 2:
+            children, going = [], []
+        for c in children:
+            seen |= placed_on(c)
+        if going:
             break
-        time.sleep(0.2)
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err[-3000:]
@@ -129,15 +140,13 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
     parents = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
     children = [x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
-    seen = set()
     for c in children:
         assert c.info.status == "FINISHED"
         steps_logged = [m.step for m in client.get_metric_history(c.info.run_id, "env_steps")]
         assert steps_logged == list(range(512, steps + 1, 512))  # whole, once, across the resume
         placement = dict(part.split("=") for part in c.data.tags["rlsweep.placement"].split())
         assert set(placement) == {"trainable", "rollout", "evaluation", "learners"}
-        for where in placement.values():
-            seen |= set(where.split(","))
+        seen |= placed_on(c)
         arts = {a.path for a in client.list_artifacts(c.info.run_id, "checkpoints")}
         assert {"checkpoints/final", "checkpoints/best"} <= arts
     assert seen == nodes, (seen, nodes)  # the trials' processes ran on both nodes, and nowhere else
@@ -251,7 +260,7 @@ def test_a_node_that_does_not_share_results_dir_is_named_before_anything_starts(
         (tmp_path / "space.yaml").write_text(LR_ONLY)
         r = rlsweep("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "apart", "--address", head.address)
         assert r.returncode == 2, r.stderr[-3000:]
-        [line] = r.stderr.strip().splitlines()
+        [line] = r.stderr.strip().splitlines()  # nothing of Ray's beside it (a probe's "Unhandled error")
         assert line.startswith(f"rlsweep: error: results_dir {results}: node {other} (") and \
             said in line and "shared filesystem" in line, line
         assert list(results.iterdir()) == []  # no sweep folder, and the probes are gone

@@ -24,6 +24,7 @@ from rlsweep.config import ConfigError, ExperimentConfig, StopConfig
 from rlsweep.integrity import Signer
 from rlsweep.interrupts import interrupt_on_termination
 from rlsweep.retention import Retainer
+from rlsweep.storage import check_shared_storage
 from rlsweep.tracking import better, error_line, trial_error_line, trial_number, trial_run_name
 from rlsweep.trainable import PPOTrainable, resource_request
 
@@ -134,47 +135,6 @@ def check_cluster(cfg: ExperimentConfig, storage: str | Path | None = None) -> N
             fits(ceiling, "the cluster at its autoscaler's largest", "of the cluster or that its autoscaler adds")
         print(f"rlsweep: {short}; its trials wait until nodes are added (Ctrl-C stops)", file=sys.stderr)
     check_shared_storage(str(storage or cfg.results_dir))
-
-
-def _probe(directory: str, token: str) -> str:
-    """On one node: write a probe file into `directory`; returns its name."""
-    name = f".rlsweep_probe_{token}_{ray.get_runtime_context().get_node_id()[:8]}"
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, name), "w") as f:
-        f.write(token)
-    return name
-
-
-def check_shared_storage(directory: str) -> None:
-    """Every alive node writes a file into `directory` and the driver must see each one: checkpoints
-    and Tune's state are written where a trial runs and read back where the driver is (resume, best).
-    A ConfigError names the node that could not write there or whose file the driver cannot see."""
-    import secrets
-
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    token = secrets.token_hex(4)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
-    refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(directory, token) for n in nodes}
-    fix = ("every node must reach results_dir at the same path: a shared filesystem (NFS, a cloud volume) "
-           "mounted there on each node")
-    try:
-        for node in nodes:
-            where = f"node {node['NodeID'][:8]} ({node.get('NodeManagerAddress', '?')})"
-            try:
-                name = ray.get(refs[node["NodeID"]], timeout=60)
-            except Exception as e:
-                first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-                raise ConfigError(f"results_dir {directory}: {where} cannot write there ({first}): {fix}") from None
-            path = Path(directory) / name
-            if not path.exists() or path.read_text() != token:
-                raise ConfigError(f"results_dir {directory}: {where} wrote a file there that this machine "
-                                  f"does not see: {fix}")
-    finally:
-        for p in Path(directory).glob(f".rlsweep_probe_{token}_*"):
-            p.unlink(missing_ok=True)
 
 
 def _no_tune_interrupt_recipe(record: logging.LogRecord) -> bool:

@@ -1,0 +1,74 @@
+"""Shared storage on a joined cluster: every node must reach `results_dir` at the same path, since
+checkpoints and Tune's state are written where a trial runs and read back where the driver is (resume,
+best checkpoint). A probe task on each node writes a file there and the driver must see each one.
+
+Kept apart from tuning.py on purpose: a probe task imports the module its function lives in on every
+node, and this one imports no more than Ray and the config (tuning.py pulls in torch and Ray Tune,
+tens of seconds on a loaded node)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+import ray
+
+from rlsweep.config import ConfigError
+
+PROBE_TIMEOUT_S = 120.0
+_FIX = ("every node must reach results_dir at the same path: a shared filesystem (NFS, a cloud volume) mounted "
+        "there on each node")
+
+
+def _probe(directory: str, token: str) -> str:
+    """On one node: write a probe file into `directory`; returns its name."""
+    name = f".rlsweep_probe_{token}_{ray.get_runtime_context().get_node_id()[:8]}"
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, name), "w") as f:
+        f.write(token)
+    return name
+
+
+def check_shared_storage(directory: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Every alive node writes a file into `directory`; a ConfigError names the first node that could
+    not write there, whose file the driver cannot see, or that did not answer within `timeout_s`.
+    Every probe is waited for (or cancelled) before returning, so that none ends later as Ray's
+    'Unhandled error' lines under the one rlsweep prints."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    token = secrets.token_hex(4)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(directory, token) for n in nodes]
+    try:
+        ready, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        for ref in late:
+            ray.cancel(ref, force=True)
+        outcomes = {}
+        for ref in refs:
+            try:
+                outcomes[ref] = ray.get(ref, timeout=10 if ref in late else None)
+            except Exception as e:  # the probe's own error (a cancelled one's is moot)
+                outcomes[ref] = e
+        for node, ref in zip(nodes, refs, strict=True):
+            where = f"node {node['NodeID'][:8]} ({node.get('NodeManagerAddress', '?')})"
+            if ref in late:
+                raise ConfigError(f"results_dir {directory}: {where} did not answer a write probe within "
+                                  f"{timeout_s:.0f} s (is the node overloaded or unreachable?)")
+            got = outcomes[ref]
+            if isinstance(got, Exception):
+                text = str(got).strip()
+                first = text.splitlines()[-1] if text else type(got).__name__
+                raise ConfigError(f"results_dir {directory}: {where} cannot write there ({first}): {_FIX}")
+            path = Path(directory) / got
+            if not path.exists() or path.read_text() != token:
+                raise ConfigError(f"results_dir {directory}: {where} wrote a file there that this machine "
+                                  f"does not see: {_FIX}")
+    finally:
+        with contextlib.suppress(OSError):
+            for p in Path(directory).glob(f".rlsweep_probe_{token}_*"):
+                p.unlink(missing_ok=True)
+
