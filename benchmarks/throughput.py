@@ -74,10 +74,10 @@ def measure(env: str, workers: int, learners: int, iterations: int, tracker, run
     import ray
 
     from rlsweep import metrics as M
-    from rlsweep.batch import to_train_batch
-    from rlsweep.learners import LearnerGroup
-    from rlsweep.training import Training
-    from rlsweep.workers import make_workers
+    from rlsweep.engine.learners import LearnerGroup
+    from rlsweep.engine.training import Training
+    from rlsweep.engine.workers import make_workers
+    from rlsweep.ppo.batch import to_train_batch
 
     cfg = config(env, workers, learners)
     group = make_workers(cfg)
@@ -126,7 +126,7 @@ def main() -> None:
     import ray
     import torch
 
-    from rlsweep.tracking import Tracker
+    from rlsweep.tracking.store import Tracker
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     ray.init(address="local", include_dashboard=False, logging_level="WARNING")

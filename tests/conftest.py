@@ -79,7 +79,7 @@ def numpy_weights(obs_dim, act_dim, hidden=(8,), discrete=True, seed=0):
 def mlflow_store(tmp_path_factory):
     """One real SQLite MLflow store for the tracking tests (creating one takes seconds); each test
     uses an experiment of its own."""
-    from rlsweep.tracking import Store
+    from rlsweep.tracking.store import Store
 
     d = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{d / 'mlflow.db'}"

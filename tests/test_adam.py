@@ -2,7 +2,7 @@
 
 import torch
 
-from rlsweep.adam import FlatAdam
+from rlsweep.ppo.adam import FlatAdam
 
 
 def _grads(n, steps, seed=0):

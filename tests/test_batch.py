@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from rlsweep.batch import Rollout, explained_variance, to_train_batch
-from rlsweep.gae import compute_gae
+from rlsweep.ppo.batch import Rollout, explained_variance, to_train_batch
+from rlsweep.ppo.gae import compute_gae
 
 
 def rollout(worker, T=4, N=2, invalid=()):

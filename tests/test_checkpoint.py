@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from rlsweep import checkpoint
 from rlsweep.config import ConfigError
+from rlsweep.ppo import checkpoint
 from tests.conftest import small_config
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rlsweep.gae import compute_gae
+from rlsweep.ppo.gae import compute_gae
 
 G, L = 0.9, 0.8
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from rlsweep.config import ConfigError
-from rlsweep.integrity import MANIFEST, UNTRUSTED, Signer, verify
+from rlsweep.tuning.integrity import MANIFEST, UNTRUSTED, Signer, verify
 from tests.conftest import ROOT, small_config
 
 

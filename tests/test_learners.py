@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from rlsweep.config import validate
-from rlsweep.learners import LearnerGroup
-from rlsweep.training import Training
-from rlsweep.workers import LocalWorkers
+from rlsweep.engine.learners import LearnerGroup
+from rlsweep.engine.training import Training
+from rlsweep.engine.workers import LocalWorkers
 from tests.conftest import small_config
 
 

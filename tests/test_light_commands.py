@@ -6,10 +6,10 @@ import sys
 
 import yaml
 
-from rlsweep import checkpoint
 from rlsweep.config import validate
-from rlsweep.training import Training
-from rlsweep.workers import LocalWorkers
+from rlsweep.engine.training import Training
+from rlsweep.engine.workers import LocalWorkers
+from rlsweep.ppo import checkpoint
 from tests.conftest import ROOT, small_config
 
 CHECK = ("import sys; from rlsweep.cli import main; code = main({argv!r}); "

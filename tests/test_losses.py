@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlsweep.losses import policy_shift, ppo_loss
+from rlsweep.ppo.losses import policy_shift, ppo_loss
 
 
 def example(vf_clip):

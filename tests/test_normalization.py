@@ -1,6 +1,6 @@
 import numpy as np
 
-from rlsweep.normalization import CLIP, RunningMeanStd
+from rlsweep.ppo.normalization import CLIP, RunningMeanStd
 
 
 def test_merged_moments_equal_the_moments_of_the_union():

@@ -6,8 +6,8 @@ import torch
 
 from rlsweep.config import PolicyConfig
 from rlsweep.envs import SpaceInfo
-from rlsweep.networks import ActorCritic
-from rlsweep.policy import NumpyPolicy
+from rlsweep.ppo.networks import ActorCritic
+from rlsweep.ppo.policy import NumpyPolicy
 
 DISCRETE = SpaceInfo(obs_dim=4, discrete=True, act_dim=3)
 BOX = SpaceInfo(obs_dim=3, discrete=False, act_dim=2, act_low=-np.ones(2, np.float32), act_high=np.ones(2, np.float32))

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlsweep.batch import TrainBatch
 from rlsweep.config import PolicyConfig, PPOConfig
 from rlsweep.envs import SpaceInfo
-from rlsweep.ppo import Learner
+from rlsweep.ppo.batch import TrainBatch
+from rlsweep.ppo.learner import Learner
 
 SPACE = SpaceInfo(obs_dim=4, discrete=True, act_dim=2)
 

@@ -4,7 +4,7 @@ import os
 import shutil
 import time
 
-from rlsweep.retention import KEPT, Retainer, restore
+from rlsweep.tuning.retention import KEPT, Retainer, restore
 
 
 def checkpoint(sweep, trial, n, content=b"weights"):

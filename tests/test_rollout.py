@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from rlsweep.config import validate
+from rlsweep.engine.rollout import Evaluator, Sampler
 from rlsweep.envs import space_info
-from rlsweep.rollout import Evaluator, Sampler
 from tests.conftest import numpy_weights, small_config
 
 
@@ -32,7 +32,7 @@ def test_sample_shapes_and_dtypes():
 
 def test_box_actions_and_raw_observations():
     cfg, w = setup("Pendulum-v1", env={"vectorization": "sync"}, policy={"normalize_observations": True})
-    from rlsweep.normalization import RunningMeanStd
+    from rlsweep.ppo.normalization import RunningMeanStd
 
     s = Sampler(cfg, 0)
     r = s.sample(w, RunningMeanStd.zeros(3))

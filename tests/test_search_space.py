@@ -87,7 +87,7 @@ def test_tunable_keys_are_schema_leaves():
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])
 def test_every_sampler_drives_the_wide_space(sampler):
-    from rlsweep.searcher import make_sampler
+    from rlsweep.tuning.searcher import make_sampler
 
     cfg = load_experiment(EXP, [f"sweep.sampler={sampler}", "sweep.n_startup_trials=2", "sweep.seed=4"])
     s = load_search_space("search_spaces/ppo_wide.yaml", cfg.model_dump(mode="json"), EXP)

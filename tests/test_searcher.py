@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from rlsweep.config import validate
-from rlsweep.searcher import make_sampler, searcher_class
+from rlsweep.tuning.searcher import make_sampler, searcher_class
 from tests.conftest import small_config
 
 

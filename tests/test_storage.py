@@ -4,7 +4,7 @@ read-only one) are in test_cluster.py."""
 import pytest
 
 from rlsweep.config import ConfigError
-from rlsweep.storage import check_shared_storage
+from rlsweep.tuning.storage import check_shared_storage
 
 
 def test_every_node_writes_a_probe_that_the_driver_sees_and_none_is_left(ray_local, tmp_path):

@@ -12,11 +12,18 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rlsweep import metrics as M
-from rlsweep.callback import MlflowCallback, TrackingUnavailable
 from rlsweep.config import ConfigError, TrackingConfig, flatten, validate
-from rlsweep.parent_run import SweepParent
-from rlsweep.tracking import Store, check_store, experiment_name, local_artifact_root, redact, resolve_uri
-from rlsweep.tuning import TrialStopper
+from rlsweep.tracking.callback import MlflowCallback, TrackingUnavailable
+from rlsweep.tracking.store import (
+    Store,
+    check_store,
+    experiment_name,
+    local_artifact_root,
+    redact,
+    resolve_uri,
+)
+from rlsweep.tracking.sweep_parent import SweepParent
+from rlsweep.tuning.driver import TrialStopper
 from tests.conftest import small_config
 
 
@@ -304,7 +311,7 @@ def test_rows_survive_a_driver_killed_while_the_store_was_down(store, tmp_path):
 def test_the_journal_reads_whole_lines_in_chunks_and_keeps_nan(tmp_path):
     import math
 
-    from rlsweep.journal import Journal
+    from rlsweep.tracking.journal import Journal
 
     j = Journal(tmp_path)
     for step in range(5):
@@ -333,7 +340,7 @@ def test_passwords_never_reach_a_message():
 
 
 def test_credentials_move_from_the_uri_into_mlflows_variables(monkeypatch):
-    from rlsweep.tracking import take_credentials
+    from rlsweep.tracking.store import take_credentials
 
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
@@ -392,7 +399,7 @@ def test_processes_opening_a_fresh_sqlite_store_at_once_do_not_race(tmp_path):
     from tests.conftest import ROOT
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = ("import sys, time; from rlsweep.tracking import Store\n"
+    code = ("import sys, time; from rlsweep.tracking.store import Store\n"
             "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
             "print(Store(sys.argv[1], 'together').tracker().experiment_id)")
     import time
@@ -423,7 +430,7 @@ def test_a_checkpoint_upload_ends_with_its_state_file(store, tmp_path):
 
 
 def test_trial_run_names_carry_the_number_and_the_searched_values():
-    from rlsweep.tracking import trial_number, trial_run_name
+    from rlsweep.tracking.store import trial_number, trial_run_name
 
     cfg = validate(small_config(ppo={"lr": 0.000312345, "gamma": 0.98765, "train_batch_size": 128}))
     config = cfg.model_dump(mode="json")

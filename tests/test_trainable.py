@@ -6,7 +6,7 @@ import os
 import pytest
 
 from rlsweep import metrics as M
-from rlsweep.trainable import PPOTrainable
+from rlsweep.tuning.trainable import PPOTrainable
 from tests.conftest import small_config
 
 TIMINGS = {M.TIME_SAMPLE_S, M.TIME_LEARN_S, M.TIME_EVAL_S, M.TIME_OTHER_S, M.ENV_STEPS_PER_S}

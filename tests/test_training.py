@@ -8,8 +8,8 @@ import pytest
 
 from rlsweep import metrics as M
 from rlsweep.config import PPOConfig, validate
-from rlsweep.training import NonFiniteError, Training, learning_rate
-from rlsweep.workers import LocalWorkers
+from rlsweep.engine.training import NonFiniteError, Training, learning_rate
+from rlsweep.engine.workers import LocalWorkers
 from tests.conftest import ROOT, small_config
 
 
@@ -109,8 +109,8 @@ def test_restore_onto_another_worker_count_says_so(caplog):
 
 
 def test_training_imports_no_ray():
-    code = ("import sys; from rlsweep.config import validate; from rlsweep.training import Training; "
-            "from rlsweep.workers import make_workers; from tests.conftest import small_config; "
+    code = ("import sys; from rlsweep.config import validate; from rlsweep.engine.training import Training; "
+            "from rlsweep.engine.workers import make_workers; from tests.conftest import small_config; "
             "cfg = validate(small_config(workers=0)); t = Training(cfg, make_workers(cfg)); t.iterate(); "
             "assert 'ray' not in sys.modules, 'ray was imported'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,

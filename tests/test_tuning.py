@@ -3,7 +3,7 @@
 import math
 
 from rlsweep.config import StopConfig
-from rlsweep.tuning import TrialStopper
+from rlsweep.tuning.driver import TrialStopper
 
 
 def test_each_criterion_and_its_reason():
@@ -25,8 +25,8 @@ def test_unset_criteria_never_stop():
 def test_the_sweep_line_shows_the_best_so_far_under_the_sweeps_metric_and_mode(monkeypatch):
     from types import SimpleNamespace
 
-    from rlsweep import tuning
-    from rlsweep.tuning import ProgressLine
+    from rlsweep.tuning import driver as tuning
+    from rlsweep.tuning.driver import ProgressLine
 
     line = ProgressLine(sweep_trials=3, metric="value_loss", mode="min")
     trials = [SimpleNamespace(trial_id="a", status="RUNNING"), SimpleNamespace(trial_id="b", status="TERMINATED")]
@@ -46,7 +46,7 @@ def test_the_sweep_line_shows_the_best_so_far_under_the_sweeps_metric_and_mode(m
 def test_a_line_per_finished_trial_with_its_values_metric_steps_and_why(capsys, tmp_path):
     from types import SimpleNamespace
 
-    from rlsweep.tuning import ProgressLine
+    from rlsweep.tuning.driver import ProgressLine
 
     stop = TrialStopper(StopConfig(target_return=475, env_steps=10_000))
     line = ProgressLine(sweep_trials=2, metric="eval_return_mean", searched=["ppo.lr"], stop_reason=stop.reason)

@@ -21,7 +21,7 @@ from rlsweep.config import ConfigError, ExperimentConfig, TrackingConfig, flatte
 from rlsweep.interrupts import interrupt_on_termination
 
 if TYPE_CHECKING:  # imported where used: `--help` and bad input stay quick
-    from rlsweep.tracking import Store
+    from rlsweep.tracking.store import Store
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -91,7 +91,7 @@ def _fmt(v: object) -> str:
 
 def _load(args: argparse.Namespace, seed: int | None = None) -> ExperimentConfig:
     from rlsweep.envs import space_info
-    from rlsweep.tracking import take_credentials
+    from rlsweep.tracking.store import take_credentials
 
     cfg = load_experiment(args.experiment, args.overrides, seed=seed)
     cfg.tracking.uri = take_credentials(cfg.tracking.uri)  # a password stays out of params, files and Ray
@@ -109,7 +109,7 @@ def _load(args: argparse.Namespace, seed: int | None = None) -> ExperimentConfig
 
 def _check_store(cfg: ExperimentConfig) -> str:
     """Opens the tracking store: the last check, once every other input is known to be good."""
-    from rlsweep.tracking import check_store, resolve_uri
+    from rlsweep.tracking.store import check_store, resolve_uri
 
     uri = resolve_uri(cfg.tracking)
     check_store(uri)
@@ -120,8 +120,8 @@ def _restore_tags(ref: str | None, local: str | None) -> dict[str, str]:
     """Where a `train --restore` run continued from: the checkpoint as given, its run, its env steps."""
     if ref is None or local is None:
         return {}
-    from rlsweep import checkpoint
-    from rlsweep.tracking import TAG_RESTORED_FROM, TAG_RESTORED_RUN, TAG_RESTORED_STEP
+    from rlsweep.ppo import checkpoint
+    from rlsweep.tracking.store import TAG_RESTORED_FROM, TAG_RESTORED_RUN, TAG_RESTORED_STEP
 
     tags = {TAG_RESTORED_FROM: ref if _is_mlflow_uri(ref) else str(Path(ref).resolve()),
             TAG_RESTORED_STEP: str(checkpoint.read(local)[1].get("env_steps", ""))}
@@ -136,7 +136,7 @@ def _is_mlflow_uri(ref: str) -> bool:
 
 def _fetch_checkpoint(ref: str, cfg: ExperimentConfig, uri: str, scratch: str) -> str:
     """A local checkpoint directory for `--restore` (MLflow artifact URIs are downloaded into `scratch`)."""
-    from rlsweep import checkpoint
+    from rlsweep.ppo import checkpoint
 
     local = _download(ref, uri, scratch) if _is_mlflow_uri(ref) else ref
     checkpoint.check(local, cfg.model_dump(mode="json"))
@@ -158,14 +158,14 @@ def _download(ref: str, uri: str, dest: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rlsweep import checkpoint
+    from rlsweep.ppo import checkpoint
 
     cfg = _load(args, seed=args.seed)
     if args.restore and not _is_mlflow_uri(args.restore):
         checkpoint.check(args.restore, cfg.model_dump(mode="json"))
     uri = _check_store(cfg)
-    from rlsweep.tracking import redact
-    from rlsweep.tuning import run_train
+    from rlsweep.tracking.store import redact
+    from rlsweep.tuning.driver import run_train
 
     with tempfile.TemporaryDirectory(prefix="rlsweep-checkpoint-") as scratch:
         restore = _fetch_checkpoint(args.restore, cfg, uri, scratch) if args.restore else None
@@ -190,8 +190,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from rlsweep.commands.sweep import plan
     from rlsweep.search_space import load_search_space
-    from rlsweep.sweep import plan
 
     overrides = list(args.overrides)
     if args.trials is not None:
@@ -203,7 +203,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     p = plan(cfg, space, args.name)
     _check_store(cfg)
 
-    from rlsweep.sweep import run_sweep
+    from rlsweep.commands.sweep import run_sweep
 
     print(f"sweep {p.name}: {cfg.sweep.trials} trials of {args.experiment} over {space_file} "
           f"({', '.join(space.params)}); results in {p.directory}", flush=True)
@@ -211,13 +211,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from rlsweep.sweep import find_sweep, read_meta, resume_sweep
-    from rlsweep.tracking import check_store, take_credentials
+    from rlsweep.commands.sweep import find_sweep, read_meta, resume_sweep
+    from rlsweep.tracking.store import check_store, take_credentials
 
     directory = find_sweep(args.sweep, args.results_dir)
     meta = read_meta(directory, full=True)
     check_store(take_credentials(meta["tracking_uri"]))
-    from rlsweep.tracking import TAG_DIR, TAG_KIND, TAG_STATUS
+    from rlsweep.tracking.store import TAG_DIR, TAG_KIND, TAG_STATUS
 
     tracker = _sweep_store(meta).tracker()
     parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: str(directory)})
@@ -231,7 +231,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _sweep_store(meta: dict) -> Store:
     """The MLflow store and experiment a sweep's record names."""
-    from rlsweep.tracking import Store, experiment_name
+    from rlsweep.tracking.store import Store, experiment_name
 
     return Store(meta["tracking_uri"], experiment_name(ExperimentConfig.model_validate(meta["experiment"])))
 
@@ -239,10 +239,10 @@ def _sweep_store(meta: dict) -> Store:
 def _sweep_outcome(results, directory: Path) -> int:
     """What the sweep came to, as MLflow records it (the statuses the tracker wrote, not Tune's, which
     calls a trial stopped by Ctrl-C 'TERMINATED')."""
+    from rlsweep.commands.sweep import read_meta
     from rlsweep.ranking import best as best_row
     from rlsweep.ranking import rank
-    from rlsweep.sweep import read_meta
-    from rlsweep.tracking import (
+    from rlsweep.tracking.store import (
         TAG_DIR,
         TAG_KIND,
         TAG_STATUS,
@@ -317,9 +317,9 @@ def _self_command() -> str:
 def cmd_best(args: argparse.Namespace) -> int:
     import json
 
+    from rlsweep.commands.sweep import find_sweep, read_meta
     from rlsweep.ranking import best as best_row
-    from rlsweep.report import best_config_yaml
-    from rlsweep.sweep import find_sweep, read_meta
+    from rlsweep.tracking.report import best_config_yaml
 
     directory = find_sweep(args.sweep, args.results_dir)
     meta = read_meta(directory)
@@ -368,8 +368,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace, scratch: str) -> int:
-    from rlsweep import checkpoint
-    from rlsweep.tracking import check_store, resolve_uri
+    from rlsweep.ppo import checkpoint
+    from rlsweep.tracking.store import check_store, resolve_uri
 
     ref = args.checkpoint
     if _is_mlflow_uri(ref):
@@ -383,7 +383,7 @@ def _evaluate(args: argparse.Namespace, scratch: str) -> int:
     if args.episodes is not None:
         cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"episodes": args.episodes})})
 
-    from rlsweep.rollout import Evaluator
+    from rlsweep.engine.rollout import Evaluator
 
     evaluator = Evaluator(cfg.model_copy(update={"seed": args.seed}))
     try:
@@ -402,7 +402,7 @@ def _ui_links(uri: str, base: str, experiment: str | None) -> list[str]:
     sweep's parent run."""
     from mlflow.tracking import MlflowClient
 
-    from rlsweep.tracking import ui_link
+    from rlsweep.tracking.store import ui_link
 
     client = MlflowClient(uri)
     if experiment is not None:
@@ -427,7 +427,7 @@ def _ui_links(uri: str, base: str, experiment: str | None) -> list[str]:
 def cmd_ui(args: argparse.Namespace) -> int:
     import socket
 
-    from rlsweep.tracking import experiment_name, redact, resolve_uri
+    from rlsweep.tracking.store import experiment_name, redact, resolve_uri
 
     cfg = load_experiment(args.experiment) if args.experiment else None
     uri = resolve_uri(cfg.tracking if cfg else TrackingConfig())
@@ -525,11 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     logging.getLogger("alembic").setLevel(verbosity.level())
     if os.environ.get("MLFLOW_TRACKING_URI"):  # user:password@ in it: into MLflow's credential variables
-        from rlsweep.tracking import take_credentials
+        from rlsweep.tracking.store import take_credentials
 
         os.environ["MLFLOW_TRACKING_URI"] = take_credentials(os.environ["MLFLOW_TRACKING_URI"])
     if getattr(args, "tracking_uri", None):
-        from rlsweep.tracking import take_credentials
+        from rlsweep.tracking.store import take_credentials
 
         args.tracking_uri = take_credentials(args.tracking_uri)
     try:

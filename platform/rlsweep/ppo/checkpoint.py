@@ -108,8 +108,8 @@ def load_policy(directory: str | Path) -> tuple[Any, Any, Any]:
 
     from rlsweep.config import ExperimentConfig
     from rlsweep.envs import space_info
-    from rlsweep.networks import ActorCritic
-    from rlsweep.normalization import RunningMeanStd
+    from rlsweep.ppo.networks import ActorCritic
+    from rlsweep.ppo.normalization import RunningMeanStd
 
     learner, state = read(directory)
     cfg = ExperimentConfig.model_validate(state["config"])

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlsweep import metrics as M
-from rlsweep import report
-from rlsweep.tracking import (
+from rlsweep.tracking import report
+from rlsweep.tracking.store import (
     TAG_DESCRIPTION,
     TAG_DIR,
     TAG_KIND,

@@ -24,9 +24,8 @@ from ray import tune
 
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig, flatten
-from rlsweep.journal import Journal
-from rlsweep.parent_run import SweepParent
-from rlsweep.tracking import (
+from rlsweep.tracking.journal import Journal
+from rlsweep.tracking.store import (
     TAG_BEST_SCORE,
     TAG_DESCRIPTION,
     TAG_DIR,
@@ -51,6 +50,7 @@ from rlsweep.tracking import (
     trial_number,
     trial_run_name,
 )
+from rlsweep.tracking.sweep_parent import SweepParent
 
 log = logging.getLogger("rlsweep.tracking")
 

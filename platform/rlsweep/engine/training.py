@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rlsweep import metrics as M
-from rlsweep.batch import to_train_batch
 from rlsweep.config import ConfigError, ExperimentConfig, PPOConfig
+from rlsweep.engine.workers import WorkerGroup
 from rlsweep.envs import space_info
-from rlsweep.normalization import RunningMeanStd
-from rlsweep.workers import WorkerGroup
+from rlsweep.ppo.batch import to_train_batch
+from rlsweep.ppo.normalization import RunningMeanStd
 
 if TYPE_CHECKING:
-    from rlsweep.ppo import Learner
+    from rlsweep.ppo.learner import Learner
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Training:
         """`learner`: where the update runs (`learners.LearnerGroup`); by default a `ppo.Learner` here."""
         import torch  # here, not at import: the driver and the rollout actors never need torch
 
-        from rlsweep.ppo import Learner
+        from rlsweep.ppo.learner import Learner
 
         self.cfg = cfg
         self.workers = workers

@@ -11,7 +11,7 @@ from torch import nn
 
 from rlsweep.config import PolicyConfig
 from rlsweep.envs import SpaceInfo
-from rlsweep.policy import Weights
+from rlsweep.ppo.policy import Weights
 
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)

@@ -382,7 +382,7 @@ class Tracker:
         """A checkpoint into `folder`, replacing the one there: its state.json (which holds the other
         files' checksum) goes last, so a reader during the upload finds the old checkpoint whole or a
         checksum mismatch that says so, never a mix it would load."""
-        from rlsweep.checkpoint import STATE_FILE
+        from rlsweep.ppo.checkpoint import STATE_FILE
 
         d = Path(local_dir)
         for path in sorted(d.rglob("*"), key=lambda p: p.name == STATE_FILE):

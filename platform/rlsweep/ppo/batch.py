@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from rlsweep.gae import compute_gae
+from rlsweep.ppo.gae import compute_gae
 
 
 class Rollout(NamedTuple):

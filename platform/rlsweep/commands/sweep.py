@@ -19,7 +19,7 @@ from typing import Any
 from rlsweep import verbosity
 from rlsweep.config import ConfigError, ExperimentConfig
 from rlsweep.search_space import SearchSpace
-from rlsweep.tracking import Store
+from rlsweep.tracking.store import Store
 
 SWEEP_FILE = "rlsweep_sweep.json"
 
@@ -90,7 +90,7 @@ def read_meta(directory: Path, full: bool = False) -> dict[str, Any]:
 def max_concurrent(cfg: ExperimentConfig) -> int:
     import ray
 
-    from rlsweep.trainable import resource_request
+    from rlsweep.tuning.trainable import resource_request
 
     if cfg.sweep.max_concurrent:
         return cfg.sweep.max_concurrent
@@ -106,10 +106,10 @@ def run_sweep(p: SweepPlan) -> Any:
     from ray.tune.search import ConcurrencyLimiter
 
     from rlsweep import metrics as M
-    from rlsweep import tuning
-    from rlsweep.callback import MlflowCallback
-    from rlsweep.parent_run import SweepParent
-    from rlsweep.searcher import make_sampler, searcher_class
+    from rlsweep.tracking.callback import MlflowCallback
+    from rlsweep.tracking.sweep_parent import SweepParent
+    from rlsweep.tuning import driver as tuning
+    from rlsweep.tuning.searcher import make_sampler, searcher_class
 
     cfg, s = p.cfg, p.cfg.sweep
     optuna.logging.set_verbosity(verbosity.level())
@@ -185,8 +185,9 @@ def resume_sweep(directory: Path) -> Any:
     only what rlsweep signed."""
     from ray import tune
 
-    from rlsweep import retention, tuning
-    from rlsweep.integrity import Signer, verify
+    from rlsweep.tuning import driver as tuning
+    from rlsweep.tuning import retention
+    from rlsweep.tuning.integrity import Signer, verify
 
     for note in verify(directory) + retention.restore(directory):
         print(f"rlsweep: {note}", file=sys.stderr)

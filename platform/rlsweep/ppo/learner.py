@@ -9,13 +9,13 @@ import torch
 import torch.distributed
 
 from rlsweep import metrics as M
-from rlsweep.adam import FlatAdam
-from rlsweep.batch import TrainBatch, explained_variance
 from rlsweep.config import PolicyConfig, PPOConfig
 from rlsweep.envs import SpaceInfo
-from rlsweep.losses import policy_shift, ppo_loss
-from rlsweep.networks import ActorCritic
-from rlsweep.policy import Weights
+from rlsweep.ppo.adam import FlatAdam
+from rlsweep.ppo.batch import TrainBatch, explained_variance
+from rlsweep.ppo.losses import policy_shift, ppo_loss
+from rlsweep.ppo.networks import ActorCritic
+from rlsweep.ppo.policy import Weights
 
 
 class Learner:

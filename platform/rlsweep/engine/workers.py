@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from rlsweep.batch import Rollout
 from rlsweep.config import ExperimentConfig
-from rlsweep.normalization import RunningMeanStd
-from rlsweep.policy import Weights
-from rlsweep.rollout import Evaluator, Sampler
+from rlsweep.engine.rollout import Evaluator, Sampler
+from rlsweep.ppo.batch import Rollout
+from rlsweep.ppo.normalization import RunningMeanStd
+from rlsweep.ppo.policy import Weights
 
 log = logging.getLogger(__name__)
 

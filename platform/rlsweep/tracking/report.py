@@ -13,7 +13,7 @@ import yaml
 from rlsweep import metrics as M
 from rlsweep.config import flatten
 from rlsweep.ranking import rank
-from rlsweep.tracking import TAG_BEST_RUN, TAG_BEST_TRIAL, TAG_STATUS, Tracker, better, run_config_dict
+from rlsweep.tracking.store import TAG_BEST_RUN, TAG_BEST_TRIAL, TAG_STATUS, Tracker, better, run_config_dict
 
 TOP_CURVES = 5
 

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from rlsweep import metrics as M
-from rlsweep.batch import Rollout
 from rlsweep.config import ExperimentConfig
 from rlsweep.envs import decode_value, encode_value, env_state, make_vector_env, set_env_state, space_info
-from rlsweep.normalization import RunningMeanStd
-from rlsweep.policy import NumpyPolicy, Weights
+from rlsweep.ppo.batch import Rollout
+from rlsweep.ppo.normalization import RunningMeanStd
+from rlsweep.ppo.policy import NumpyPolicy, Weights
 
 _EVAL_STREAM = 0xE7A1
 

@@ -21,12 +21,12 @@ from ray.tune.logger import JsonLoggerCallback
 from rlsweep import metrics as M
 from rlsweep import verbosity
 from rlsweep.config import ConfigError, ExperimentConfig, StopConfig
-from rlsweep.integrity import Signer
 from rlsweep.interrupts import interrupt_on_termination
-from rlsweep.retention import Retainer
-from rlsweep.storage import check_shared_storage
-from rlsweep.tracking import better, error_line, trial_error_line, trial_number, trial_run_name
-from rlsweep.trainable import PPOTrainable, resource_request
+from rlsweep.tracking.store import better, error_line, trial_error_line, trial_number, trial_run_name
+from rlsweep.tuning.integrity import Signer
+from rlsweep.tuning.retention import Retainer
+from rlsweep.tuning.storage import check_shared_storage
+from rlsweep.tuning.trainable import PPOTrainable, resource_request
 
 
 def _warm_imports() -> None:
@@ -392,8 +392,8 @@ class TrainOutcome:
 
 def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict[str, str] | None = None) -> TrainOutcome:
     """One trial of `cfg` through a Tuner; returns its last metrics and checkpoint."""
-    from rlsweep.callback import MlflowCallback
-    from rlsweep.tracking import Store
+    from rlsweep.tracking.callback import MlflowCallback
+    from rlsweep.tracking.store import Store
 
     storage = Path(cfg.results_dir).resolve()
     name = f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"

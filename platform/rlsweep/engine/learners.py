@@ -15,9 +15,9 @@ from typing import Any
 import ray
 
 from rlsweep.config import ExperimentConfig
+from rlsweep.engine.workers import in_trial_group, node_ids
 from rlsweep.envs import space_info
-from rlsweep.policy import Weights
-from rlsweep.workers import in_trial_group, node_ids
+from rlsweep.ppo.policy import Weights
 
 
 class LearnerActor:
@@ -43,7 +43,7 @@ class LearnerActor:
 
         import torch
 
-        from rlsweep.ppo import Learner
+        from rlsweep.ppo.learner import Learner
 
         if self.world > 1:
             host, port = master

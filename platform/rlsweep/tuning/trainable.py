@@ -8,12 +8,13 @@ from typing import Any
 
 from ray import tune
 
-from rlsweep import checkpoint, verbosity
 from rlsweep import metrics as M
+from rlsweep import verbosity
 from rlsweep.config import ExperimentConfig
-from rlsweep.learners import LearnerGroup
-from rlsweep.training import NonFiniteError, Training
-from rlsweep.workers import RemoteWorkers, make_workers
+from rlsweep.engine.learners import LearnerGroup
+from rlsweep.engine.training import NonFiniteError, Training
+from rlsweep.engine.workers import RemoteWorkers, make_workers
+from rlsweep.ppo import checkpoint
 
 
 def resource_request(cfg: ExperimentConfig) -> tune.PlacementGroupFactory:
