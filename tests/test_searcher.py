@@ -1,7 +1,5 @@
-"""Fences around the private Ray and Optuna internals rlsweep relies on: when an upgrade moves them,
-these fail with a message that says what moved, before a sweep or a resume breaks."""
+"""The Optuna sampler and the resumable Tune searcher (their private internals: test_compat.py)."""
 
-import inspect
 
 import optuna
 import pytest
@@ -9,47 +7,6 @@ import pytest
 from rlsweep.config import validate
 from rlsweep.tuning.searcher import make_sampler, searcher_class
 from tests.conftest import small_config
-
-
-def test_ray_optuna_search_still_has_what_the_subclass_overrides():
-    from ray.tune.search.optuna import OptunaSearch
-
-    for name in ("_suggest_from_define_by_run_func", "on_trial_result", "suggest"):
-        assert callable(getattr(OptunaSearch, name, None)), f"ray.tune OptunaSearch.{name} is gone: see searcher.py"
-    params = list(inspect.signature(OptunaSearch._suggest_from_define_by_run_func).parameters)
-    assert params == ["self", "func", "ot_trial"], f"OptunaSearch._suggest_from_define_by_run_func is now {params}"
-    source = inspect.getsource(OptunaSearch)
-    for attr in ("self._ot_trials", "self._ot_study"):
-        assert attr in source, f"OptunaSearch no longer keeps {attr}: ResumableOptunaSearch reads it"
-
-
-def test_optuna_trial_internals():
-    study = optuna.create_study()
-    frozen = study.ask()
-    assert hasattr(study.trials[0], "_trial_id"), "optuna FrozenTrial._trial_id is gone: see searcher._orphan"
-    again = optuna.trial.Trial(study, study.trials[0]._trial_id)
-    assert again.number == frozen.number, "optuna.trial.Trial(study, trial_id) no longer reopens a trial"
-
-
-def test_tune_usage_hook_used_to_warm_imports():
-    import ray.air._internal.usage as usage
-
-    assert callable(getattr(usage, "_count_callbacks", None)), \
-        "ray.air._internal.usage._count_callbacks is gone: see tuning._warm_imports"
-
-
-def test_tune_env_propagation_that_secrets_are_kept_out_of():
-    from ray.tune.execution import class_cache
-
-    assert isinstance(getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None), set), \
-        "ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE moved: see tuning._secrets_kept_from_ray"
-
-
-def test_tune_trial_retry_rule_that_a_nan_row_turns_off():
-    from ray.tune.experiment import Trial
-
-    source = inspect.getsource(Trial.should_recover)
-    assert "self.max_failures" in source, "Trial.should_recover no longer reads max_failures: see callback.on_trial_result"
 
 
 def test_searcher_drives_a_study(tmp_path):

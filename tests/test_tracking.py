@@ -1,6 +1,7 @@
 """The MLflow side, in-process: store resolution, the Tracker, and the Tune callback driven by
 stand-ins for Tune's trial objects against a real SQLite MLflow store (no Ray cluster needed)."""
 
+import json
 import os
 import pickle
 import uuid
@@ -13,7 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from rlsweep import metrics as M
 from rlsweep.config import ConfigError, TrackingConfig, flatten, validate
-from rlsweep.tracking.callback import MlflowCallback, TrackingUnavailable
+from rlsweep.tracking.callback import MlflowCallback
+from rlsweep.tracking.parents import SingleRun, SweepParent
 from rlsweep.tracking.store import (
     Store,
     check_store,
@@ -22,8 +24,8 @@ from rlsweep.tracking.store import (
     redact,
     resolve_uri,
 )
-from rlsweep.tracking.sweep_parent import SweepParent
-from rlsweep.tuning.driver import TrialStopper
+from rlsweep.tracking.writer import TrackingUnavailable
+from rlsweep.tuning.stopper import TrialStopper
 from tests.conftest import small_config
 
 
@@ -108,7 +110,18 @@ def result(step, ret):
 
 
 def callback(store, cfg, run_dir, sweep=None):
-    return MlflowCallback(store, run_dir, validate(cfg), TrialStopper(validate(cfg).stop).reason, sweep=sweep)
+    return MlflowCallback(store, run_dir, validate(cfg), TrialStopper(validate(cfg).stop).reason, sweep or SingleRun())
+
+
+def log_result(run_dir, trial):
+    """A line of the trial's result log, as Tune's JSON logger writes it into the sweep directory
+    (what `ranking.sweep_rows` reads)."""
+    folder = Path(run_dir) / f"trial_{trial.trial_id}"
+    folder.mkdir(parents=True, exist_ok=True)
+    line = {**trial.last_result, "config": trial.config, "trial_id": trial.trial_id,
+            "experiment_tag": trial.experiment_tag}
+    with open(folder / "result.json", "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def play(cb, trial, steps, tmp_path, trials=None, attempt=0):
@@ -117,6 +130,7 @@ def play(cb, trial, steps, tmp_path, trials=None, attempt=0):
     cb.on_trial_start(0, trials, trial)
     for step, ret in steps:
         trial.last_result = result(step, ret)
+        log_result(cb.run_dir, trial)
         cb.on_trial_result(0, trials, trial, trial.last_result)
         ckpt = tmp_path / f"{trial.trial_id}-{attempt}-{step}"
         ckpt.mkdir()
@@ -430,7 +444,8 @@ def test_a_checkpoint_upload_ends_with_its_state_file(store, tmp_path):
 
 
 def test_trial_run_names_carry_the_number_and_the_searched_values():
-    from rlsweep.tracking.store import trial_number, trial_run_name
+    from rlsweep.ranking import trial_number
+    from rlsweep.tracking.runs import trial_run_name
 
     cfg = validate(small_config(ppo={"lr": 0.000312345, "gamma": 0.98765, "train_batch_size": 128}))
     config = cfg.model_dump(mode="json")

@@ -3,7 +3,7 @@
 import math
 
 from rlsweep.config import StopConfig
-from rlsweep.tuning.driver import TrialStopper
+from rlsweep.tuning.stopper import TrialStopper
 
 
 def test_each_criterion_and_its_reason():
@@ -25,8 +25,8 @@ def test_unset_criteria_never_stop():
 def test_the_sweep_line_shows_the_best_so_far_under_the_sweeps_metric_and_mode(monkeypatch):
     from types import SimpleNamespace
 
-    from rlsweep.tuning import driver as tuning
-    from rlsweep.tuning.driver import ProgressLine
+    from rlsweep.tuning import ray_session
+    from rlsweep.tuning.progress import ProgressLine
 
     line = ProgressLine(sweep_trials=3, metric="value_loss", mode="min")
     trials = [SimpleNamespace(trial_id="a", status="RUNNING"), SimpleNamespace(trial_id="b", status="TERMINATED")]
@@ -39,14 +39,14 @@ def test_the_sweep_line_shows_the_best_so_far_under_the_sweeps_metric_and_mode(m
     assert "trials 2/3 done, 1 running |" in line.sweep_line(trials)
     trials.append(SimpleNamespace(trial_id="d", status="PENDING"))  # its actors start
     assert "trials 2/3 done, 1 running, 1 starting |" in line.sweep_line(trials)
-    monkeypatch.setattr(tuning, "_short_of_resources", True)  # what check_cluster found: no room for it yet
+    monkeypatch.setattr(ray_session._Fit, "short_of_resources", True)  # what check_cluster found: no room for it yet
     assert "trials 2/3 done, 1 running, 1 waiting for resources |" in line.sweep_line(trials)
 
 
 def test_a_line_per_finished_trial_with_its_values_metric_steps_and_why(capsys, tmp_path):
     from types import SimpleNamespace
 
-    from rlsweep.tuning.driver import ProgressLine
+    from rlsweep.tuning.progress import ProgressLine
 
     stop = TrialStopper(StopConfig(target_return=475, env_steps=10_000))
     line = ProgressLine(sweep_trials=2, metric="eval_return_mean", searched=["ppo.lr"], stop_reason=stop.reason)

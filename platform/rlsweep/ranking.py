@@ -1,15 +1,83 @@
-"""Which trial is best: the one rule that `sweep`'s summary, `rlsweep best`, the parent run's report
-and the tests all use.
+"""A sweep's trials as ranked rows: one source for the rows, one rule for their order.
 
-A row is a dict with at least `trial_id` and the metric; `env_steps` breaks ties.
+Everything that names a best trial (the sweep's closing summary and table, the parent run's report
+and `best_*` metric, `rlsweep best`, the tests) reads its rows through `sweep_rows` and orders them
+with `rank`. The source is each trial's result log in the sweep directory (Tune's JSON logger: the
+last line is the trial's latest result); Tune writes it there, whole, before its run ends, for a live
+sweep as for a finished, interrupted or resumed one. No Ray here.
+
+A row is a dict: `trial_id`, `number` (`003`: the trial's place in the sweep), `config`, `checkpoint`
+(the trial's newest checkpoint folder, or None) and the values of its latest result (the metric,
+`env_steps`, ...; none where it reported nothing). `env_steps` breaks ties. A later score (a
+confirmation round on fresh seeds) goes into the same rows under a key of its own.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
+from rlsweep import compat
 from rlsweep import metrics as M
+from rlsweep.config import ConfigError
+
+TRIAL_GLOB = "trial_*"  # `tuning.trainable.trial_dirname`
+PARAMS_FILE = "params.json"  # Tune's JSON logger: the trial's config, written when it starts
+
+
+def trial_number(experiment_tag: str | None, trial_id: str) -> str:
+    """`003` for a sweep's third trial (Tune's experiment tag starts with the count, which a resumed
+    sweep carries on), else the trial id."""
+    head = (experiment_tag or "").split("_", 1)[0]
+    return f"{int(head):03d}" if head.isdigit() else trial_id
+
+
+def _last_line(path: Path) -> str | None:
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return lines[-1] if lines else None
+
+
+def trial_row(trial_dir: Path) -> dict[str, Any] | None:
+    """One trial folder's row; None where the trial has not started (no config yet). A ConfigError
+    where its result log is not what Tune writes (corrupt or truncated)."""
+    results = compat.trial_result_file(trial_dir)
+    last = _last_line(results)
+    if last is None:
+        params = trial_dir / PARAMS_FILE
+        try:
+            config = json.loads(params.read_text()) if params.is_file() else None
+        except ValueError:
+            config = None
+        if not isinstance(config, dict):
+            return None
+        values: dict[str, Any] = {}
+        trial_id = trial_dir.name.removeprefix("trial_")
+    else:
+        try:
+            values = json.loads(last)
+            config, trial_id = values.pop("config"), values["trial_id"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{results}: the last result is not valid (corrupt or truncated)") from None
+    checkpoint = compat.latest_checkpoint(trial_dir)
+    return {**values, "trial_id": trial_id, "number": trial_number(values.get("experiment_tag"), trial_id),
+            "config": config, "checkpoint": str(checkpoint) if checkpoint else None}
+
+
+def sweep_rows(directory: str | Path) -> list[dict[str, Any]]:
+    """Every started trial of the sweep in `directory`, in the order the sweep started them."""
+    rows = [row for d in Path(directory).glob(TRIAL_GLOB) if d.is_dir() and (row := trial_row(d)) is not None]
+
+    def order(row: dict[str, Any]) -> tuple[int, str]:
+        return (int(row["number"]) if row["number"].isdigit() else math.inf, row["trial_id"])
+
+    return sorted(rows, key=order)
+
+
+def ranked_rows(directory: str | Path, metric: str, mode: str) -> list[dict[str, Any]]:
+    """The sweep's rows with a finite metric, best first (`rank`)."""
+    return rank(sweep_rows(directory), metric, mode)
 
 
 def score(row: dict[str, Any], metric: str) -> float | None:
@@ -37,3 +105,8 @@ def best(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] |
     """The best row under `rank`, or None when no row has a finite metric."""
     ranked = rank(rows, metric, mode)
     return ranked[0] if ranked else None
+
+
+def better(a: float, b: float, mode: str) -> bool:
+    """Whether metric value a beats b under the sweep's mode ("max" or "min")."""
+    return a > b if mode == "max" else a < b

@@ -1,27 +1,30 @@
-"""Sweeps: Optuna (define-by-run) through Ray Tune, every trial in MLflow, resumable.
+"""`rlsweep sweep` and `rlsweep resume`: Optuna (define-by-run) through Ray Tune, every trial in
+MLflow, resumable.
 
-A sweep lives in `<results_dir>/<name>/`: Tune's experiment state and trials, `optuna.db` (the
-study, unless `sweep.study_storage` names another storage) and `rlsweep_sweep.json` (what `resume`
-and `best` need).
+The story: `prepare` reads and checks everything a sweep is given before Ray starts; `run_sweep`
+starts Ray, refuses a trial that can never fit, writes the sweep's record and runs the Tuner with the
+Optuna searcher, the scheduler and the callbacks (MLflow, signing, the live line). `plan_resume` finds
+an interrupted sweep and checks its record and store; `resume_sweep` verifies what Tune will unpickle
+and runs it on. Both end in `outcome`: what MLflow recorded of the trials, and the ranked rows
+(`ranking.ranked_rows`), as a `SweepOutcome` for the CLI to print.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlsweep import verbosity
+from rlsweep.commands import inputs
+from rlsweep.commands.record import SweepRecord, find_sweep
 from rlsweep.config import ConfigError, ExperimentConfig
-from rlsweep.search_space import SearchSpace
+from rlsweep.search_space import SearchSpace, load_search_space
 from rlsweep.tracking.store import Store
-
-SWEEP_FILE = "rlsweep_sweep.json"
 
 
 @dataclass
@@ -34,9 +37,12 @@ class SweepPlan:
     directory: Path
     store: Store
     study_storage: str
+    space_file: str = ""  # the search space's file, as given
 
 
 def plan(cfg: ExperimentConfig, space: SearchSpace, name: str | None) -> SweepPlan:
+    """A new sweep of `cfg` over `space`, named `name` (default: `<experiment>-<date>-<time>`); a
+    ConfigError where the name is taken or not usable, or the study storage cannot be."""
     name = name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ConfigError(f"--name {name!r}: use letters, digits, '-', '_' and '.'")
@@ -55,39 +61,29 @@ def plan(cfg: ExperimentConfig, space: SearchSpace, name: str | None) -> SweepPl
     return SweepPlan(cfg, space, name, directory, Store.of(cfg), storage)
 
 
-def find_sweep(name_or_path: str, results_dir: str = "results") -> Path:
-    """A sweep directory from a path or a name under results_dir; ConfigError if there is none."""
-    for candidate in (Path(name_or_path), Path(results_dir) / name_or_path):
-        if (candidate / SWEEP_FILE).is_file():
-            return candidate.resolve()
-    raise ConfigError(f"no sweep {name_or_path!r}: neither a sweep directory nor a sweep under "
-                      f"{Path(results_dir).resolve()}")
+def prepare(experiment: str, overrides: list[str], space: str | None = None, trials: int | None = None,
+            name: str | None = None) -> SweepPlan:
+    """Reads and checks everything `rlsweep sweep` is given (the experiment, the search space, the
+    name, the store), before Ray starts.
 
-
-def read_meta(directory: Path, full: bool = False) -> dict[str, Any]:
-    """The sweep's own record; a ConfigError when it is not what rlsweep wrote. `best` needs only the
-    metric; `full`: everything `resume` needs."""
-    try:
-        meta = json.loads((directory / SWEEP_FILE).read_text())
-    except (ValueError, UnicodeDecodeError, OSError):
-        raise ConfigError(f"{directory / SWEEP_FILE}: not readable as a sweep record (corrupt or truncated)") from None
-    keys = ("name", "metric", "mode") + (("experiment", "tracking_uri", "params", "trials") if full else ())
-    missing = [k for k in keys if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise ConfigError(f"{directory / SWEEP_FILE}: not a sweep record (no {', '.join(missing)})")
-    if full:
-        try:
-            ExperimentConfig.model_validate(meta["experiment"])
-        except ValueError:
-            raise ConfigError(f"{directory / SWEEP_FILE}: its experiment is not valid (edited or corrupt)") from None
-    return meta
-
-
-# --------------------------------------------------------------------------------------------------
-# Running
+    Args:
+        experiment: the experiment YAML.
+        overrides: `--set KEY=VALUE` strings.
+        space: the search-space YAML (default: the experiment's `sweep.search_space`).
+        trials: replaces `sweep.trials`.
+        name: the sweep's name.
+    """
+    overrides = list(overrides) + ([f"sweep.trials={trials}"] if trials is not None else [])
+    cfg = inputs.experiment(experiment, overrides)
+    space_file = space or cfg.sweep.search_space
+    p = plan(cfg, load_search_space(space_file, cfg.model_dump(mode="json"), experiment), name)
+    p.space_file = space_file
+    inputs.store_uri(cfg)
+    return p
 
 
 def max_concurrent(cfg: ExperimentConfig) -> int:
+    """`sweep.max_concurrent`, else as many trials as the Ray cluster's CPUs hold at once."""
     import ray
 
     from rlsweep.tuning.trainable import resource_request
@@ -98,7 +94,8 @@ def max_concurrent(cfg: ExperimentConfig) -> int:
     return max(1, math.floor(ray.cluster_resources().get("CPU", 1) / per_trial + 1e-9))
 
 
-def run_sweep(p: SweepPlan) -> Any:
+def run_sweep(p: SweepPlan) -> SweepOutcome:
+    """Runs a planned sweep to its end (or Ctrl-C, or a lost store); what it came to."""
     import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
@@ -107,23 +104,27 @@ def run_sweep(p: SweepPlan) -> Any:
 
     from rlsweep import metrics as M
     from rlsweep.tracking.callback import MlflowCallback
-    from rlsweep.tracking.sweep_parent import SweepParent
-    from rlsweep.tuning import driver as tuning
+    from rlsweep.tracking.parents import SweepParent
+    from rlsweep.tuning.progress import ProgressLine
+    from rlsweep.tuning.ray_session import check_cluster, init_ray
     from rlsweep.tuning.searcher import make_sampler, searcher_class
+    from rlsweep.tuning.signing import SignTuneState
+    from rlsweep.tuning.stopper import TrialStopper
+    from rlsweep.tuning.trainable import trainable_for, trial_dirname
 
     cfg, s = p.cfg, p.cfg.sweep
     optuna.logging.set_verbosity(verbosity.level())
-    stopper = tuning.TrialStopper(cfg.stop)
+    stopper = TrialStopper(cfg.stop)
     sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
                     "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
     parent = SweepParent(name=p.name, run_dir=str(p.directory), metric=s.metric, mode=s.mode,
                          searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
                          time_budget_s=s.time_budget_s)
-    tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, sweep=parent)
-    signer = tuning.SignTuneState(p.directory)
+    tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, parent)
+    signer = SignTuneState(p.directory)
     # Ray first: a trial that can never fit is bad input, refused before the sweep's folder exists
-    tuning.init_ray(tracker.open)
-    tuning.check_cluster(cfg)
+    init_ray(tracker.open)
+    check_cluster(cfg)
     try:
         p.directory.mkdir(parents=True)
     except FileExistsError:
@@ -135,13 +136,11 @@ def run_sweep(p: SweepPlan) -> Any:
         shutil.rmtree(p.directory, ignore_errors=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"sweep.study_storage {p.study_storage}: cannot be opened ({first})") from None
-    record = p.directory / f".{SWEEP_FILE}.tmp"
-    record.write_text(json.dumps({
+    SweepRecord.write(p.directory, {
         "name": p.name, "experiment": cfg.model_dump(mode="json"), "space": p.space.source,
         "params": list(p.space.params), "tracking_uri": p.store.uri, "study_storage": p.study_storage,
         "metric": s.metric, "mode": s.mode, "trials": s.trials, "time_budget_s": s.time_budget_s,
-    }, indent=2))
-    record.replace(p.directory / SWEEP_FILE)
+    })
     searcher = searcher_class()(
         space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),
         study_name=p.name, storage=storage, check=p.space.check,
@@ -154,11 +153,11 @@ def run_sweep(p: SweepPlan) -> Any:
     concurrent = max_concurrent(cfg)
     sweep_params["max_concurrent"] = concurrent
     tuner = tune.Tuner(
-        tuning.trainable_for(),
+        trainable_for(),
         param_space=cfg.model_dump(mode="json"),
         tune_config=tune.TuneConfig(
             num_samples=s.trials, search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
-            scheduler=scheduler, reuse_actors=s.reuse_actors, trial_dirname_creator=tuning.trial_dirname,
+            scheduler=scheduler, reuse_actors=s.reuse_actors, trial_dirname_creator=trial_dirname,
             time_budget_s=s.time_budget_s,
         ),
         run_config=tune.RunConfig(
@@ -168,35 +167,123 @@ def run_sweep(p: SweepPlan) -> Any:
                 num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
             ),
             callbacks=[JsonLoggerCallback(), tracker, signer,
-                       tuning.ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode,
+                       ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode,
                                            searched=list(p.space.params), stop_reason=stopper.reason)],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             verbose=verbosity.tune_verbosity(),
         ),
     )
     try:
-        return tuner.fit()
+        tuner.fit()
     finally:
         signer.signer.sign()  # Tune's last snapshot
+    return outcome(SweepRecord.read(p.directory, full=True))
 
 
-def resume_sweep(directory: Path) -> Any:
-    """Continues a sweep from its directory, once `integrity.verify` has made sure that Tune unpickles
-    only what rlsweep signed."""
+@dataclass(frozen=True)
+class ResumePlan:
+    """An interrupted sweep to resume; `finished`: it has finished (nothing to resume)."""
+
+    record: SweepRecord
+    finished: bool = False
+
+
+def plan_resume(name_or_path: str, results_dir: str = "results") -> ResumePlan:
+    """Finds the sweep, reads its record (once) and opens its store, before Ray starts."""
+    from rlsweep.tracking.runs import TAG_DIR, TAG_KIND, TAG_STATUS
+    from rlsweep.tracking.status import RunStatus
+    from rlsweep.tracking.store import check_store, take_credentials
+
+    directory = find_sweep(name_or_path, results_dir)
+    record = SweepRecord.read(directory, full=True)
+    check_store(take_credentials(record.tracking_uri))
+    tracker = record.store().tracker()
+    parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: str(directory)})
+    finished = parent is not None and tracker.tags(parent).get(TAG_STATUS) == RunStatus.FINISHED
+    return ResumePlan(record, finished)
+
+
+def resume_sweep(p: ResumePlan) -> SweepOutcome:
+    """Continues an interrupted sweep from its directory, once `integrity.verify` has made sure that
+    Tune unpickles only what rlsweep signed; what it came to."""
     from ray import tune
 
-    from rlsweep.tuning import driver as tuning
     from rlsweep.tuning import retention
     from rlsweep.tuning.integrity import Signer, verify
+    from rlsweep.tuning.ray_session import check_cluster, init_ray
+    from rlsweep.tuning.trainable import trainable_for
+
+    directory = p.record.directory
 
     for note in verify(directory) + retention.restore(directory):
         print(f"rlsweep: {note}", file=sys.stderr)
-    tuning.init_ray()
+    init_ray()
     # the cluster resumed on may be another one, or smaller than the one the sweep started on
-    tuning.check_cluster(ExperimentConfig.model_validate(read_meta(directory, full=True)["experiment"]), directory)
-    tuner = tune.Tuner.restore(str(directory), trainable=tuning.trainable_for(), resume_unfinished=True,
+    check_cluster(p.record.cfg, directory)
+    tuner = tune.Tuner.restore(str(directory), trainable=trainable_for(), resume_unfinished=True,
                                resume_errored=False)
     try:
-        return tuner.fit()
+        tuner.fit()
     finally:
         Signer(directory).sign()
+    return outcome(p.record)
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep came to, as MLflow records it (the statuses the tracker wrote, not Tune's, which
+    calls a trial stopped by Ctrl-C 'TERMINATED').
+
+    Args:
+        record: the sweep's record.
+        finished: the sweep's parent run says it finished (else it was interrupted).
+        store_error: the tracking store could not be read afterwards (why, in one line).
+        done: trials over for good (finished, stopped early or failed); `failed`: of them, failed.
+        rows: the trials with the metric, best first (`ranking.ranked_rows`).
+        runs: trial id -> its MLflow run id.
+        experiment_id: the MLflow experiment's id; `parent_run_id`: the sweep's parent run.
+    """
+
+    record: SweepRecord
+    finished: bool = False
+    store_error: str | None = None
+    done: int = 0
+    failed: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    runs: dict[str, str] = field(default_factory=dict)
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best trial's row, or None where no trial reported the metric."""
+        return self.rows[0] if self.rows else None
+
+    @property
+    def out_of_time(self) -> bool:
+        """The sweep's time budget ended it before all its trials ran."""
+        return bool(self.finished and self.record.time_budget_s and self.done < (self.record.trials or 0))
+
+
+def outcome(record: SweepRecord) -> SweepOutcome:
+    """What the sweep in `record.directory` came to: its MLflow statuses and its ranked rows."""
+    from rlsweep.ranking import ranked_rows
+    from rlsweep.tracking.runs import TAG_DIR, TAG_KIND, TAG_STATUS, TAG_TRIAL
+    from rlsweep.tracking.status import RunStatus
+
+    directory = str(record.directory)
+    try:
+        tracker = record.store().tracker()
+        parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: directory})
+        children = {r.tags.get(TAG_TRIAL): r for r in tracker.search(**{TAG_KIND: "trial", TAG_DIR: directory})}
+        parent_status = tracker.tags(parent).get(TAG_STATUS) if parent else None
+    except Exception as e:  # noqa: BLE001 - the store went away: what Tune saved is still resumable
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        return SweepOutcome(record, store_error=first)
+    statuses = [r.tags.get(TAG_STATUS) for r in children.values()]
+    done = sum(s in (RunStatus.FINISHED, RunStatus.STOPPED_EARLY, RunStatus.ERROR) for s in statuses)
+    return SweepOutcome(
+        record, finished=parent_status == RunStatus.FINISHED, done=done, failed=statuses.count(RunStatus.ERROR),
+        rows=ranked_rows(record.directory, record.metric, record.mode),
+        runs={tid: r.run_id for tid, r in children.items() if tid}, experiment_id=tracker.experiment_id,
+        parent_run_id=parent)

@@ -77,8 +77,9 @@ def _load(directory: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
     return d, data, state
 
 
-def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> Path:
-    """The checkpoint directory, or a ConfigError saying what is missing, corrupt or does not fit.
+def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """(The checkpoint directory, its state), or a ConfigError saying what is missing, corrupt or does
+    not fit.
 
     With `experiment` (a config dict), also checks that the checkpoint was trained on the same env
     with the same network, so a mismatch is reported before anything starts.
@@ -92,7 +93,7 @@ def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> Pa
                 raise ConfigError(
                     f"--restore {directory}: checkpoint has {section}.{key}={old!r}, the experiment {new!r}"
                 )
-    return d
+    return d, state
 
 
 _MUST_MATCH = [("env", "id"), ("policy", "hidden_sizes"), ("policy", "activation"),

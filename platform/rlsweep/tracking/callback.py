@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import queue
 import signal
 import threading
 import time
@@ -22,12 +21,14 @@ from typing import Any
 
 from ray import tune
 
+from rlsweep import compat
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig, flatten
+from rlsweep.ranking import better, trial_number
 from rlsweep.tracking.journal import Journal
-from rlsweep.tracking.store import (
+from rlsweep.tracking.parents import SingleRun, SweepParent
+from rlsweep.tracking.runs import (
     TAG_BEST_SCORE,
-    TAG_DESCRIPTION,
     TAG_DIR,
     TAG_KIND,
     TAG_PARENT,
@@ -36,117 +37,19 @@ from rlsweep.tracking.store import (
     TAG_RESTORE_NOTE,
     TAG_RETRIES,
     TAG_RETRY_REASON,
-    TAG_SEARCHED,
     TAG_SEED,
     TAG_STATUS,
     TAG_TRIAL,
-    Store,
-    Tracker,
-    better,
     numeric,
     run_config_dict,
-    searched_values,
     trial_error_line,
-    trial_number,
-    trial_run_name,
 )
-from rlsweep.tracking.sweep_parent import SweepParent
+from rlsweep.tracking.status import Outcome, RunStatus, at_experiment_end, completed, failed
+from rlsweep.tracking.store import Store
+from rlsweep.tracking.tracker import Tracker
+from rlsweep.tracking.writer import TrackingUnavailable, Writer
 
 log = logging.getLogger("rlsweep.tracking")
-
-
-class TrackingUnavailable(RuntimeError):
-    """The MLflow store stayed unreachable for longer than `tracking.outage_s`."""
-
-
-class _Writer:
-    """One thread that makes the callback's MLflow calls, in the order they were submitted.
-
-    Tune runs the next step of a trial only after every callback has returned, so MLflow calls made
-    in the hooks would stall the trials (a run status change alone waits ~1 s for MLflow's own async
-    queue to stop). Here the hooks only queue work. A call that fails is retried with backoff (the
-    calls after it wait: order matters) while training goes on; only a store that stays unreachable
-    for `outage_s` is an error, raised again in the driver at the next hook.
-    """
-
-    def __init__(self, outage_s: float = 300.0) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue()
-        self.outage_s = outage_s
-        self.error: BaseException | None = None
-        self.busy_s = 0.0  # time spent in MLflow calls
-        self.cpu_s = 0.0  # CPU time of those calls
-        self.waited_s = 0.0  # time the driver spent waiting in barrier()
-        self.failing_since: float | None = None  # while the store is unreachable
-        self._thread: threading.Thread | None = None
-
-    def submit(self, fn: Any, *args: Any) -> None:
-        self.check()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="rlsweep-mlflow", daemon=True)
-            self._thread.start()
-        self.queue.put((fn, args))
-
-    def barrier(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted so far is written (at most `timeout` seconds); whether it was."""
-        done = True
-        if self._thread is not None:
-            t0 = time.perf_counter()
-            with self.queue.all_tasks_done:
-                while self.queue.unfinished_tasks and self.error is None:
-                    left = None if timeout is None else timeout - (time.perf_counter() - t0)
-                    if left is not None and left <= 0:
-                        done = False
-                        break
-                    self.queue.all_tasks_done.wait(1.0 if left is None else min(left, 1.0))
-            self.waited_s += time.perf_counter() - t0
-        self.check()
-        return done
-
-    def check(self) -> None:
-        if self.error is not None:
-            err = self.error
-            if isinstance(err, TrackingUnavailable):
-                raise err
-            raise RuntimeError(f"MLflow tracking failed: {type(err).__name__}: {err}") from err
-
-    def _loop(self) -> None:
-        while True:
-            fn, args = self.queue.get()
-            try:
-                if self.error is None:  # after giving up, drop the rest: the driver ends the run
-                    self._call(fn, args)
-            finally:
-                self.queue.task_done()
-
-    def _call(self, fn: Any, args: tuple) -> None:
-        delay = 0.5
-        while True:
-            t0, c0 = time.perf_counter(), time.thread_time()
-            try:
-                fn(*args)
-                if self.failing_since is not None:
-                    log.warning("MLflow store reachable again after %.0f s; the buffered metrics are written",
-                                time.monotonic() - self.failing_since)
-                    self.failing_since = None
-                return
-            except Exception as e:  # noqa: BLE001 - the store's errors are many; all are retried
-                now = time.monotonic()
-                if self.failing_since is None:
-                    self.failing_since = now
-                    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-                    log.warning("MLflow store unreachable (%s); training goes on, retrying for up to %.0f s",
-                                first, self.outage_s)
-                if now - self.failing_since >= self.outage_s:
-                    self.error = TrackingUnavailable(
-                        f"the MLflow store was unreachable for {now - self.failing_since:.0f} s "
-                        f"(tracking.outage_s = {self.outage_s:g}): {type(e).__name__}: {e}")
-                    self.error.__cause__ = e
-                    return
-            finally:
-                self.busy_s += time.perf_counter() - t0
-                self.cpu_s += time.thread_time() - c0
-            time.sleep(delay)
-            delay = min(2 * delay, 15.0)
 
 
 def _timed(hook: Any) -> Any:
@@ -180,17 +83,15 @@ class MlflowCallback(tune.Callback):
         cfg: the experiment; its `sweep.metric`/`mode` choose the best checkpoint, its `tracking`
             section whether checkpoints are uploaded and how often metrics are written.
         stop_reason: result -> why the trial stopped (None: stopped before its criteria).
-        sweep: the sweep's parent run; None for `rlsweep train` (one run, no parent).
-        tags: more tags for a `train` run.
+        parent: what the trial runs hang under: a sweep's parent run, or `SingleRun` (`rlsweep train`).
 
     A checkpoint waits until every metric of the iterations before it is written, so a resume from
     that checkpoint leaves no gap.
     """
 
     def __init__(self, store: Store, run_dir: str, cfg: ExperimentConfig, stop_reason: Any,
-                 sweep: SweepParent | None = None, tags: dict[str, str] | None = None):
-        self.store, self.run_dir, self.stop_reason, self.sweep = store, run_dir, stop_reason, sweep
-        self.tags = dict(tags or {})  # extra tags of a `train` run (where a restore came from)
+                 parent: SweepParent | SingleRun):
+        self.store, self.run_dir, self.stop_reason, self.parent = store, run_dir, stop_reason, parent
         self.metric, self.mode = cfg.sweep.metric, cfg.sweep.mode
         self.log_checkpoints = cfg.tracking.log_checkpoints
         # a trial's metric rows are written every flush_s, at its checkpoints and at its end (one
@@ -206,7 +107,7 @@ class MlflowCallback(tune.Callback):
         self._warming = False
         self.logged_iterations = 0
         self._tracker: Tracker | None = None
-        self._writer = _Writer(self.outage_s)
+        self._writer = Writer(self.outage_s)
         self.parent_run_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id (filled in by the writer)
         self._opened: set[str] = set()  # trials whose run the driver has asked for
@@ -253,15 +154,14 @@ class MlflowCallback(tune.Callback):
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
         self._started_at = time.monotonic()
-        if self.sweep is not None:
-            self.parent_run_id, self._resumed = self.sweep.open(self.tracker)
+        self.parent_run_id, self._resumed = self.parent.open(self.tracker, self.run_dir)
 
     def _orphan(self, config: dict[str, Any], known: set[str]) -> str | None:
         """An unfinished run of this sweep whose trial the restored Tune experiment does not know
         (it started after Tune's last snapshot before a crash) and whose params are this config's."""
         params = {k: Tracker.param_value(v) for k, v in flatten(config).items()}
         for run in self.tracker.search(**{TAG_KIND: "trial", TAG_DIR: self.run_dir}):
-            if run.tags.get(TAG_TRIAL) not in known and run.tags.get(TAG_STATUS) != "finished" \
+            if run.tags.get(TAG_TRIAL) not in known and run.tags.get(TAG_STATUS) != RunStatus.FINISHED \
                     and run.params == params:
                 return run.run_id
         return None
@@ -269,7 +169,7 @@ class MlflowCallback(tune.Callback):
     def _open_run(self, tid: str, trial_config: dict[str, Any], known: set[str], number: str) -> None:
         """The trial's run: found again after a resume (or adopted from a crash), else created."""
         t = self.tracker
-        kind = "trial" if self.sweep else "train"
+        kind = self.parent.kind
         config = run_config_dict(trial_config)
         run_id = None
         if self._resumed:  # a new sweep (or `train`) has no runs to find
@@ -287,17 +187,11 @@ class MlflowCallback(tune.Callback):
                 self._best[tid] = float(best)
         else:
             tags = {TAG_KIND: kind, TAG_DIR: self.run_dir, TAG_TRIAL: tid, TAG_SEED: str(config["seed"]),
-                    TAG_STATUS: "running"}
+                    TAG_STATUS: RunStatus.RUNNING.value}
             if self.parent_run_id:
                 tags[TAG_PARENT] = self.parent_run_id
-            if self.sweep is not None:
-                name = trial_run_name(number, config, self.sweep.searched)
-                values = ", ".join(f"{k}={v}" for k, v in searched_values(config, self.sweep.searched).items())
-                tags[TAG_SEARCHED] = values
-                tags[TAG_DESCRIPTION] = f"Trial {number} of sweep {self.sweep.name}: {values}"
-            else:
-                name = config["name"]
-                tags.update(self.tags)
+            name, more = self.parent.trial_run(config, number)
+            tags.update(more)
             run_id = t.start(name, tags)
             t.log_params(run_id, flatten(config))
             t.log_yaml(run_id, config, "config.yaml")
@@ -333,12 +227,11 @@ class MlflowCallback(tune.Callback):
             self.tracker.log_checkpoint(self.runs[tid], path, "checkpoints/best")
             self.tracker.set_tag(self.runs[tid], TAG_BEST_SCORE, repr(score))
 
-    def _close_run(self, tid: str, final_checkpoint: str | None, status: str, reason: str | None,
-                   mlflow_status: str) -> None:
+    def _close_run(self, tid: str, final_checkpoint: str | None, outcome: Outcome) -> None:
         self._write_metrics(tid)
         if final_checkpoint is not None:
             self.tracker.log_checkpoint(self.runs[tid], final_checkpoint, "checkpoints/final")
-        self.tracker.set_status(self.runs[tid], status, reason, mlflow_status)
+        self.tracker.set_status(self.runs[tid], outcome)
         self._journal.close(tid)
 
     # -- Tune hooks (driver thread): queue the work ------------------------------------------------
@@ -364,7 +257,7 @@ class MlflowCallback(tune.Callback):
         if diverged:
             # the iteration that met a NaN: its values go to MLflow as they are (NaN included), and the
             # trial's next step fails it; a retry from the last checkpoint would only diverge again
-            trial.max_failures = 0
+            compat.stop_retrying(trial)
         values = {k: v for k, v in result.items()
                   if k in M.REPORTED and (numeric(v) or diverged and isinstance(v, float))}
         self._journal.append(tid, (step, ts, values))
@@ -398,19 +291,13 @@ class MlflowCallback(tune.Callback):
 
     @_timed
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        if self.sweep is not None and not self._warming:
-            # the summary's imports (seconds), on a thread while the other trials run
+        if not self._warming:
             self._warming = True
-            threading.Thread(target=self.sweep.warm_up, name="rlsweep-warm-up", daemon=True).start()
+            threading.Thread(target=self.parent.warm_up, name="rlsweep-warm-up", daemon=True).start()
         final = trial.checkpoint.path if self.log_checkpoints and trial.checkpoint is not None else None
-        reason = self.stop_reason(trial.last_result or {})
-        if reason:
-            status = ("finished", reason)
-        else:
-            status = ("stopped early", "stopped before its stop criteria, by the scheduler or the sweep's time budget")
         self._ensure_run(trial, trials)
         self._closed.add(trial.trial_id)
-        self._writer.submit(self._close_run, trial.trial_id, final, *status, "FINISHED")
+        self._writer.submit(self._close_run, trial.trial_id, final, completed(self.stop_reason(trial.last_result or {})))
 
     @_timed
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
@@ -429,7 +316,7 @@ class MlflowCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._ensure_run(trial, trials)
         self._closed.add(trial.trial_id)
-        self._writer.submit(self._close_run, trial.trial_id, None, "error", trial_error_line(trial), "FAILED")
+        self._writer.submit(self._close_run, trial.trial_id, None, failed(trial_error_line(trial)))
 
     @property
     def started(self) -> bool:
@@ -446,36 +333,25 @@ class MlflowCallback(tune.Callback):
         if self.tracking_lost is not None:  # nothing more can be written; `resume` continues the runs
             self.interrupted = True
             return
-        # Tune marks the trials it stops on Ctrl-C TERMINATED, as if they had finished, but never
-        # completes them: a trial that ran here and did not complete or fail was cut short, and so
-        # was one that never started (it waited for resources); one that finished before a resume
-        # has its last result
-        cut = [t for t in trials if t.status not in ("TERMINATED", "ERROR")
-               or (t.trial_id in self._opened and t.trial_id not in self._closed)
-               or (t.status == "TERMINATED" and t.trial_id not in self._closed
-                   and not (t.last_result or {}).get(M.TRAINING_ITERATION))]
-        budget = self.sweep.time_budget_s if self.sweep is not None else None
-        out_of_time = budget is not None and time.monotonic() - self._started_at >= budget
-        for trial in cut:
-            if trial.trial_id not in self.runs:
+        elapsed = time.monotonic() - self._started_at
+        interrupted = False
+        for trial in trials:
+            outcome = at_experiment_end(
+                tune_status=trial.status, started_here=trial.trial_id in self._opened,
+                ended_here=trial.trial_id in self._closed,
+                has_result=bool((trial.last_result or {}).get(M.TRAINING_ITERATION)),
+                time_budget_s=self.parent.time_budget_s, elapsed_s=elapsed)
+            if outcome is None:
                 continue
-            self._write_metrics(trial.trial_id)
-            if out_of_time and trial.status == "TERMINATED":
-                self.tracker.set_status(self.runs[trial.trial_id], "stopped early",
-                                        f"the sweep's time budget of {budget:g} s ended", "FINISHED")
-            else:  # interrupted: `rlsweep resume` picks these runs up again
-                self.tracker.set_status(self.runs[trial.trial_id], "interrupted", None, "KILLED")
-        unfinished = [t for t in cut if not (out_of_time and t.status == "TERMINATED")]
-        self.interrupted = bool(unfinished)
-        if self.sweep is None or self.parent_run_id is None:
-            return
-        if unfinished:
-            self.sweep.interrupt(self.tracker, self.parent_run_id)
-            return
-        if self.logged_iterations:
-            self.tracker.log_metrics(self.parent_run_id, {
-                "tracking_ms_per_iteration": 1000 * self.tracking_s / self.logged_iterations,
-                "tracking_blocking_ms_per_iteration": 1000 * self.hook_s / self.logged_iterations,
-                "tracking_cpu_ms_per_iteration": 1000 * self._writer.cpu_s / self.logged_iterations,
-                "tracking_s": self.tracking_s}, step=0)
-        self.sweep.finish(self.tracker, self.parent_run_id, trials, self.runs)
+            interrupted |= outcome.status is RunStatus.INTERRUPTED
+            if trial.trial_id in self.runs:  # interrupted: `rlsweep resume` picks these runs up again
+                self._write_metrics(trial.trial_id)
+                self.tracker.set_status(self.runs[trial.trial_id], outcome)
+        self.interrupted = interrupted
+        tracking = {}
+        if self.logged_iterations and not interrupted:
+            tracking = {"tracking_ms_per_iteration": 1000 * self.tracking_s / self.logged_iterations,
+                        "tracking_blocking_ms_per_iteration": 1000 * self.hook_s / self.logged_iterations,
+                        "tracking_cpu_ms_per_iteration": 1000 * self._writer.cpu_s / self.logged_iterations,
+                        "tracking_s": self.tracking_s}
+        self.parent.end(self.tracker, self.parent_run_id, interrupted, trials, self.runs, tracking)

@@ -12,8 +12,9 @@ import yaml
 
 from rlsweep import metrics as M
 from rlsweep.config import flatten
-from rlsweep.ranking import rank
-from rlsweep.tracking.store import TAG_BEST_RUN, TAG_BEST_TRIAL, TAG_STATUS, Tracker, better, run_config_dict
+from rlsweep.ranking import better, rank, sweep_rows
+from rlsweep.tracking.runs import TAG_BEST_RUN, TAG_BEST_TRIAL, TAG_STATUS, run_config_dict
+from rlsweep.tracking.tracker import Tracker
 
 TOP_CURVES = 5
 
@@ -35,23 +36,24 @@ def warm_up() -> None:
     import optuna.importance  # noqa: F401
 
 
-def sweep_summary(tracker: Tracker, parent_run_id: str, trials: list[Any], runs: dict[str, str], *,
+def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict[str, str | None], *,
                   metric: str, mode: str, params: list[str], name: str,
                   study: tuple[str, str] | None = None) -> dict[str, Any] | None:
     """Writes results.csv, best_config.yaml and the PNG plots to the parent run; returns the best row.
 
-    `study` is the Optuna (storage URL, study name), for parameter importance.
+    Args:
+        run_dir: the sweep directory, whose trials are the rows (`ranking.sweep_rows`).
+        runs: trial id -> its MLflow run id (for its status and learning curve).
+        study: the Optuna (storage URL, study name), for parameter importance.
     """
     rows = []
-    for t in trials:
-        r = t.last_result or {}
-        flat = flatten(t.config)
-        run_id = runs.get(t.trial_id)
-        status = tracker.tags(run_id).get(TAG_STATUS, "") if run_id else t.status.lower()
+    for row in sweep_rows(run_dir):
+        flat = flatten(row["config"])
+        run_id = runs.get(row["trial_id"])
         rows.append({
-            "trial_id": t.trial_id, "status": status, metric: r.get(metric, math.nan),
-            M.ENV_STEPS: r.get(M.ENV_STEPS), M.TIME_TOTAL_S: r.get(M.TIME_TOTAL_S),
-            **{p: flat.get(p) for p in params}, "mlflow_run_id": run_id, "config": t.config,
+            "trial_id": row["trial_id"], "status": tracker.tags(run_id).get(TAG_STATUS, "") if run_id else "",
+            metric: row.get(metric, math.nan), M.ENV_STEPS: row.get(M.ENV_STEPS), M.TIME_TOTAL_S: row.get(M.TIME_TOTAL_S),
+            **{p: flat.get(p) for p in params}, "mlflow_run_id": run_id, "config": row["config"],
         })
     ranked = rank(rows, metric, mode)
     with tempfile.TemporaryDirectory() as d:

@@ -1,8 +1,7 @@
 """Optuna inside Tune: the sampler a sweep asks for, and the Tune searcher that drives the study.
 
-`ResumableOptunaSearch` overrides private parts of Ray's `OptunaSearch` (`_ot_trials`, `_ot_study`,
-`_suggest_from_define_by_run_func`) and reads Optuna's `FrozenTrial._trial_id`;
-`tests/test_searcher.py` fails with a clear message when either library changes them.
+`ResumableOptunaSearch` builds on `compat.optuna_search_base()`, which puts the private parts of Tune's
+`OptunaSearch` it needs behind public names (`tests/test_compat.py` fences them).
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from rlsweep import compat
 from rlsweep.config import ConfigError, ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,8 @@ def make_sampler(cfg: ExperimentConfig) -> Any:
 def searcher_class() -> type:
     """`ResumableOptunaSearch` (defined on first use: importing Tune's Optuna searcher takes seconds)."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
-    class ResumableOptunaSearch(OptunaSearch):
+    class ResumableOptunaSearch(compat.optuna_search_base()):
         """OptunaSearch that, after a crash, hands the Optuna trials Tune never recorded to the new
         Tune trials that replace them, so the study holds each trial once; whose trial configs hold
         only what the define-by-run function returns (the values used, never 1 - gamma); and that
@@ -49,7 +48,7 @@ def searcher_class() -> type:
             super().__init__(*args, **kwargs)
             self._check = check
 
-        def _suggest_from_define_by_run_func(self, func: Any, ot_trial: Any) -> dict:
+        def config_from(self, func: Any, ot_trial: Any) -> dict:
             return func(ot_trial)
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -58,29 +57,29 @@ def searcher_class() -> type:
             return
 
         def suggest(self, trial_id: str) -> dict | None:
-            if trial_id not in self._ot_trials:
+            if trial_id not in self.trials:
                 orphan = self._orphan()
                 if orphan is not None:
-                    self._ot_trials[trial_id] = orphan
+                    self.trials[trial_id] = orphan
             for _ in range(MAX_INVALID_IN_A_ROW):
                 config = super().suggest(trial_id)
                 problem = self._check(config) if self._check is not None and config is not None else None
                 if problem is None:
-                    self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+                    self.trials[trial_id].set_user_attr("tune_trial_id", trial_id)
                     return config
-                invalid = self._ot_trials.pop(trial_id)
+                invalid = self.trials.pop(trial_id)
                 invalid.set_user_attr("invalid_config", problem[:1000])
-                self._ot_study.tell(invalid, state=optuna.trial.TrialState.FAIL)
+                self.study.tell(invalid, state=optuna.trial.TrialState.FAIL)
                 log.warning("skipped an invalid suggestion (study trial %d): %s", invalid.number, problem)
             raise ConfigError(f"the sampler suggested {MAX_INVALID_IN_A_ROW} invalid experiments in a row; narrow "
                               f"the search space to valid combinations (the last: {problem})")
 
         def _orphan(self) -> Any:
             """A RUNNING study trial that no Tune trial holds (it was started before a crash)."""
-            known = {t._trial_id for t in self._ot_trials.values()}
-            for frozen in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                if frozen._trial_id not in known:
-                    return optuna.trial.Trial(self._ot_study, frozen._trial_id)
+            known = {compat.optuna_trial_id(t) for t in self.trials.values()}
+            for frozen in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if compat.optuna_trial_id(frozen) not in known:
+                    return optuna.trial.Trial(self.study, compat.optuna_trial_id(frozen))
             return None
 
     return ResumableOptunaSearch

@@ -95,3 +95,18 @@ class PPOTrainable(tune.Trainable):
 
     def cleanup(self) -> None:
         self.training.close()
+
+
+def trainable_for(restore_from: str | None = None) -> Any:
+    """PPOTrainable with its resources computed from each trial's own config."""
+    trainable = PPOTrainable
+    if restore_from is not None:
+        trainable = tune.with_parameters(PPOTrainable, restore_from=restore_from)
+    return tune.with_resources(trainable, lambda config: resource_request(ExperimentConfig.model_validate(config)))
+
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folders (Tune's default embeds the whole config in the name)."""
+    return f"trial_{trial.trial_id}"
+

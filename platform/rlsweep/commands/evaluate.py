@@ -1,0 +1,59 @@
+"""`rlsweep evaluate`: deterministic (or sampled) episodes with a checkpoint's policy, without Ray.
+
+The story: fetch the checkpoint (a folder, or an MLflow artifact URI downloaded from the store), load
+its policy once (verified whole), play the episodes in one evaluator, and return what they scored.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from rlsweep.commands import inputs
+from rlsweep.config import ConfigError, TrackingConfig
+
+
+@dataclass(frozen=True)
+class EvaluateOutcome:
+    """What the episodes scored (the evaluator's metrics), and how they were played."""
+
+    env_id: str
+    episodes: int
+    deterministic: bool
+    seed: int
+    metrics: dict[str, Any]
+
+
+def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri: str | None = None) -> EvaluateOutcome:
+    """Plays `episodes` episodes (default: the experiment's `evaluation.episodes`) with the policy of
+    the checkpoint `ref`.
+
+    Args:
+        ref: a checkpoint folder or an MLflow artifact URI (`runs:/<id>/...`).
+        seed: seeds the episodes.
+        tracking_uri: the store for an MLflow URI (default: as `ui` finds it).
+    """
+    if episodes is not None and episodes < 1:
+        raise ConfigError(f"--episodes {episodes}: expected at least 1")
+    with tempfile.TemporaryDirectory(prefix="rlsweep-checkpoint-") as scratch:
+        if inputs.is_mlflow_uri(ref):
+            from rlsweep.tracking.store import check_store, resolve_uri
+
+            uri = tracking_uri or resolve_uri(TrackingConfig())
+            check_store(uri, must_exist=True)  # an unreachable server fails in seconds; no empty store is made
+            ref = inputs.download(ref, uri, scratch)
+        from rlsweep.ppo import checkpoint
+
+        cfg, weights, stats = checkpoint.load_policy(ref)
+    if episodes is not None:
+        cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"episodes": episodes})})
+
+    from rlsweep.engine.rollout import Evaluator
+
+    evaluator = Evaluator(cfg.model_copy(update={"seed": seed}))
+    try:
+        result = evaluator.evaluate(weights, stats, iteration=0)
+    finally:
+        evaluator.close()
+    return EvaluateOutcome(cfg.env.id, cfg.evaluation.episodes, cfg.evaluation.deterministic, seed, result)

@@ -1,0 +1,99 @@
+"""What the commands read before anything starts: the experiment, the tracking store, a checkpoint.
+
+Every check here raises a `ConfigError` that names the file, key or URI at fault, before Ray starts
+and before any MLflow run is created.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlsweep.config import ConfigError, ExperimentConfig, load_experiment
+
+
+def experiment(path: str, overrides: list[str], seed: int | None = None) -> ExperimentConfig:
+    """The experiment file with its `--set` overrides, validated; its env made once (unknown ids, bad
+    kwargs and unsupported spaces fail here), and on a local Ray its trial must fit this machine.
+
+    Args:
+        path: the experiment YAML.
+        overrides: `KEY=VALUE` strings.
+        seed: replaces the experiment's seed.
+    """
+    from rlsweep.envs import space_info
+    from rlsweep.tracking.store import take_credentials
+
+    cfg = load_experiment(path, overrides, seed=seed)
+    cfg.tracking.uri = take_credentials(cfg.tracking.uri)  # a password stays out of params, files and Ray
+    try:
+        space_info(cfg.env)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if not os.environ.get("RAY_ADDRESS"):  # the local Ray will have at most this machine's CPUs
+        try:
+            cfg.check_fits(os.cpu_count() or 1, None, "this machine")
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    return cfg
+
+
+def store_uri(cfg: ExperimentConfig) -> str:
+    """The experiment's tracking store, opened: the last check, once every other input is known to be good."""
+    from rlsweep.tracking.store import check_store, resolve_uri
+
+    uri = resolve_uri(cfg.tracking)
+    check_store(uri)
+    return uri
+
+
+def is_mlflow_uri(ref: str) -> bool:
+    """Whether a checkpoint reference is an MLflow artifact URI rather than a local folder."""
+    return ref.startswith(("runs:/", "mlflow-artifacts:/", "models:/"))
+
+
+def download(ref: str, uri: str, dest: str) -> str:
+    """An MLflow artifact URI downloaded into `dest` (a temporary folder the caller removes)."""
+    from rlsweep.tracking.tracker import Tracker
+
+    try:
+        return Tracker.download(uri, ref, dest)
+    except Exception as e:  # noqa: BLE001 - any failure to fetch it is bad input, said on one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{ref}: cannot download ({first})") from None
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint given on the command line, verified: its local folder and its saved state.
+
+    Args:
+        ref: as the user gave it (a folder, or an MLflow artifact URI).
+        path: the local folder (downloaded for a URI).
+        state: its `state.json` (counters, config, ...).
+    """
+
+    ref: str
+    path: str
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def verified(cls, ref: str, local: str, cfg: ExperimentConfig | None = None) -> Checkpoint:
+        """Reads and verifies the checkpoint at `local` once: whole, and (with `cfg`) trained on the
+        same env with the same network."""
+        from rlsweep.ppo import checkpoint
+
+        folder, state = checkpoint.check(local, cfg.model_dump(mode="json") if cfg is not None else None)
+        return cls(ref, str(Path(folder).resolve()), state)
+
+    def restore_tags(self) -> dict[str, str]:
+        """Where a `train --restore` run continued from: the checkpoint as given, its run, its env steps."""
+        from rlsweep.tracking.runs import TAG_RESTORED_FROM, TAG_RESTORED_RUN, TAG_RESTORED_STEP
+
+        tags = {TAG_RESTORED_FROM: self.ref if is_mlflow_uri(self.ref) else str(Path(self.ref).resolve()),
+                TAG_RESTORED_STEP: str(self.state.get("env_steps", ""))}
+        if self.ref.startswith("runs:/"):
+            tags[TAG_RESTORED_RUN] = self.ref.removeprefix("runs:/").split("/", 1)[0]
+        return tags

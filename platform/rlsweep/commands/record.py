@@ -1,0 +1,89 @@
+"""A sweep's directory and its record, `rlsweep_sweep.json`: what `resume` and `best` need, read once.
+
+A sweep lives in `<results_dir>/<name>/`: Tune's experiment state and trials, `optuna.db` (the
+study, unless `sweep.study_storage` names another storage) and the record, written before the first
+trial starts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rlsweep.config import ConfigError, ExperimentConfig
+
+SWEEP_FILE = "rlsweep_sweep.json"
+
+
+def find_sweep(name_or_path: str, results_dir: str = "results") -> Path:
+    """A sweep directory from a path or a name under results_dir; ConfigError if there is none."""
+    for candidate in (Path(name_or_path), Path(results_dir) / name_or_path):
+        if (candidate / SWEEP_FILE).is_file():
+            return candidate.resolve()
+    raise ConfigError(f"no sweep {name_or_path!r}: neither a sweep directory nor a sweep under "
+                      f"{Path(results_dir).resolve()}")
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    """A sweep's record.
+
+    Args:
+        directory: the sweep directory.
+        name: the sweep's name.
+        metric: the metric trials are ranked by; `mode` says which way ("max" or "min").
+        trials: how many trials the sweep asked for.
+        params: the searched keys.
+        tracking_uri: the MLflow store (no password in it).
+        cfg: the experiment (validated); None where `read` was not asked for it.
+        time_budget_s: the sweep's time budget, if any.
+    """
+
+    directory: Path
+    name: str
+    metric: str
+    mode: str
+    trials: int | None = None
+    params: tuple[str, ...] = ()
+    tracking_uri: str | None = None
+    cfg: ExperimentConfig | None = None
+    time_budget_s: float | None = None
+
+    @classmethod
+    def read(cls, directory: Path, full: bool = False) -> SweepRecord:
+        """The record in `directory`; a ConfigError when it is not what rlsweep wrote. `best` needs only
+        the metric; `full`: everything `resume` needs, its experiment validated."""
+        path = directory / SWEEP_FILE
+        try:
+            meta = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError, OSError):
+            raise ConfigError(f"{path}: not readable as a sweep record (corrupt or truncated)") from None
+        keys = ("name", "metric", "mode") + (("experiment", "tracking_uri", "params", "trials") if full else ())
+        missing = [k for k in keys if not isinstance(meta, dict) or k not in meta]
+        if missing:
+            raise ConfigError(f"{path}: not a sweep record (no {', '.join(missing)})")
+        cfg = None
+        if full:
+            try:
+                cfg = ExperimentConfig.model_validate(meta["experiment"])
+            except ValueError:
+                raise ConfigError(f"{path}: its experiment is not valid (edited or corrupt)") from None
+        return cls(directory=directory, name=meta["name"], metric=meta["metric"], mode=meta["mode"],
+                   trials=meta.get("trials"), params=tuple(meta.get("params") or ()),
+                   tracking_uri=meta.get("tracking_uri"), cfg=cfg, time_budget_s=meta.get("time_budget_s"))
+
+    @staticmethod
+    def write(directory: Path, fields: dict[str, Any]) -> None:
+        """Writes the record whole (a temporary file, then renamed)."""
+        tmp = directory / f".{SWEEP_FILE}.tmp"
+        tmp.write_text(json.dumps(fields, indent=2))
+        tmp.replace(directory / SWEEP_FILE)
+
+    def store(self) -> Any:
+        """The MLflow store and experiment the sweep's runs are in (a full record only)."""
+        from rlsweep.tracking.store import Store, experiment_name
+
+        assert self.cfg is not None and self.tracking_uri is not None, "a full record"
+        return Store(self.tracking_uri, experiment_name(self.cfg))

@@ -1,0 +1,137 @@
+"""The one seam between rlsweep and the private parts of Ray, Ray Tune and Optuna.
+
+rlsweep needs a few things those libraries do not offer publicly: a warm-up of Tune's callback
+imports, keeping secrets out of Tune's trial actors, the autoscaler's node groups, Tune's driver
+staging folder and file layout, an actor's readiness, two of Tune's log messages, and the parts of
+Tune's `OptunaSearch` a resumable searcher must reach. Each is one named function (or the one adapter
+class) here, and nothing else in rlsweep imports a `_private`, `_internal` or `_name` of a dependency.
+`tests/test_compat.py` holds one canary per function: it fails, naming the dependency and the version
+installed, when an upgrade moves what the function relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+# -- Ray ----------------------------------------------------------------------------------------------
+
+
+def warm_tune_callback_imports() -> None:
+    """Import what Tune imports to count callbacks for its usage stats (its MLflow, W&B and Comet
+    integrations: seconds) now, e.g. on a thread while Ray starts, instead of when the Tuner starts."""
+    import ray.air._internal.usage as usage
+
+    usage._count_callbacks([])
+
+
+def keep_env_out_of_trials(names: Iterable[str]) -> None:
+    """Stop Tune from copying these environment variables into every trial actor's runtime env (which
+    Ray writes to a log file)."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE.difference_update(names)
+
+
+def autoscaler_config() -> Any | None:
+    """The joined cluster's autoscaler configuration as Ray's GCS holds it (`node_group_configs`, each
+    with `resources` and `max_count`; `max_resources`), or None where there is none or it cannot be
+    read."""
+    try:
+        from ray._private.state import state
+
+        return state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - an internal API: where it is missing or fails, no ceiling is known
+        return None
+
+
+def tune_staging_root() -> Path:
+    """Where Tune stages a driver's experiment state before uploading it to the storage path
+    (`<Ray session>/artifacts/<time>/<experiment name>/driver_artifacts`)."""
+    from ray.train.constants import _get_ray_train_session_dir
+
+    return Path(_get_ray_train_session_dir())
+
+
+def tune_staging_dirs(experiment: str) -> list[Path]:
+    """Tune's driver staging folders of the experiment named `experiment`, oldest first."""
+    return sorted(tune_staging_root().glob(f"*/{experiment}/driver_artifacts"), key=lambda p: p.stat().st_mtime)
+
+
+def actor_ready(actor: Any) -> Any:
+    """A ref that resolves once `actor` has started (its constructor has run)."""
+    return actor.__ray_ready__.remote()
+
+
+# Tune's on-disk layout of a trial folder (what `rlsweep best` and the ranked rows read)
+TRIAL_RESULT_FILE = "result.json"  # JsonLoggerCallback: one JSON line per reported result
+CHECKPOINT_PREFIX = "checkpoint_"  # checkpoint_000012: the trial's checkpoints, by index
+
+
+def trial_result_file(trial_dir: Path) -> Path:
+    """The file in which Tune's JSON logger keeps a trial's results, one JSON line each."""
+    return trial_dir / TRIAL_RESULT_FILE
+
+
+def latest_checkpoint(trial_dir: Path) -> Path | None:
+    """The trial's newest checkpoint folder (Tune always keeps the newest), or None."""
+    found = [p for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()
+             and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
+    return max(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
+
+
+TUNE_RUN_LOGGER = "ray.tune.tune"
+TUNE_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
+
+
+def _tune_interrupt_recipe(record: logging.LogRecord) -> bool:
+    text = str(record.msg)
+    return not (text.startswith("Stop signal received") or text.startswith("Experiment has been interrupted"))
+
+
+def quiet_tune_logs() -> None:
+    """Drop what Tune logs over rlsweep's own lines: its resume recipe (`Tuner.restore(...)`) on
+    Ctrl-C, and the warning with a whole config for a trial stopped before its first result."""
+    logging.getLogger(TUNE_RUN_LOGGER).addFilter(_tune_interrupt_recipe)
+    logging.getLogger(TUNE_ANALYSIS_LOGGER).setLevel(logging.ERROR)
+
+
+def stop_retrying(trial: Any) -> None:
+    """Tune restarts a failed trial from its last checkpoint up to `FailureConfig.max_failures` times,
+    for every error alike; this trial's next failure is final (it diverged: a restart from an exact
+    checkpoint would diverge again)."""
+    trial.max_failures = 0
+
+
+# -- Optuna inside Tune -------------------------------------------------------------------------------
+
+
+def optuna_search_base() -> type:
+    """Tune's `OptunaSearch` with its private parts behind public names, for `searcher.py` to build on:
+    `trials` (Tune trial id -> the Optuna trial it asked), `study`, and `config_from(func, ot_trial)`,
+    which turns a define-by-run function's suggestion into the trial's config."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class OptunaSearchBase(OptunaSearch):
+        @property
+        def trials(self) -> dict[str, Any]:
+            return self._ot_trials
+
+        @property
+        def study(self) -> Any:
+            return self._ot_study
+
+        def config_from(self, func: Callable[[Any], dict | None], ot_trial: Any) -> dict | None:
+            return OptunaSearch._suggest_from_define_by_run_func(self, func, ot_trial)
+
+        def _suggest_from_define_by_run_func(self, func: Any, ot_trial: Any) -> dict | None:
+            return self.config_from(func, ot_trial)
+
+    return OptunaSearchBase
+
+
+def optuna_trial_id(trial: Any) -> int:
+    """The storage's id of an Optuna trial (`Trial` or `FrozenTrial`): what reopens it as a `Trial`."""
+    return trial._trial_id

@@ -1,0 +1,132 @@
+"""What a Tune run's trial runs hang under in MLflow: a sweep's parent run, or nothing.
+
+The Tune callback (`callback.py`) logs trials the same way for both; what differs is here, behind one
+interface: `SweepParent` finds or creates the sweep's parent run, names each trial run after its
+searched values and writes the sweep's summary at the end (`report.py`); `SingleRun` is `rlsweep
+train`'s one run, with no parent. Both are plain data: Tune pickles them with the callback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlsweep import metrics as M
+from rlsweep.tracking import report
+from rlsweep.tracking.runs import (
+    TAG_DESCRIPTION,
+    TAG_DIR,
+    TAG_KIND,
+    TAG_SEARCHED,
+    TAG_STATUS,
+    TAG_TRIAL,
+    searched_values,
+    trial_run_name,
+)
+from rlsweep.tracking.status import Outcome, RunStatus
+from rlsweep.tracking.tracker import Tracker
+
+
+@dataclass
+class SingleRun:
+    """`rlsweep train`: one run named after the experiment, with no parent.
+
+    Args:
+        tags: more tags for the run (where a `--restore` came from).
+    """
+
+    tags: dict[str, str] = field(default_factory=dict)
+    kind: str = "train"  # the runs' `rlsweep.kind` tag
+    time_budget_s: float | None = None
+
+    def open(self, tracker: Tracker, run_dir: str) -> tuple[str | None, bool]:
+        """No parent run, and nothing to resume."""
+        return None, False
+
+    def trial_run(self, config: dict[str, Any], number: str) -> tuple[str, dict[str, str]]:
+        """The run's name and its extra tags."""
+        return config["name"], dict(self.tags)
+
+    def warm_up(self) -> None:
+        """Nothing to prepare: there is no summary."""
+
+    def end(self, tracker: Tracker, run_id: str | None, interrupted: bool, trials: list[Any],
+            runs: dict[str, str], tracking: dict[str, float]) -> None:
+        """Nothing to close."""
+
+
+@dataclass
+class SweepParent:
+    """A sweep's parent run: found again on resume, else created; summarised when the sweep ends.
+
+    Args:
+        name: the sweep's name, also the parent run's name.
+        run_dir: the sweep directory (the runs' `rlsweep.dir` tag).
+        metric: the metric the sweep ranks trials by; `mode` says which way ("max" or "min").
+        searched: the search space's parameter names, in its order.
+        params: the parent run's params.
+        study: Optuna (storage URL, study name), for parameter importance.
+        time_budget_s: the sweep's time budget (trials it cuts short stopped early).
+    """
+
+    name: str
+    run_dir: str
+    metric: str
+    mode: str
+    searched: list[str]
+    params: dict[str, Any] = field(default_factory=dict)
+    study: tuple[str, str] | None = None
+    time_budget_s: float | None = None
+    kind: str = "trial"
+
+    def open(self, tracker: Tracker, run_dir: str) -> tuple[str | None, bool]:
+        """The parent run's id, and whether it already existed (a resumed sweep)."""
+        run_id = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: self.run_dir})
+        if run_id is not None:
+            tracker.reopen(run_id)
+            return run_id, True
+        run_id = tracker.start(self.name, {TAG_KIND: "sweep", TAG_DIR: self.run_dir, TAG_STATUS: RunStatus.RUNNING.value,
+                                           TAG_DESCRIPTION: f"Sweep {self.name} over {', '.join(self.searched)}: "
+                                           f"{self.mode} {self.metric}. Its params and metrics are its best trial's."})
+        tracker.log_params(run_id, self.params)
+        return run_id, False
+
+    def trial_run(self, config: dict[str, Any], number: str) -> tuple[str, dict[str, str]]:
+        """A trial run's name (`003 lr=0.000312 ...`) and its tags: searched values, description."""
+        values = ", ".join(f"{k}={v}" for k, v in searched_values(config, self.searched).items())
+        tags = {TAG_SEARCHED: values, TAG_DESCRIPTION: f"Trial {number} of sweep {self.name}: {values}"}
+        return trial_run_name(number, config, self.searched), tags
+
+    @staticmethod
+    def warm_up() -> None:
+        """The summary's imports (seconds), on a thread while the other trials run."""
+        report.warm_up()
+
+    def end(self, tracker: Tracker, run_id: str | None, interrupted: bool, trials: list[Any],
+            runs: dict[str, str], tracking: dict[str, float]) -> None:
+        """Marks the parent interrupted, or writes the sweep's summary (results table, best config,
+        plots; its best trial's values as the parent's own) and marks it finished.
+
+        Args:
+            trials: Tune's trials (their ids).
+            runs: trial id -> run id, for the trials run in this process; the others are looked up by tag.
+            tracking: what tracking cost, logged on the parent.
+        """
+        if run_id is None:
+            return
+        if interrupted:
+            tracker.set_status(run_id, Outcome(RunStatus.INTERRUPTED))
+            return
+        if tracking:
+            tracker.log_metrics(run_id, tracking, step=0)
+        kind = {TAG_KIND: "trial", TAG_DIR: self.run_dir}
+        all_runs = {t.trial_id: runs.get(t.trial_id) or tracker.find(**kind, **{TAG_TRIAL: t.trial_id})
+                    for t in trials}
+        best = report.sweep_summary(tracker, run_id, self.run_dir, all_runs, metric=self.metric, mode=self.mode,
+                                    params=self.searched, name=self.name, study=self.study)
+        if best is not None:  # the parent's row in the runs table reads as the sweep's answer
+            logged = tracker.params(run_id)  # params are write-once: a summary written again keeps the first
+            tracker.log_params(run_id, {k: v for k, v in searched_values(best["config"], self.searched).items()
+                                        if k not in logged})
+            tracker.log_metrics(run_id, {self.metric: best[self.metric], M.ENV_STEPS: best[M.ENV_STEPS]}, step=0)
+        tracker.set_status(run_id, Outcome(RunStatus.FINISHED))

@@ -1,0 +1,58 @@
+"""Keeping a sweep directory safe to resume while Tune writes it: a Tune callback that signs Tune's
+state (`integrity.Signer`) and keeps checkpoints until no signed state names them (`retention`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from rlsweep import compat
+from rlsweep.tuning.integrity import Signer
+from rlsweep.tuning.retention import Retainer
+
+
+class SignTuneState(tune.Callback):
+    """Signs a sweep's Tune state (`integrity.Signer`) whenever Tune may have written it: after each
+    step of Tune's loop (Tune snapshots its state just before), after a trial error, and at the end;
+    keeps each checkpoint recoverable until a signed state no longer names it (`retention.Retainer`)."""
+
+    def __init__(self, directory: str | Path):
+        self.signer = Signer(directory)
+        self.retainer = Retainer(directory)
+
+    def __setstate__(self, state: dict) -> None:  # a sweep started before checkpoints were kept has none
+        self.__dict__.update(state)
+        if "retainer" not in state:
+            self.retainer = Retainer(self.signer.directory)
+
+    def _find_staging(self) -> None:
+        """Tune's driver staging folder for this sweep (`<Ray session>/artifacts/<time>/<name>/
+        driver_artifacts`, made at its first save): signing there keeps up with Tune's writes (see
+        `integrity.Signer`). Fenced by tests/test_sweep.py's SIGKILL test."""
+        if self.signer.staging is not None:
+            return
+        found = compat.tune_staging_dirs(self.signer.directory.name)
+        if found:
+            self.signer.staging = found[-1]
+
+    def setup(self, **info: Any) -> None:
+        self.signer.sign()
+        self.retainer.keep_all()
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self.retainer.keep(checkpoint.path)  # before Tune registers it, and deletes older ones
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._find_staging()
+        self.signer.sign(trials=False)
+        self.retainer.prune(self.signer.state_signed_at)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.signer.sign()  # its error.pkl
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.signer.sign()  # Tune's final snapshot, taken just before
+        self.retainer.drop()
+

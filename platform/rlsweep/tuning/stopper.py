@@ -1,0 +1,42 @@
+"""When a trial stops: the experiment's stop criteria as a Tune stopper, and the reason it gives."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray import tune
+
+from rlsweep import metrics as M
+from rlsweep.config import StopConfig
+
+
+class TrialStopper(tune.Stopper):
+    """Stops a trial at the first of: evaluation mean >= target, training return >= its target,
+    env-step budget, training time."""
+
+    def __init__(self, stop: StopConfig):
+        self.stop = stop
+
+    def reason(self, result: dict[str, Any]) -> str | None:
+        s = self.stop
+        ev = result.get(M.EVAL_RETURN_MEAN, math.nan)
+        if s.target_return is not None and ev == ev and ev >= s.target_return:
+            return f"reached target return {s.target_return:g}"
+        tr = result.get(M.EPISODE_RETURN_MEAN, math.nan)
+        if s.episode_return is not None and tr == tr and tr >= s.episode_return:
+            return f"reached training episode return {s.episode_return:g}"
+        if s.env_steps is not None and result.get(M.ENV_STEPS, 0) >= s.env_steps:
+            return f"reached {s.env_steps} env steps"
+        if s.time_s is not None and result.get(M.TIME_TOTAL_S, 0.0) >= s.time_s:
+            return f"reached {s.time_s:g} s of training"
+        return None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        # a trial that met a NaN is not stopped (its end-of-run checkpoint would hold NaN): its next
+        # step fails it
+        return not result.get(M.NON_FINITE) and self.reason(result) is not None
+
+    def stop_all(self) -> bool:
+        return False
+

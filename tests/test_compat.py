@@ -1,0 +1,136 @@
+"""Canaries for `rlsweep.compat`, the one seam to private parts of Ray, Tune and Optuna: each checks
+what one of its functions relies on, fast, and fails naming the dependency and its installed version,
+so an upgrade that moves an internal is caught here, before a sweep or a resume breaks."""
+
+import inspect
+import logging
+from importlib.metadata import version
+
+import optuna
+import pytest
+
+from rlsweep import compat
+
+RAY = f"ray {version('ray')}"
+OPTUNA = f"optuna {version('optuna')}"
+
+
+def test_warm_tune_callback_imports():
+    import ray.air._internal.usage as usage
+
+    assert callable(getattr(usage, "_count_callbacks", None)), \
+        f"{RAY}: ray.air._internal.usage._count_callbacks is gone (compat.warm_tune_callback_imports)"
+    compat.warm_tune_callback_imports()
+
+
+def test_keep_env_out_of_trials():
+    from ray.tune.execution import class_cache
+
+    assert isinstance(getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None), set), \
+        f"{RAY}: ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE moved (compat.keep_env_out_of_trials)"
+    class_cache.ENV_VARS_TO_PROPAGATE.add("RLSWEEP_CANARY_SECRET")
+    compat.keep_env_out_of_trials(["RLSWEEP_CANARY_SECRET"])
+    assert "RLSWEEP_CANARY_SECRET" not in class_cache.ENV_VARS_TO_PROPAGATE
+    source = inspect.getsource(class_cache)
+    assert "ENV_VARS_TO_PROPAGATE" in source.split("def ", 1)[1], \
+        f"{RAY}: Tune no longer reads ENV_VARS_TO_PROPAGATE when it builds a trial actor's runtime env"
+
+
+def test_autoscaler_config():
+    from ray._private.state import state
+
+    assert callable(getattr(state, "get_cluster_config", None)), \
+        f"{RAY}: ray._private.state.state.get_cluster_config is gone (compat.autoscaler_config)"
+    fields = {"node_group_configs", "max_resources"}
+    from ray.core.generated import autoscaler_pb2
+
+    have = set(autoscaler_pb2.ClusterConfig.DESCRIPTOR.fields_by_name)
+    assert fields <= have, f"{RAY}: ClusterConfig lost {fields - have} (compat.autoscaler_config)"
+    group = set(autoscaler_pb2.NodeGroupConfig.DESCRIPTOR.fields_by_name)
+    assert {"resources", "max_count"} <= group, f"{RAY}: NodeGroupConfig is now {sorted(group)}"
+
+
+def test_tune_staging_root():
+    from ray.train import constants
+
+    fn = getattr(constants, "_get_ray_train_session_dir", None)
+    assert callable(fn), f"{RAY}: ray.train.constants._get_ray_train_session_dir is gone (compat.tune_staging_root)"
+    assert "artifacts" in inspect.getsource(fn), f"{RAY}: Tune's driver staging folder moved out of <session>/artifacts"
+    from ray.train._internal import storage
+
+    assert "driver_artifacts" in inspect.getsource(storage), \
+        f"{RAY}: Tune's driver staging folder is no longer named driver_artifacts (compat.tune_staging_dirs)"
+
+
+def test_actor_ready(ray_local):
+    @ray_local.remote(num_cpus=0)
+    class Probe:
+        pass
+
+    actor = Probe.remote()
+    try:
+        ray_local.get(compat.actor_ready(actor), timeout=60)
+    except AttributeError:
+        pytest.fail(f"{RAY}: actors no longer have __ray_ready__ (compat.actor_ready)")
+    finally:
+        ray_local.kill(actor)
+
+
+def test_tune_trial_layout(tmp_path):
+    from ray.tune.logger import json as tune_json
+    from ray.tune.result import EXPR_RESULT_FILE
+
+    assert EXPR_RESULT_FILE == compat.TRIAL_RESULT_FILE, f"{RAY}: Tune's result file is now {EXPR_RESULT_FILE}"
+    assert "EXPR_RESULT_FILE" in inspect.getsource(tune_json), f"{RAY}: the JSON logger writes another file"
+    from ray.train._internal.storage import StorageContext
+
+    name = StorageContext._make_checkpoint_dir_name(12)
+    assert name.startswith(compat.CHECKPOINT_PREFIX) and name.removeprefix(compat.CHECKPOINT_PREFIX).isdigit(), \
+        f"{RAY}: checkpoint folders are now named like {name!r} (compat.latest_checkpoint)"
+    for i in (2, 10, 9):
+        (tmp_path / StorageContext._make_checkpoint_dir_name(i)).mkdir()
+    assert compat.latest_checkpoint(tmp_path).name == StorageContext._make_checkpoint_dir_name(10)
+
+
+def test_quiet_tune_logs():
+    from ray.tune import tune as tune_run
+
+    source = inspect.getsource(tune_run)
+    for message in ("Stop signal received", "Experiment has been interrupted"):
+        assert message in source, f"{RAY}: Tune no longer logs {message!r} on Ctrl-C (compat.quiet_tune_logs)"
+    assert logging.getLogger(compat.TUNE_RUN_LOGGER) is tune_run.logger, f"{RAY}: ray.tune.tune logs elsewhere"
+    from ray.tune.analysis import experiment_analysis
+
+    assert experiment_analysis.logger.name == compat.TUNE_ANALYSIS_LOGGER, f"{RAY}: Tune's analysis logger moved"
+
+
+def test_stop_retrying():
+    from ray.tune.experiment import Trial
+
+    source = inspect.getsource(Trial.should_recover)
+    assert "self.max_failures" in source, f"{RAY}: Trial.should_recover no longer reads max_failures (compat.stop_retrying)"
+
+
+def test_optuna_search_base():
+    from ray.tune.search.optuna import OptunaSearch
+
+    hook = getattr(OptunaSearch, "_suggest_from_define_by_run_func", None)
+    assert callable(hook), f"{RAY}: OptunaSearch._suggest_from_define_by_run_func is gone (compat.optuna_search_base)"
+    params = list(inspect.signature(hook).parameters)
+    assert params == ["self", "func", "ot_trial"], f"{RAY}: OptunaSearch._suggest_from_define_by_run_func is now {params}"
+    source = inspect.getsource(OptunaSearch)
+    for attr in ("self._ot_trials", "self._ot_study"):
+        assert attr in source, f"{RAY}: OptunaSearch no longer keeps {attr} (compat.optuna_search_base)"
+    base = compat.optuna_search_base()
+    for name in ("trials", "study", "config_from"):
+        assert hasattr(base, name)
+
+
+def test_optuna_trial_id():
+    study = optuna.create_study()
+    asked = study.ask()
+    frozen = study.trials[0]
+    assert compat.optuna_trial_id(frozen) == compat.optuna_trial_id(asked), \
+        f"{OPTUNA}: Trial and FrozenTrial no longer share _trial_id (compat.optuna_trial_id)"
+    again = optuna.trial.Trial(study, compat.optuna_trial_id(frozen))
+    assert again.number == asked.number, f"{OPTUNA}: optuna.trial.Trial(study, trial_id) no longer reopens a trial"
