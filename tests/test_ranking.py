@@ -27,3 +27,49 @@ def test_ties_go_to_fewer_env_steps_then_the_earlier_trial_whatever_the_input_or
     for order in (rows, rows[::-1], rows[1:] + rows[:1]):
         assert [r["trial_id"] for r in rank(order, "m", "max")] == ["t1", "t2", "t3", "t0"]
     assert best([row("x", 1.0), row("y", 1.0, 5)], "m", "min")["trial_id"] == "y"  # unknown steps rank last
+
+
+def trial_folder(sweep, tid, tag=None, results=(), checkpoints=(), params=None):
+    """A trial folder as Tune leaves it: its JSON logger's result lines and params, its checkpoints."""
+    import json
+
+    d = sweep / f"trial_{tid}"
+    d.mkdir(parents=True)
+    config = params or {"ppo": {"lr": 0.1}}
+    (d / "params.json").write_text(json.dumps(config))
+    lines = [json.dumps({**r, "trial_id": tid, "experiment_tag": tag, "config": config}) for r in results]
+    if lines:
+        (d / "result.json").write_text("\n".join(lines) + "\n")
+    for i in checkpoints:
+        (d / f"checkpoint_{i:06d}").mkdir()
+    return d
+
+
+def test_sweep_rows_are_each_trials_latest_result_in_start_order(tmp_path):
+    from rlsweep.ranking import ranked_rows, sweep_rows
+
+    trial_folder(tmp_path, "x_00010", "10_lr=0.1", [{"m": 1.0, "env_steps": 64}], checkpoints=(1,))
+    trial_folder(tmp_path, "x_00002", "2_lr=0.2", [{"m": 1.0, "env_steps": 64}, {"m": 5.0, "env_steps": 128}],
+                 checkpoints=(1, 2, 10))
+    trial_folder(tmp_path, "x_00003")  # started, failed before its first result
+    (tmp_path / "trial_x_00004").mkdir()  # never started: no config yet
+    rows = sweep_rows(tmp_path)
+    assert [r["number"] for r in rows] == ["002", "010", "x_00003"]  # the sweep's count, not the id's order
+    assert rows[0]["m"] == 5.0 and rows[0]["env_steps"] == 128 and rows[0]["config"] == {"ppo": {"lr": 0.1}}
+    assert rows[0]["checkpoint"] == str(tmp_path / "trial_x_00002" / "checkpoint_000010")
+    assert rows[2]["checkpoint"] is None and "m" not in rows[2]
+    assert [r["trial_id"] for r in ranked_rows(tmp_path, "m", "max")] == ["x_00002", "x_00010"]
+    assert [r["trial_id"] for r in ranked_rows(tmp_path, "m", "min")] == ["x_00010", "x_00002"]
+
+
+def test_a_corrupt_result_log_is_named(tmp_path):
+    import pytest
+
+    from rlsweep.config import ConfigError
+    from rlsweep.ranking import sweep_rows
+
+    d = trial_folder(tmp_path, "y_00000", "1", [{"m": 1.0}])
+    with open(d / "result.json", "a") as f:
+        f.write('{"m": 2.0, "trial_id": "y_000')  # cut off mid-write
+    with pytest.raises(ConfigError, match=r"trial_y_00000/result.json: the last result is not valid"):
+        sweep_rows(tmp_path)

@@ -86,6 +86,26 @@ def trial_results(sweep_dir):
     return out
 
 
+def assert_one_best_trial(stdout, sweep_dir, client, tmp_path, metric="eval_return_mean"):
+    """The closing summary, its table's first row, the parent run's best_* metric and tag, `best -o`
+    and the ranked rows all name the same trial of a finished sweep."""
+    from rlsweep.ranking import ranked_rows
+
+    [top] = ranked_rows(sweep_dir, metric, "max")[:1]
+    summary = re.search(r"^best trial:  (\S+) \(trial id (\S+)\) with ", stdout, re.M)
+    assert summary and summary.group(1, 2) == (top["number"], top["trial_id"]), stdout
+    assert re.search(rf"^  1\. {top['number']} ", stdout, re.M), stdout  # the final table's first row
+    [parent] = [x for x in runs_of(client) if x.data.tags.get("rlsweep.kind") == "sweep"
+                and x.data.tags["rlsweep.dir"] == str(sweep_dir)]
+    assert parent.data.tags["rlsweep.best_trial_id"] == top["trial_id"]
+    assert parent.data.metrics[f"best_{metric}"] == top[metric]
+    out = tmp_path / f"best-{sweep_dir.name}.yaml"
+    r = rlsweep("best", sweep_dir, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert out.read_text().startswith(f"# best trial {top['trial_id']} of sweep {sweep_dir.name}: ")
+    assert f"(trial {top['trial_id']}, {metric} = " in r.stdout
+
+
 @pytest.mark.slow
 def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     exp = experiment(tmp_path)
@@ -142,6 +162,7 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "results.csv", "optimization_history.png", "param_importance.png",
             "learning_curves.png"} <= parent_arts
+    assert_one_best_trial(r.stdout, tmp_path / "results" / "s1", client, tmp_path)
 
     # the best config is a runnable experiment, and `best` writes the same trial
     best_file = tmp_path / "best.yaml"
@@ -264,6 +285,7 @@ def _check_resumed(tmp_path, name, per_trial, trials=4):
     assert len(studied) == trials
     assert sorted(t.user_attrs["tune_trial_id"] for t in studied) == sorted(res)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in studied)
+    assert_one_best_trial(r.stdout, sweep_dir, client, tmp_path)  # and again after a resume
     return r
 
 

@@ -43,15 +43,16 @@ class LearnerActor:
 
         import torch
 
-        from rlsweep.ppo.learner import Learner
-
         if self.world > 1:
             host, port = master
             torch.distributed.init_process_group("nccl" if self.device == "cuda" else "gloo",
                                                  init_method=f"tcp://{host}:{port}", rank=self.rank,
                                                  world_size=self.world)
         cfg = self.cfg
-        self.learner = Learner(space_info(cfg.env), cfg.policy, cfg.ppo, cfg.seed, self.device, self.rank, self.world)
+        from rlsweep.engine.data_parallel import DataParallelLearner
+
+        self.learner = DataParallelLearner(space_info(cfg.env), cfg.policy, cfg.ppo, cfg.seed, self.device,
+                                           rank=self.rank, world=self.world)
         return os.getpid()
 
     def call(self, method: str, *args: Any) -> Any:

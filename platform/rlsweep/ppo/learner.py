@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import torch
-import torch.distributed
 
 from rlsweep import metrics as M
 from rlsweep.config import PolicyConfig, PPOConfig
@@ -19,19 +18,16 @@ from rlsweep.ppo.policy import Weights
 
 
 class Learner:
-    """Owns the network, the optimiser and the minibatch RNG.
+    """Owns the network, the optimiser and the minibatch RNG; `update` is PPO's update in one process.
 
-    Data-parallel (`world` > 1, a torch.distributed process group already joined): every rank holds
-    the whole batch and draws the same shuffles, computes the loss on its share of each minibatch
-    (advantages normalised over the whole minibatch), weighted by the share's size, and the ranks sum
-    their gradients with one all-reduce before the identical clip and Adam step. The update is then the one-learner
-    update, up to float summation order, and the ranks' parameters stay equal.
+    Two hooks let a group of learners split each minibatch between them (`engine.learners`'
+    data-parallel learner overrides them): `_share` (which samples of a minibatch this learner computes
+    the loss on, and their weight: all of them, weight 1, here) and `_sum_gradients` (nothing to sum
+    here).
     """
 
-    def __init__(self, space: SpaceInfo, policy: PolicyConfig, ppo: PPOConfig, seed: int, device: str = "cpu",
-                 rank: int = 0, world: int = 1):
+    def __init__(self, space: SpaceInfo, policy: PolicyConfig, ppo: PPOConfig, seed: int, device: str = "cpu"):
         self.cfg = ppo
-        self.rank, self.world = rank, world
         self.device = torch.device(device)
         torch.manual_seed(seed)
         self.net = ActorCritic(space, policy).to(self.device)
@@ -82,25 +78,19 @@ class Learner:
             mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret = (x[perm] for x in data)
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
                 adv = mb_adv[lo:hi]
-                if cfg.normalize_advantages and hi - lo > 1:
+                if cfg.normalize_advantages and hi - lo > 1:  # over the whole minibatch
                     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                # this rank's share of the minibatch (all of it with one learner); shares differ by at most
-                # one sample (a batch holds only the valid steps), so each is weighted by its size
-                size = hi - lo
-                a, b = size * self.rank // self.world, size * (self.rank + 1) // self.world
-                lo, hi, adv = lo + a, lo + b, adv[a:b]
-                logp, entropy, values = self.net.evaluate(mb_obs[lo:hi], mb_act[lo:hi], cfg.ent_coef != 0)
-                terms = ppo_loss(
-                    logp, mb_logp[lo:hi], adv, values, mb_val[lo:hi], mb_ret[lo:hi], entropy,
-                    clip=cfg.clip, vf_clip=cfg.vf_clip, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
-                )
+                a, b, weight = self._share(hi - lo)
                 self.grad.zero_()
-                if self.world > 1:  # the shares' size-weighted gradients sum to the minibatch's
-                    if b > a:  # (a minibatch smaller than the group leaves some ranks nothing)
-                        (terms.loss * ((b - a) / size)).backward()
-                    torch.distributed.all_reduce(self.grad)
-                else:
-                    terms.loss.backward()
+                if b > a:
+                    lo, hi, adv = lo + a, lo + b, adv[a:b]
+                    logp, entropy, values = self.net.evaluate(mb_obs[lo:hi], mb_act[lo:hi], cfg.ent_coef != 0)
+                    terms = ppo_loss(
+                        logp, mb_logp[lo:hi], adv, values, mb_val[lo:hi], mb_ret[lo:hi], entropy,
+                        clip=cfg.clip, vf_clip=cfg.vf_clip, vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef,
+                    )
+                    (terms.loss if weight == 1.0 else terms.loss * weight).backward()
+                self._sum_gradients()
                 grad_norm = torch.linalg.vector_norm(self.grad)
                 self.grad.mul_(torch.clamp(cfg.max_grad_norm / (grad_norm + 1e-6), max=1.0))
                 self.adam.step(self.grad, lr)
@@ -117,6 +107,14 @@ class Learner:
         stats[M.LR] = lr
         stats[M.UPDATE_EPOCHS] = epochs
         return stats
+
+    def _share(self, size: int) -> tuple[int, int, float]:
+        """The samples [a, b) of a `size`-sample minibatch whose loss this learner computes, and the
+        weight of that loss: the whole minibatch, weight 1."""
+        return 0, size, 1.0
+
+    def _sum_gradients(self) -> None:
+        """Make `self.grad` the minibatch's whole gradient: it is already."""
 
     @torch.no_grad()
     def _diagnostics(self, data: tuple[torch.Tensor, ...]) -> dict[str, float]:
