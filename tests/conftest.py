@@ -1,11 +1,23 @@
+"""What the tests share: the tiny experiment, the CLI runner with a clean environment, the stand-in
+for Tune's trial objects, and the expensive fixtures (a local Ray, a real MLflow store, real MLflow
+servers), each started once per session.
+
+Layout: tests mirror the package (tests/ppo, tests/engine, tests/tuning, tests/tracking; the top-level
+modules at the top), and tests/e2e holds the end-to-end tests, which run `rlsweep` as a user does, in
+subprocesses.
+"""
+
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,3 +135,76 @@ def start_mlflow_server(directory: Path, port: int) -> subprocess.Popen:
 def stop_mlflow_server(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+# -- running `rlsweep` as a user does ------------------------------------------------------------------
+
+
+def cli_env(uri: str | None = None, test_envs: bool = False, **extra: str) -> dict[str, str]:
+    """The environment of an `rlsweep` command under test: this checkout's code, and neither the
+    user's MLflow store nor their Ray cluster (each test says which it uses: `uri`, or `RAY_ADDRESS`
+    in `extra`). `test_envs`: the tests' own envs (tests.faulty_envs) importable, in the driver and
+    in every Ray worker."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "platform") + (f":{ROOT}" if test_envs else "")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+    env.update(extra)
+    return env
+
+
+RLSWEEP = [sys.executable, "-m", "rlsweep.cli"]
+
+
+def rlsweep(*args: Any, uri: str | None = None, timeout: float = 600, env: dict[str, str] | None = None,
+            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`rlsweep ARGS...` to its end, its output captured (`env`: from `cli_env`, default `cli_env(uri)`)."""
+    return subprocess.run([*RLSWEEP, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env or cli_env(uri))
+
+
+def rlsweep_process(*args: Any, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """`rlsweep ARGS...` started in a session of its own (so a test can signal it), output piped."""
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen([*RLSWEEP, *map(str, args)], cwd=popen.pop("cwd", ROOT), env=env or cli_env(), text=True,
+                            start_new_session=True, **popen)
+
+
+def printed(out: str, key: str) -> float:
+    """A metric from `rlsweep train`'s or `evaluate`'s closing lines."""
+    return float(re.search(rf"^\s+{key}\s+(\S+)$", out, re.M).group(1))
+
+
+def runs_of(client: Any, experiment: str = "sweeptest") -> list[Any]:
+    """Every run of an MLflow experiment."""
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+LR_ONLY = "ppo.lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}\n"  # a search space of one key
+
+
+# -- a stand-in for Tune's trial objects -------------------------------------------------------------
+
+
+@dataclass
+class StandInCheckpoint:
+    path: str
+
+
+@dataclass
+class StandInTrial:
+    """What rlsweep's callbacks read of a `ray.tune.experiment.Trial`, for driving them in-process."""
+
+    trial_id: str
+    config: dict[str, Any]
+    status: str = "RUNNING"
+    last_result: dict[str, Any] = field(default_factory=dict)
+    checkpoint: StandInCheckpoint | None = None
+    error: str | None = None
+    experiment_tag: str = ""
+
+    def get_error(self):
+        return RuntimeError(self.error) if self.error else None

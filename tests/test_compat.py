@@ -76,6 +76,27 @@ def test_actor_ready(ray_local):
         ray_local.kill(actor)
 
 
+def test_actor_call(ray_local):
+    @ray_local.remote(num_cpus=0)
+    class Probe:
+        def __init__(self):
+            self.value = 7
+
+    actor = Probe.remote()
+    try:
+        assert ray_local.get(compat.actor_call(actor, lambda self, add: self.value + add, 1), timeout=60) == 8, \
+            f"{RAY}: __ray_call__ no longer runs fn(instance, *args) (compat.actor_call)"
+    finally:
+        ray_local.kill(actor)
+
+
+def test_head_node_resource():
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    assert HEAD_NODE_RESOURCE_NAME == compat.HEAD_NODE_RESOURCE, \
+        f"{RAY}: the head node's resource is now {HEAD_NODE_RESOURCE_NAME!r} (compat.HEAD_NODE_RESOURCE)"
+
+
 def test_tune_trial_layout(tmp_path):
     from ray.tune.logger import json as tune_json
     from ray.tune.result import EXPR_RESULT_FILE

@@ -104,6 +104,7 @@ def _self_command() -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`rlsweep train`: runs `commands.train.train` and prints its outcome; the exit code."""
     from rlsweep.commands.train import train
     from rlsweep.tracking.store import redact
 
@@ -127,6 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """`rlsweep sweep`: prepares the sweep (every input checked before Ray), says what it starts, runs it
+    and prints what it came to; the exit code.
+    """
     from rlsweep.commands.sweep import prepare, run_sweep
 
     p = prepare(args.experiment, args.overrides, space=args.space, trials=args.trials, name=args.name)
@@ -136,6 +140,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    """`rlsweep resume`: continues an interrupted sweep (a finished one is left as it is); the exit code."""
     from rlsweep.commands.sweep import plan_resume, resume_sweep
 
     p = plan_resume(args.sweep, args.results_dir)
@@ -191,6 +196,7 @@ def _print_sweep(out: SweepOutcome) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
+    """`rlsweep best`: prints the best trial's experiment file, or says where `-o` wrote it."""
     from rlsweep.commands.best import best
 
     out = best(args.sweep, args.results_dir, args.output)
@@ -203,6 +209,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`rlsweep evaluate`: prints what a checkpoint's policy scored."""
     from rlsweep.commands.evaluate import evaluate
 
     out = evaluate(args.checkpoint, args.episodes, args.seed, args.tracking_uri)
@@ -214,6 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """`rlsweep ui`: prints where the UI is and the links into it, then serves it until Ctrl-C."""
     from rlsweep.commands import ui
     from rlsweep.tracking.store import redact
 
@@ -235,6 +243,16 @@ COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "best"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one `rlsweep` command line: parses it, sets up the process (signals, verbosity, MLflow's
+    and Ray's variables) and dispatches.
+
+    Args:
+        argv: the arguments (default: the process's own).
+
+    Returns:
+        The exit code: 0, 1 (the command failed), 2 (bad input: one line on stderr) or 130
+        (interrupted).
+    """
     args = _parser().parse_args(argv)
     interrupt_on_termination()
     verbosity.set_verbose(getattr(args, "verbose", False))

@@ -1,9 +1,10 @@
 """The one seam between rlsweep and the private parts of Ray, Ray Tune and Optuna.
 
 rlsweep needs a few things those libraries do not offer publicly: a warm-up of Tune's callback
-imports, keeping secrets out of Tune's trial actors, the autoscaler's node groups, Tune's driver
-staging folder and file layout, an actor's readiness, two of Tune's log messages, and the parts of
-Tune's `OptunaSearch` a resumable searcher must reach. Each is one named function (or the one adapter
+imports, keeping secrets out of Tune's trial actors, the autoscaler's node groups and the head
+node's resource, Tune's driver staging folder and file layout, an actor's readiness and a call into
+it, two of Tune's log messages, Tune's retry rule, and the parts of Tune's `OptunaSearch` a resumable
+searcher must reach. Each is one named function (or the one adapter
 class) here, and nothing else in rlsweep imports a `_private`, `_internal` or `_name` of a dependency.
 `tests/test_compat.py` holds one canary per function: it fails, naming the dependency and the version
 installed, when an upgrade moves what the function relies on.
@@ -63,6 +64,16 @@ def tune_staging_dirs(experiment: str) -> list[Path]:
 def actor_ready(actor: Any) -> Any:
     """A ref that resolves once `actor` has started (its constructor has run)."""
     return actor.__ray_ready__.remote()
+
+
+def actor_call(actor: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """A ref to `fn(actor's instance, *args)` run in the actor's process (Ray's `__ray_call__`, a
+    developer API)."""
+    return actor.__ray_call__.remote(fn, *args)
+
+
+# the resource Ray gives the head node alone (`ray._common.constants.HEAD_NODE_RESOURCE_NAME`)
+HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 
 # Tune's on-disk layout of a trial folder (what `rlsweep best` and the ranked rows read)

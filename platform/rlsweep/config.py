@@ -80,6 +80,7 @@ class PPOConfig(_Section):
 
     @property
     def num_minibatches(self) -> int:
+        """Gradient steps per epoch (the validator makes minibatch_size divide train_batch_size)."""
         return self.train_batch_size // self.minibatch_size
 
 
@@ -258,10 +259,12 @@ class ExperimentConfig(_Section):
 
     @property
     def trial_cpus(self) -> float:
+        """CPUs one trial holds: the sum over its bundles (`bundles`)."""
         return sum(b.get("CPU", 0.0) for _, b in self.bundles())
 
     @property
     def trial_gpus(self) -> float:
+        """GPUs one trial holds: the sum over its bundles; 0 when it trains on CPUs."""
         return sum(b.get("GPU", 0.0) for _, b in self.bundles())
 
     def check_bundles_fit(self, nodes: list[dict[str, float]], where: str) -> None:
@@ -297,6 +300,10 @@ class ExperimentConfig(_Section):
 
     @property
     def num_sampling_envs(self) -> int:
+        """Envs stepped per iteration, all samplers together.
+
+        With no rollout workers, the trainable's one sampler runs `num_envs_per_worker` of them.
+        """
         return max(1, self.rollouts.num_rollout_workers) * self.rollouts.num_envs_per_worker
 
     @property
@@ -368,6 +375,12 @@ def _number_or_str(raw: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies `--set KEY=VALUE` items (see `parse_override`) to raw config data, in order.
+
+    Makes the sections a key names where missing, and validates nothing (`validate` does). Returns
+    `data` itself, changed in place; a ConfigError when an item is not KEY=VALUE or a key goes through
+    a value that is not a section.
+    """
     for item in overrides:
         path, value = parse_override(item)
         node = data
@@ -381,6 +394,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file, as plain data.
+
+    A ConfigError naming the file when it is missing, unreadable, not UTF-8, not valid YAML (with the
+    line and column) or not a mapping.
+    """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: no such file")
@@ -400,6 +418,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def validate(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """An `ExperimentConfig` from raw data (a file's, overrides applied).
+
+    A ConfigError otherwise, naming `source` (where the data came from), each bad key and what was
+    expected (see `explain`).
+    """
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:

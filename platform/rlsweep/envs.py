@@ -187,6 +187,11 @@ def encode_value(value: Any) -> Any:
 
 
 def decode_value(value: Any, current: Any = None) -> Any:
+    """Inverse of `encode_value`; a ValueError for an encoding it does not know.
+
+    An RNG state is set on `current` (the attribute's present value) when that is a numpy Generator,
+    else on a new one.
+    """
     if not isinstance(value, dict):
         return value
     if "__np__" in value:

@@ -38,13 +38,17 @@ class _Range(_Dist):
         return self
 
     def extremes(self) -> list[Any]:
+        """The bounds: the values whose combinations `load_search_space` checks."""
         return [self.low, self.high]
 
 
 class Uniform(_Range):
+    """Uniform on [low, high]."""
+
     type: Literal["uniform"]
 
     def suggest(self, trial: Any, name: str) -> float:
+        """Draws the value of parameter `name` from an Optuna trial."""
         return trial.suggest_float(name, self.low, self.high)
 
 
@@ -63,12 +67,18 @@ class LogUniform(_Range):
         return self
 
     def suggest(self, trial: Any, name: str) -> float:
+        """Draws the value of parameter `name` from an Optuna trial.
+
+        With `complement`, Optuna's parameter is named `1-<name>` and holds 1 - x.
+        """
         if self.complement:
             return 1.0 - trial.suggest_float(f"1-{name}", 1 - self.high, 1 - self.low, log=True)
         return trial.suggest_float(name, self.low, self.high, log=True)
 
 
 class Int(_Dist):
+    """Integers low, low + step, ... up to high (inclusive when on that grid); `log` draws on a log scale."""
+
     type: Literal["int"]
     low: int
     high: int
@@ -84,9 +94,11 @@ class Int(_Dist):
         return self
 
     def suggest(self, trial: Any, name: str) -> int:
+        """Draws the value of parameter `name` from an Optuna trial."""
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
 
     def extremes(self) -> list[Any]:
+        """The lowest and the highest value it can take (`high` itself may be off the step grid)."""
         return [self.low, self.high - (self.high - self.low) % self.step]
 
     def values(self) -> list[int]:
@@ -97,16 +109,23 @@ class Int(_Dist):
 
 
 class Choice(_Dist):
+    """One of `values`, any YAML values (lists too, e.g. `policy.hidden_sizes`)."""
+
     type: Literal["choice"]
     values: list[Any] = Field(min_length=1)
 
     def suggest(self, trial: Any, name: str) -> Any:
+        """Draws one of `values` from an Optuna trial.
+
+        Where a value is not a scalar, the study records the index of the one drawn instead.
+        """
         # Optuna stores choices of plain scalars only; lists (e.g. layer sizes) go by index.
         if all(isinstance(v, (bool, int, float, str)) or v is None for v in self.values):
             return trial.suggest_categorical(name, self.values)
         return self.values[trial.suggest_categorical(name, list(range(len(self.values))))]
 
     def extremes(self) -> list[Any]:
+        """Every value: a choice has no order, so each is checked against the other parameters' extremes."""
         return list(self.values)
 
 
@@ -137,6 +156,10 @@ class SearchSpace:
         self.base = base
 
     def suggest(self, trial: Any) -> dict[str, Any]:
+        """The define-by-run function: one value per parameter, for the trial's config.
+
+        Keys are the dotted names with "/" for "." (Tune nests the config on it).
+        """
         return {name.replace(".", NESTING): dist.suggest(trial, name) for name, dist in self.params.items()}
 
     def check(self, suggestion: dict[str, Any]) -> str | None:

@@ -14,11 +14,13 @@ ENV = "RLSWEEP_VERBOSE"
 
 
 def set_verbose(on: bool) -> None:
+    """Turns `-v` on for this process and the processes it starts; False leaves the setting as it is."""
     if on:
         os.environ[ENV] = "1"
 
 
 def verbose() -> bool:
+    """Whether `-v` is on, in this process or in the command that started it."""
     return os.environ.get(ENV, "") not in ("", "0")
 
 

@@ -109,7 +109,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     from rlsweep.tuning.ray_session import check_cluster, init_ray
     from rlsweep.tuning.searcher import make_sampler, searcher_class
     from rlsweep.tuning.signing import SignTuneState
-    from rlsweep.tuning.stopper import TrialStopper
+    from rlsweep.tuning.stopper import NoRetryAfterDivergence, TrialStopper
     from rlsweep.tuning.trainable import trainable_for, trial_dirname
 
     cfg, s = p.cfg, p.cfg.sweep
@@ -166,7 +166,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True,
                 num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
             ),
-            callbacks=[JsonLoggerCallback(), tracker, signer,
+            callbacks=[JsonLoggerCallback(), tracker, signer, NoRetryAfterDivergence(),
                        ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode,
                                            searched=list(p.space.params), stop_reason=stopper.reason)],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),

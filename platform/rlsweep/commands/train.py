@@ -89,7 +89,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
     from rlsweep.tracking.store import Store
     from rlsweep.tuning.progress import ProgressLine
     from rlsweep.tuning.ray_session import check_cluster, init_ray
-    from rlsweep.tuning.stopper import TrialStopper
+    from rlsweep.tuning.stopper import NoRetryAfterDivergence, TrialStopper
     from rlsweep.tuning.trainable import trainable_for, trial_dirname
 
     storage = Path(cfg.results_dir).resolve()
@@ -109,7 +109,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True
             ),
-            callbacks=[JsonLoggerCallback(), tracker, ProgressLine()],
+            callbacks=[JsonLoggerCallback(), tracker, NoRetryAfterDivergence(), ProgressLine()],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             verbose=verbosity.tune_verbosity(),
         ),

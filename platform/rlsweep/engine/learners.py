@@ -56,6 +56,7 @@ class LearnerActor:
         return os.getpid()
 
     def call(self, method: str, *args: Any) -> Any:
+        """Calls `method` of this rank's learner with `args`: the group's one way into it."""
         return getattr(self.learner, method)(*args)
 
 
@@ -75,31 +76,40 @@ class LearnerGroup:
         return ray.get([a.call.remote(method, *args) for a in self.actors])
 
     def update(self, batch: Any, lr: float) -> dict[str, float]:
+        """The update on every rank (see `ppo.Learner.update`); rank 0's metrics."""
         ref = ray.put(batch)  # one copy per node, whatever the number of learners
         return self._all("update", ref, lr)[0]
 
     def weights(self) -> Weights:
+        """Rank 0's network as numpy arrays (every rank holds the same)."""
         return ray.get(self.actors[0].call.remote("weights"))
 
     def finite(self) -> bool:  # the ranks' parameters are equal by construction: rank 0 answers
+        """Whether every parameter is a finite number."""
         return ray.get(self.actors[0].call.remote("finite"))
 
     def state_bytes(self) -> bytes:
+        """Rank 0's network, optimiser and torch RNG as `torch.save` bytes (`ppo.Learner.state_bytes`)."""
         return ray.get(self.actors[0].call.remote("state_bytes"))
 
     def load_state_bytes(self, data: bytes) -> None:
+        """Loads `state_bytes()` into every rank."""
         self._all("load_state_bytes", data)
 
     def rng_state(self) -> dict:
+        """Rank 0's minibatch RNG state (the ranks shuffle alike: they split each minibatch by position)."""
         return ray.get(self.actors[0].call.remote("rng_state"))
 
     def set_rng_state(self, state: dict) -> None:
+        """Sets every rank's minibatch RNG to `state`."""
         self._all("set_rng_state", state)
 
     def node_ids(self) -> list[str]:
+        """The Ray node ids of the learner actors, by rank."""
         return node_ids(self.actors)
 
     def close(self) -> None:  # (killing a rank ends its process group with it)
+        """Kills the learner actors."""
         for a in self.actors:
             ray.kill(a)
         self.actors = []

@@ -106,6 +106,11 @@ class Sampler:
     # -- checkpoint state (JSON-able) --------------------------------------------------------------
 
     def get_state(self) -> dict[str, Any]:
+        """JSON-able state for a checkpoint, read back by `set_state`.
+
+        The envs' snapshot (None where `env_state` cannot take one), the current observations, the
+        episode counters and the action-sampling RNG.
+        """
         return {
             "env": env_state(self.env),
             "obs": encode_value(self.obs),
@@ -134,6 +139,7 @@ class Sampler:
         self._reset_envs(_seed(self.cfg.seed, self.index, 4, restart_seed))
 
     def close(self) -> None:
+        """Closes the vector env."""
         self.env.close()
 
 
@@ -184,4 +190,5 @@ class Evaluator:
         }
 
     def close(self) -> None:
+        """Closes the vector env."""
         self.env.close()

@@ -235,5 +235,6 @@ class Training:
         return None
 
     def close(self) -> None:
+        """Releases the workers and the learner (their actors and envs)."""
         self.workers.close()
         self.learner.close()

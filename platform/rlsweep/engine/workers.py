@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from rlsweep import compat
 from rlsweep.config import ExperimentConfig
 from rlsweep.engine.rollout import Evaluator, Sampler
 from rlsweep.ppo.batch import Rollout
@@ -56,21 +57,27 @@ class LocalWorkers:
         self.evaluator = Evaluator(cfg)
 
     def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
+        """The one sampler's rollout, as a one-item list."""
         return [self.sampler.sample(weights, obs_stats)]
 
     def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
+        """The evaluator's metrics for `weights` (see `Evaluator.evaluate`)."""
         return self.evaluator.evaluate(weights, obs_stats, iteration)
 
     def get_states(self) -> list[dict[str, Any]]:
+        """The one sampler's state, as a one-item list."""
         return [self.sampler.get_state()]
 
     def set_states(self, states: list[dict[str, Any]], restart_seed: int) -> list[bool]:
+        """Restores the sampler from `states[0]`; [False] when its envs restarted their episodes."""
         return [self.sampler.set_state(states[0], restart_seed)]
 
     def wait_ready(self) -> None:
+        """Nothing to wait for: the sampler and the evaluator were built in this process."""
         return None
 
     def close(self) -> None:
+        """Closes the sampler's and the evaluator's envs."""
         self.sampler.close()
         self.evaluator.close()
 
@@ -125,38 +132,50 @@ class RemoteWorkers:
         return out
 
     def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
+        """One rollout per sampler actor, in sampler order; a dead sampler is replaced and samples anew."""
         ref = self._ray.put(weights)  # one copy in the object store, however many samplers read it
         refs = [s.sample.remote(ref, obs_stats) for s in self.samplers]
         return self._get_each(refs, lambda i, e: self._replace(i, e).sample.remote(ref, obs_stats))
 
     def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
+        """The evaluator actor's metrics for `weights`; a dead evaluator is replaced and evaluates anew."""
         ref = self.evaluator.evaluate.remote(weights, obs_stats, iteration)
         return self._get_each([ref], lambda i, e: self._replace(None, e).evaluate.remote(weights, obs_stats,
                                                                                            iteration))[0]
 
     def get_states(self) -> list[dict[str, Any]]:
+        """Each sampler actor's state, in sampler order (see `Sampler.get_state`).
+
+        A sampler that died is replaced and gives the state of its fresh episodes.
+        """
         refs = [s.get_state.remote() for s in self.samplers]
         return self._get_each(refs, lambda i, e: self._replace(i, e).get_state.remote())
 
     def set_states(self, states: list[dict[str, Any]], restart_seed: int) -> list[bool]:
+        """Restores each sampler actor from its state; False where its envs restarted their episodes.
+
+        An actor that died fails the call: nothing is replaced here.
+        """
         return self._ray.get([s.set_state.remote(st, restart_seed)
                               for s, st in zip(self.samplers, states, strict=True)])
 
     def wait_ready(self) -> None:
-        self._ray.get([a.__ray_ready__.remote() for a in [*self.samplers, self.evaluator]])
+        """Blocks until every actor has been built (its process started, its envs made)."""
+        self._ray.get([compat.actor_ready(a) for a in [*self.samplers, self.evaluator]])
 
     def node_ids(self, evaluator: bool = False) -> list[str]:
         """The Ray node ids of the samplers' actors (or of the evaluator's)."""
         return node_ids([self.evaluator] if evaluator else self.samplers)
 
     def close(self) -> None:
+        """Kills the sampler and evaluator actors."""
         for actor in [*self.samplers, self.evaluator]:
             self._ray.kill(actor)
         self.samplers = []
 
 
 def _node_id(actor: Any) -> str:
-    """Run on an actor (`__ray_call__`): the id of the node it lives on."""
+    """Run on an actor (`compat.actor_call`): the id of the node it lives on."""
     import ray
 
     return ray.get_runtime_context().get_node_id()
@@ -166,7 +185,7 @@ def node_ids(actors: list[Any]) -> list[str]:
     """The Ray node ids of these actors."""
     import ray
 
-    return ray.get([a.__ray_call__.remote(_node_id) for a in actors])
+    return ray.get([compat.actor_call(a, _node_id) for a in actors])
 
 
 def make_workers(cfg: ExperimentConfig) -> WorkerGroup:

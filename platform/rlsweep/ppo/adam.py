@@ -14,6 +14,11 @@ import torch
 
 
 class FlatAdam:
+    """Adam's update of one flat parameter tensor, in place, in a handful of tensor ops per step.
+
+    The moment estimates have `param`'s shape and device; `betas` and `eps` are torch.optim.Adam's.
+    """
+
     def __init__(self, param: torch.Tensor, eps: float, betas: tuple[float, float] = (0.9, 0.999)):
         self.param, self.eps = param, eps
         self.beta1, self.beta2 = betas
@@ -22,6 +27,7 @@ class FlatAdam:
         self.steps = 0
 
     def step(self, grad: torch.Tensor, lr: float) -> None:
+        """One Adam step on `param`, in place, from `grad` (the same shape) at learning rate `lr`."""
         self.steps += 1
         self.exp_avg.lerp_(grad, 1 - self.beta1)
         self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
@@ -31,9 +37,14 @@ class FlatAdam:
         self.param.addcdiv_(self.exp_avg, denom, value=-lr / bias1)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The moment estimates and the step count, all tensors (loadable with weights_only=True).
+
+        The estimates are the live tensors, not copies.
+        """
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": torch.tensor(self.steps)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restores a `state_dict()`, copying the moments into this optimiser's tensors (and device)."""
         self.exp_avg.copy_(state["exp_avg"])
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
         self.steps = int(state["steps"])

@@ -36,6 +36,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def write(directory: str | Path, learner_state: bytes, state: dict[str, Any]) -> None:
+    """Writes a checkpoint into `directory` (made if needed): learner.pt first, then state.json.
+
+    Args:
+        directory: the checkpoint folder; files of an earlier checkpoint there are replaced.
+        learner_state: the learner's `state_bytes()`, written as learner.pt.
+        state: JSON-able data (`Training.state()`'s second part); state.json holds it with the format
+            version and learner.pt's SHA-256 added.
+    """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     _write_atomic(d / LEARNER_FILE, learner_state)

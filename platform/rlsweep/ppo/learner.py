@@ -46,6 +46,7 @@ class Learner:
         self.rng = np.random.default_rng([seed, 0x1EA7])
 
     def weights(self) -> Weights:
+        """The current network as numpy float32 copies, for the workers' `policy.NumpyPolicy`."""
         return self.net.export_weights()
 
     def update(self, batch: TrainBatch, lr: float) -> dict[str, float]:
@@ -142,6 +143,10 @@ class Learner:
     # -- checkpoint state: tensors only, loadable with weights_only=True --------------------------
 
     def state_bytes(self) -> bytes:
+        """Network, Adam state and torch RNG as `torch.save` bytes: what a checkpoint's learner.pt holds.
+
+        The minibatch RNG is not among them: see `rng_state`.
+        """
         buf = io.BytesIO()
         torch.save(
             {"model": self.net.state_dict(), "optimizer": self.adam.state_dict(),
@@ -151,6 +156,7 @@ class Learner:
         return buf.getvalue()
 
     def load_state_bytes(self, data: bytes) -> None:
+        """Restores `state_bytes()`; a RuntimeError when the saved network's shapes differ from these."""
         # on the CPU first: the RNG state must stay a CPU tensor; parameters and optimiser state are
         # copied to the learner's device by load_state_dict
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -159,7 +165,9 @@ class Learner:
         torch.set_rng_state(state["torch_rng"])
 
     def rng_state(self) -> dict:
+        """The minibatch-shuffling RNG's state, JSON-able (a checkpoint keeps it in state.json)."""
         return self.rng.bit_generator.state
 
     def set_rng_state(self, state: dict) -> None:
+        """Restores the minibatch RNG from `rng_state()`, so the shuffles go on as they would have."""
         self.rng.bit_generator.state = state

@@ -8,6 +8,8 @@ import torch
 
 
 class LossTerms(NamedTuple):
+    """The PPO loss of a minibatch and its parts, as scalars; `entropy` is None when the bonus is off."""
+
     loss: torch.Tensor  # what the optimiser minimises
     policy_loss: torch.Tensor
     value_loss: torch.Tensor
@@ -15,6 +17,8 @@ class LossTerms(NamedTuple):
 
 
 class PolicyShift(NamedTuple):
+    """How far an update moved the policy from the one that sampled, as scalars."""
+
     approx_kl: torch.Tensor  # http://joschu.net/blog/kl-approx.html, k3 estimator of KL(old || new)
     clip_fraction: torch.Tensor  # share of samples whose ratio left [1 - clip, 1 + clip]
 

@@ -59,6 +59,7 @@ class ActorCritic(nn.Module):
         return x
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """The critic's values of (B, obs_dim) observations, shape (B,); the actor is not run."""
         return self.v_head(self._features(obs)[1]).squeeze(-1)
 
     def evaluate(self, obs: torch.Tensor, actions: torch.Tensor,

@@ -24,6 +24,7 @@ class RunningMeanStd:
 
     @classmethod
     def zeros(cls, dim: int) -> RunningMeanStd:
+        """Statistics of `dim`-sized observations before any are seen: mean 0, variance 1."""
         return cls(mean=np.zeros(dim, np.float64), var=np.ones(dim, np.float64))
 
     @classmethod
@@ -41,12 +42,15 @@ class RunningMeanStd:
         return RunningMeanStd(mean=mean, var=m2 / total, count=total)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
+        """`x` standardised feature by feature, clipped to [-CLIP, CLIP], as float32 for the policy."""
         z = (x - self.mean) / np.sqrt(self.var + EPS)
         return np.clip(z, -CLIP, CLIP).astype(np.float32)
 
     def to_dict(self) -> dict:
+        """A JSON-able form (a checkpoint's state.json holds it); `from_dict` reads it back."""
         return {"mean": self.mean.tolist(), "var": self.var.tolist(), "count": self.count}
 
     @classmethod
     def from_dict(cls, d: dict) -> RunningMeanStd:
+        """Inverse of `to_dict`."""
         return cls(mean=np.asarray(d["mean"], np.float64), var=np.asarray(d["var"], np.float64), count=d["count"])

@@ -37,9 +37,11 @@ class NumpyPolicy:
         self.weights: Weights | None = None
 
     def load(self, weights: Weights) -> None:
+        """Acts with `weights` (`networks.ActorCritic.export_weights`' layout) from now on; not copied."""
         self.weights = weights
 
     def value(self, obs: np.ndarray) -> np.ndarray:
+        """The critic's values of (B, obs_dim) observations, shape (B,)."""
         return _mlp(self.weights["critic"], obs, self._act)[:, 0]
 
     def act(self, obs: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

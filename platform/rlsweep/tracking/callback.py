@@ -21,7 +21,6 @@ from typing import Any
 
 from ray import tune
 
-from rlsweep import compat
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig, flatten
 from rlsweep.ranking import better, trial_number
@@ -131,6 +130,7 @@ class MlflowCallback(tune.Callback):
 
     @property
     def tracker(self) -> Tracker:
+        """The Tracker on the store, opened on first use."""
         if self._tracker is None:
             self._tracker = self.store.tracker()
         return self._tracker
@@ -153,6 +153,7 @@ class MlflowCallback(tune.Callback):
     # -- runs (called on the writer thread, except setup) ------------------------------------------
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
+        """Tune starts (or resumes) the run: find or create the parent run."""
         self._started_at = time.monotonic()
         self.parent_run_id, self._resumed = self.parent.open(self.tracker, self.run_dir)
 
@@ -246,18 +247,18 @@ class MlflowCallback(tune.Callback):
 
     @_timed
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        """A trial starts: its run is asked for."""
         self._ensure_run(trial, trials)
 
     @_timed
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        """A result: its numbers go to the journal, and to MLflow every `tracking.flush_s`."""
         self._ensure_run(trial, trials)
         tid = trial.trial_id
         step, ts = int(result.get(M.ENV_STEPS, 0)), int(time.time() * 1000)
         diverged = bool(result.get(M.NON_FINITE))
-        if diverged:
-            # the iteration that met a NaN: its values go to MLflow as they are (NaN included), and the
-            # trial's next step fails it; a retry from the last checkpoint would only diverge again
-            compat.stop_retrying(trial)
+        # the iteration that met a NaN: its values go to MLflow as they are (NaN included); the trial's
+        # next step fails it, for good (tuning.stopper.NoRetryAfterDivergence)
         values = {k: v for k, v in result.items()
                   if k in M.REPORTED and (numeric(v) or diverged and isinstance(v, float))}
         self._journal.append(tid, (step, ts, values))
@@ -274,6 +275,9 @@ class MlflowCallback(tune.Callback):
 
     @_timed
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        """A checkpoint: the rows before it are written first, and it becomes the run's best
+        checkpoint where its score is the trial's best so far.
+        """
         tid = trial.trial_id
         score = (trial.last_result or {}).get(self.metric, math.nan)
         self._flushed_at[tid] = time.monotonic()
@@ -291,6 +295,7 @@ class MlflowCallback(tune.Callback):
 
     @_timed
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """A trial completed: its run is closed as finished or stopped early (`status.completed`)."""
         if not self._warming:
             self._warming = True
             threading.Thread(target=self.parent.warm_up, name="rlsweep-warm-up", daemon=True).start()
@@ -314,6 +319,7 @@ class MlflowCallback(tune.Callback):
 
     @_timed
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        """A trial failed for good: its run is closed as an error with its one line."""
         self._ensure_run(trial, trials)
         self._closed.add(trial.trial_id)
         self._writer.submit(self._close_run, trial.trial_id, None, failed(trial_error_line(trial)))
@@ -324,6 +330,9 @@ class MlflowCallback(tune.Callback):
         return bool(self._opened)
 
     def on_experiment_end(self, trials, **info) -> None:
+        """The Tune run ends: every trial it cut short is marked (`status.at_experiment_end`), and
+        the parent is closed: summarised, or interrupted.
+        """
         self._journal.close()  # no more rows: every trial has stopped
         if self.tracking_lost is None:
             try:

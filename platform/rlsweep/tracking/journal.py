@@ -31,9 +31,11 @@ class Journal:
         self._lock = threading.Lock()
 
     def path(self, tid: str) -> Path:
+        """The journal file of trial `tid`."""
         return self.folder / f"{tid}.jsonl"
 
     def append(self, tid: str, row: Row) -> None:
+        """Appends one (env step, timestamp in ms, values) row of trial `tid`."""
         with self._lock:
             f = self._files.get(tid)
             if f is None:
@@ -70,6 +72,7 @@ class Journal:
         self._position[tid] = position
 
     def close(self, tid: str | None = None) -> None:
+        """Closes trial `tid`'s journal file (or every trial's): no more rows come for it."""
         with self._lock:
             for key in [tid] if tid is not None else list(self._files):
                 f = self._files.pop(key, None)

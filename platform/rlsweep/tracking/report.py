@@ -80,6 +80,7 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
 
 
 def load_study(storage: str, name: str) -> Any:
+    """The Optuna study, or None where there is none yet or its storage cannot be opened."""
     import optuna
 
     try:

@@ -46,6 +46,7 @@ class Store:
 
     @classmethod
     def of(cls, cfg: ExperimentConfig) -> Store:
+        """The store and experiment an experiment's runs go to (`resolve_uri`, `experiment_name`)."""
         uri = resolve_uri(cfg.tracking)
         return cls(uri, experiment_name(cfg), local_artifact_root(uri, cfg.tracking))
 

@@ -93,9 +93,11 @@ class Tracker:
         return [RunInfo(r.info.run_id, dict(r.data.tags), dict(r.data.params), r.info.run_name or "") for r in runs]
 
     def tags(self, run_id: str) -> dict[str, str]:
+        """The run's tags."""
         return dict(self._client.get_run(run_id).data.tags)
 
     def params(self, run_id: str) -> dict[str, str]:
+        """The run's params (as MLflow stores them: strings)."""
         return dict(self._client.get_run(run_id).data.params)
 
     def last_step(self, run_id: str) -> int:
@@ -109,6 +111,7 @@ class Tracker:
     # -- writing runs
 
     def start(self, name: str, tags: dict[str, str]) -> str:
+        """Creates a run named `name` with `tags`; its id."""
         return self._client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
 
     def reopen(self, run_id: str) -> None:
@@ -117,9 +120,11 @@ class Tracker:
         self._client.set_tag(run_id, TAG_STATUS, RunStatus.RUNNING.value)
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
+        """Sets one tag of a run."""
         self._client.set_tag(run_id, key, value)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Logs params (values as `param_value` turns them into strings), in MLflow's batches."""
         from mlflow.entities import Param
 
         items = [Param(k, self.param_value(v)) for k, v in params.items()]
@@ -146,12 +151,14 @@ class Tracker:
             self._client.log_batch(run_id, metrics=metrics[i:i + 1000])
 
     def log_yaml(self, run_id: str, data: dict[str, Any], name: str, folder: str | None = None) -> None:
+        """Writes `data` as YAML into the artifact `name` (in `folder`)."""
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / name
             path.write_text(yaml.safe_dump(data, sort_keys=False))
             self._client.log_artifact(run_id, str(path), folder)
 
     def log_artifacts(self, run_id: str, local_dir: str | Path, folder: str | None = None) -> None:
+        """Uploads a local folder's files into the run's artifacts (in `folder`)."""
         self._client.log_artifacts(run_id, str(local_dir), folder)
 
     def log_checkpoint(self, run_id: str, local_dir: str | Path, folder: str) -> None:

@@ -36,6 +36,9 @@ class Writer:
         self._thread: threading.Thread | None = None
 
     def submit(self, fn: Any, *args: Any) -> None:
+        """Queues `fn(*args)` for the writer thread (started on first use); raises the writer's
+        error first, if it has given up.
+        """
         self.check()
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="rlsweep-mlflow", daemon=True)
@@ -59,6 +62,7 @@ class Writer:
         return done
 
     def check(self) -> None:
+        """Raises the error the writer gave up on, if any: `TrackingUnavailable` after an outage."""
         if self.error is not None:
             err = self.error
             if isinstance(err, TrackingUnavailable):

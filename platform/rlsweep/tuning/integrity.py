@@ -37,6 +37,10 @@ TRIAL_PATTERNS = ("*/*.pkl",)
 
 
 def key_path() -> Path:
+    """Where this user's signing key is (`load_key` makes it there).
+
+    `$RLSWEEP_KEY_FILE`, else `rlsweep/resume.key` under `$XDG_CONFIG_HOME` (default ~/.config).
+    """
     if os.environ.get("RLSWEEP_KEY_FILE"):
         return Path(os.environ["RLSWEEP_KEY_FILE"])
     base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")

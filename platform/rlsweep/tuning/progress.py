@@ -40,6 +40,7 @@ class ProgressLine(tune.Callback):
 
     @staticmethod
     def trial_line(trial_id: str, r: dict[str, Any]) -> str:
+        """One trial's live line: iteration, env steps, returns, speed, time."""
         return (
             f"[{trial_id}] iter {r.get(M.TRAINING_ITERATION, 0):>4} | {r.get(M.ENV_STEPS, 0):>9,} steps | "
             f"return {r.get(M.EPISODE_RETURN_MEAN, math.nan):8.2f} | eval {r.get(M.EVAL_RETURN_MEAN, math.nan):8.2f} | "
@@ -48,6 +49,7 @@ class ProgressLine(tune.Callback):
 
     def sweep_line(self, trials: list[Any]) -> str:
         # Tune sets a trial's status after the callbacks have heard it ended
+        """A sweep's live line: trials done, running and pending, the best metric so far."""
         done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | self._ended)
         running = sum(t.status == "RUNNING" and t.trial_id not in self._ended for t in trials)
         pending = sum(t.status == "PENDING" for t in trials)
@@ -58,6 +60,7 @@ class ProgressLine(tune.Callback):
                 f"{time.monotonic() - self._start:6.1f} s")
 
     def setup(self, **info) -> None:  # also on resume: time from this process's start of the run
+        """Tune starts (or resumes) the run: time and the best so far count from now."""
         self._start = time.monotonic()
         self._best = None
         self._last = 0.0
@@ -80,6 +83,7 @@ class ProgressLine(tune.Callback):
             self._show(f"[{trials[0].trial_id}] {_pending_word()} | {time.monotonic() - self._start:6.1f} s", force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        """A result: the best so far, and the live line."""
         v = result.get(self.metric)
         if isinstance(v, (int, float)) and math.isfinite(v) and (self._best is None or better(v, self._best, self.mode)):
             self._best = float(v)
@@ -100,17 +104,20 @@ class ProgressLine(tune.Callback):
                 f"{r.get(M.ENV_STEPS, 0):,} env steps | {why}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """A sweep's trial completed: a line of its own, then the live line."""
         self._ended.add(trial.trial_id)
         if self.sweep_trials:
             self._say(self.finished_line(trial))
             self._show(self.sweep_line(trials), force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        """A sweep's trial failed: a line of its own with its error."""
         self._ended.add(trial.trial_id)
         if self.sweep_trials:
             self._say(self.finished_line(trial, trial_error_line(trial)[:200]))
 
     def on_experiment_end(self, trials, **info) -> None:
+        """Ends the live line on a terminal."""
         if sys.stderr.isatty():
             print(file=sys.stderr)
 

@@ -75,7 +75,7 @@ def _autoscaling_ceiling(now: Sizes) -> Sizes | None:
     groups = [g for g in (config.node_group_configs if config is not None else []) if g.max_count != 0]
     if not groups:
         return None
-    heads = [r for r in now[1] if "node:__internal_head__" in r]
+    heads = [r for r in now[1] if compat.HEAD_NODE_RESOURCE in r]
     total = {k: sum(r.get(k, 0.0) for r in heads) for k in ("CPU", "GPU")}
     for g in groups:
         for k, v in g.resources.items():

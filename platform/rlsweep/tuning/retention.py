@@ -27,6 +27,11 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 class Retainer:
+    """Keeps hard links to a sweep's checkpoints until no signed Tune state can name them.
+
+    `directory`: the sweep directory. See the module's docstring for why.
+    """
+
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self._gone: dict[Path, float] = {}  # kept copy -> when its original was first seen deleted

@@ -38,21 +38,28 @@ class SignTuneState(tune.Callback):
             self.signer.staging = found[-1]
 
     def setup(self, **info: Any) -> None:
+        """Tune starts (or resumes): sign what is there, keep every checkpoint there is."""
         self.signer.sign()
         self.retainer.keep_all()
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        """Keeps the new checkpoint before Tune registers it (and deletes older ones)."""
         self.retainer.keep(checkpoint.path)  # before Tune registers it, and deletes older ones
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """After each step of Tune's loop (Tune snapshots its state just before): sign it, and
+        let go of the checkpoints no signed state names any more.
+        """
         self._find_staging()
         self.signer.sign(trials=False)
         self.retainer.prune(self.signer.state_signed_at)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Signs the failed trial's error file."""
         self.signer.sign()  # its error.pkl
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Signs Tune's final snapshot and drops every kept checkpoint."""
         self.signer.sign()  # Tune's final snapshot, taken just before
         self.retainer.drop()
 

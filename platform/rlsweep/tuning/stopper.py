@@ -1,4 +1,5 @@
-"""When a trial stops: the experiment's stop criteria as a Tune stopper, and the reason it gives."""
+"""When a trial stops: the experiment's stop criteria as a Tune stopper, the reason it gives, and the
+one failure that is never retried."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from ray import tune
 
+from rlsweep import compat
 from rlsweep import metrics as M
 from rlsweep.config import StopConfig
 
@@ -19,6 +21,7 @@ class TrialStopper(tune.Stopper):
         self.stop = stop
 
     def reason(self, result: dict[str, Any]) -> str | None:
+        """Why a trial with this result stops (the first criterion it meets), or None."""
         s = self.stop
         ev = result.get(M.EVAL_RETURN_MEAN, math.nan)
         if s.target_return is not None and ev == ev and ev >= s.target_return:
@@ -38,5 +41,17 @@ class TrialStopper(tune.Stopper):
         return not result.get(M.NON_FINITE) and self.reason(result) is not None
 
     def stop_all(self) -> bool:
+        """Never: each trial stops on its own criteria."""
         return False
 
+
+class NoRetryAfterDivergence(tune.Callback):
+    """Tune restarts a failed trial from its last checkpoint (`max_failures`), whatever failed; a trial
+    whose iteration met a NaN or an infinity fails at its next step, and a restart from an exact
+    checkpoint would only diverge again, so its failure is final. Tune has no retry rule per error:
+    the trial is told so through `compat.stop_retrying`."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        """A result that met a NaN: the trial's coming failure is final."""
+        if result.get(M.NON_FINITE):
+            compat.stop_retrying(trial)

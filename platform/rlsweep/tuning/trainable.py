@@ -27,9 +27,15 @@ class PPOTrainable(tune.Trainable):
 
     @classmethod
     def default_resource_request(cls, config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        """The trial's placement group, from its own config (`resource_request`)."""
         return resource_request(ExperimentConfig.model_validate(config))
 
     def setup(self, config: dict[str, Any], restore_from: str | None = None) -> None:
+        """Builds the trial's workers, learner and `Training` from its config dict.
+
+        `restore_from`: a checkpoint to continue from. Returns once the workers are up, so that `step`
+        times iterations, not actor start-up.
+        """
         for name in ("ray.tune", "ray.train"):  # no line per saved checkpoint
             logging.getLogger(name).setLevel(verbosity.level())
         self.cfg = ExperimentConfig.model_validate(config)
@@ -59,9 +65,16 @@ class PPOTrainable(tune.Trainable):
 
     @property
     def last_rollout_pids(self) -> list[int]:
+        """The process ids of the samplers of the latest iteration, in sampler order."""
         return self.training.last_rollout_pids
 
     def step(self) -> dict[str, Any]:
+        """One training iteration's metrics (`Training.iterate`).
+
+        The first result of a trial carries its placement, the first after a restore the restore's note.
+        An iteration that meets a NaN or an infinity returns what it measured (`eval_return_mean` NaN,
+        `non_finite` saying why); the next call raises its `NonFiniteError`, failing the trial.
+        """
         if self._diverged is not None:
             raise self._diverged
         try:
@@ -79,12 +92,18 @@ class PPOTrainable(tune.Trainable):
         return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> str:
+        """Writes the training state into `checkpoint_dir` (`ppo.checkpoint`) and returns that path.
+
+        After a non-finite iteration it raises that iteration's `NonFiniteError` instead: no checkpoint
+        of non-finite weights.
+        """
         if self._diverged is not None:  # never a checkpoint of non-finite weights
             raise self._diverged
         checkpoint.write(checkpoint_dir, *self.training.state())
         return checkpoint_dir
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
+        """Continues from a checkpoint; a note on an inexact restore goes out with the next result."""
         self._note = self.training.load_state(*checkpoint.read(checkpoint_dir), source=checkpoint_dir)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
@@ -94,6 +113,7 @@ class PPOTrainable(tune.Trainable):
         return True
 
     def cleanup(self) -> None:
+        """Releases the trial's workers and learner (actors killed, envs closed)."""
         self.training.close()
 
 

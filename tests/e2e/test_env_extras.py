@@ -11,9 +11,7 @@ import pytest
 
 from rlsweep.config import EnvConfig
 from rlsweep.envs import make_vector_env, space_info
-from tests.conftest import ROOT
-
-PYTHONPATH = {"PYTHONPATH": str(ROOT / "platform")}
+from tests.conftest import ROOT, cli_env, rlsweep
 
 
 @pytest.mark.parametrize("env_id, module, extra", [("Hopper-v5", "mujoco", "mujoco"),
@@ -26,7 +24,7 @@ def test_a_missing_env_package_is_one_line_naming_the_extra(tmp_path, env_id, mo
     code = (f"import sys; sys.modules[{module!r}] = None; from rlsweep.cli import main; "
             f"sys.exit(main(['train', {str(exp)!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                       env={**__import__("os").environ, **PYTHONPATH})
+                       env=cli_env())
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(exp) in lines[0] and f"pip install 'rlsweep[{extra}]'" in lines[0], lines
@@ -56,11 +54,9 @@ def test_mujoco_warnings_go_to_the_log_once_and_no_file_is_written(tmp_path, mon
 
 @pytest.mark.slow
 def test_the_hopper_experiment_trains_on_a_rollout_actor(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "train", str(ROOT / "experiments/hopper_ppo.yaml"),
-                        "--set", "stop.env_steps=2048", "--set", "evaluation.interval=1",
-                        "--set", f"results_dir={tmp_path / 'results'}", "--set", f"tracking.local_dir={tmp_path}"],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                       env={**__import__("os").environ, **PYTHONPATH})
+    r = rlsweep("train", ROOT / "experiments/hopper_ppo.yaml", "--set", "stop.env_steps=2048",
+                "--set", "evaluation.interval=1", "--set", f"results_dir={tmp_path / 'results'}",
+                "--set", f"tracking.local_dir={tmp_path}", timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     ret = float(next(x.split()[1] for x in r.stdout.splitlines() if x.strip().startswith("eval_return_mean")))
     assert math.isfinite(ret) and ret > 0

@@ -17,7 +17,17 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, free_port, start_mlflow_server, stop_mlflow_server, wait_http
+from tests.conftest import (
+    LR_ONLY,
+    ROOT,
+    cli_env,
+    free_port,
+    rlsweep,
+    runs_of,
+    start_mlflow_server,
+    stop_mlflow_server,
+    wait_http,
+)
 
 EXP = """\
 name: sweeptest
@@ -35,23 +45,6 @@ sweep: {{trials: 4, max_concurrent: {concurrent}, sampler: tpe, n_startup_trials
 tracking: {{local_dir: {store}}}
 """
 CORE = "search_spaces/ppo_core.yaml"
-LR_ONLY = "ppo.lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3}\n"
-
-
-def env_for(uri=None):
-    """The environment of an `rlsweep` command under test: this checkout's code, and neither the
-    user's MLflow store nor their Ray cluster (each test says which it uses)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "platform")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    if uri:
-        env["MLFLOW_TRACKING_URI"] = uri
-    return env
-
-
-def rlsweep(*args, uri=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "rlsweep.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env_for(uri))
 
 
 def experiment(tmp_path, steps=2048, concurrent=2):
@@ -69,11 +62,6 @@ def mlflow_server(tmp_path):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_mlflow_server(proc)
-
-
-def runs_of(client, experiment="sweeptest"):
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], max_results=1000)
 
 
 def trial_results(sweep_dir):
@@ -206,7 +194,7 @@ def _sweep_process(exp, space, name, *extra):
                              # two checkpoints; iterations slow enough (~0.3 s) for it to look in time
                              "--set", "tracking.flush_s=0", "--set", "ppo.num_epochs=20",
                              "--set", "ppo.minibatch_size=32"],
-                            cwd=ROOT, env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True,
                             # niced, so that on 2 cores the test's watcher sees every iteration land
                             preexec_fn=lambda: os.nice(10))
@@ -343,7 +331,7 @@ def test_ctrl_c_then_sigterm_in_the_last_trial_stop_cleanly_and_resume(tmp_path)
         _check_interrupted(tmp_path, proc, trials=3)
 
         proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "resume", "ctrlc", "--results-dir",
-                                 str(tmp_path / "results")], cwd=ROOT, env=env_for(), stdout=subprocess.PIPE,
+                                 str(tmp_path / "results")], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True,
                                 preexec_fn=lambda: os.nice(10))
         _wait_mid_sweep(tmp_path, proc, per_trial, finished_before=2)
@@ -405,7 +393,7 @@ def test_ui_serves_the_store(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "ui", str(exp), "--port", str(port), "--create"],
                             cwd=ROOT,
-                            env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         assert f"http://127.0.0.1:{port}" in proc.stdout.readline()
@@ -430,7 +418,7 @@ def test_ui_links_resolve_on_a_real_sweep_and_sigterm_stops_every_server_process
     port = free_port()
     # started as a shell starts a background job: SIGINT ignored, SIGTERM must still stop it
     proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "ui", str(exp), "--port", str(port)], cwd=ROOT,
-                            env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
@@ -527,7 +515,7 @@ def test_two_sweeps_started_together_on_a_fresh_store_both_finish(tmp_path):
     exp = experiment(tmp_path, steps=512, concurrent=1)
     (tmp_path / "space.yaml").write_text(LR_ONLY)
     procs = [subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "sweep", str(exp), "--space", str(tmp_path / "space.yaml"),
-                               "--name", name, "--trials", "1"], cwd=ROOT, env=env_for(), text=True,
+                               "--name", name, "--trials", "1"], cwd=ROOT, env=cli_env(), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for name in ("left", "right")]
     outs = [p.communicate(timeout=300) for p in procs]

@@ -4,13 +4,11 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import cli_env, printed, rlsweep, rlsweep_process
 
 EXP = """\
 name: clitest
@@ -25,15 +23,6 @@ stop: {{env_steps: 1024}}
 resources: {{learner_cpus: 0.5, worker_cpus: 0.25, evaluation_cpus: 0.25}}
 tracking: {{local_dir: {store}}}
 """
-
-
-def rlsweep(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "rlsweep.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "platform")})
-
-
-def printed(out: str, key: str) -> float:
-    return float(re.search(rf"^\s+{key}\s+(\S+)$", out, re.M).group(1))
 
 
 @pytest.fixture
@@ -123,9 +112,7 @@ def test_train_then_restore_continues(exp, tmp_path):
     scratch.mkdir()
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ref = f"runs:/{runs[0].info.run_id}/checkpoints/final"
-    r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "evaluate", ref, "--tracking-uri", store, "--episodes", "2"],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "platform"), "TMPDIR": str(scratch)})
+    r = rlsweep("evaluate", ref, "--tracking-uri", store, "--episodes", "2", timeout=120, env=cli_env(TMPDIR=str(scratch)))
     assert r.returncode == 0 and "2 episodes" in r.stdout, r.stderr[-2000:]
     assert list(scratch.iterdir()) == []
     # a store that is not there is not created by reading from it
@@ -135,9 +122,7 @@ def test_train_then_restore_continues(exp, tmp_path):
 
 def with_test_envs(*args):
     """`rlsweep` with the tests' own envs importable (in the driver and in every Ray worker)."""
-    return subprocess.run([sys.executable, "-m", "rlsweep.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT,
-                          env={**__import__("os").environ, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"})
+    return rlsweep(*args, timeout=300, env=cli_env(test_envs=True))
 
 
 @pytest.mark.slow
@@ -189,11 +174,7 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint_in_the_same_run(exp, tmp
 def test_a_trial_that_cannot_fit_the_local_ray_is_refused_after_it_starts(exp, tmp_path):
     """Within this machine's CPUs but beyond what Ray was given (a cgroup, RAY's own count): exit 2,
     one line, no MLflow run, instead of Tune waiting forever."""
-    import os
-
-    r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "train", str(exp), "--set", "resources.learner_gpus=1"],
-                       capture_output=True, text=True, timeout=180, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT / "platform"), "CUDA_VISIBLE_DEVICES": ""})
+    r = rlsweep("train", exp, "--set", "resources.learner_gpus=1", timeout=180, env=cli_env(CUDA_VISIBLE_DEVICES=""))
     assert r.returncode == 2, r.stderr[-2000:]
     assert "rlsweep: error: resources.learner_gpus 1: the local Ray" in r.stderr and "has 0 GPUs" in r.stderr
     from mlflow.tracking import MlflowClient
@@ -236,11 +217,9 @@ def test_a_killed_learner_actor_fails_the_trial_and_tune_restarts_it_from_its_ch
 
     from mlflow.tracking import MlflowClient
 
-    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "train", str(exp), "--set", "learners.num_learners=1",
-                             "--set", "learners.cpus_per_learner=0.25", "--set", "checkpoint_frequency=2",
-                             "--set", "stop.env_steps=2560", "--set", "ppo.num_epochs=30", "--set", "tracking.flush_s=0"],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "platform")}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = rlsweep_process("train", exp, "--set", "learners.num_learners=1", "--set", "learners.cpus_per_learner=0.25",
+                           "--set", "checkpoint_frequency=2", "--set", "stop.env_steps=2560", "--set", "ppo.num_epochs=30",
+                           "--set", "tracking.flush_s=0")
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     deadline, victim = time.time() + 180, None
     while victim is None:

@@ -4,14 +4,12 @@ the real sweep with a planted payload is in test_sweep.py)."""
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import pytest
 
 from rlsweep.config import ConfigError
 from rlsweep.tuning.integrity import MANIFEST, UNTRUSTED, Signer, verify
-from tests.conftest import ROOT, small_config
+from tests.conftest import rlsweep, small_config
 
 
 class Payload:
@@ -109,8 +107,7 @@ def test_resume_of_a_copied_sweep_with_a_payload_exits_2_before_anything_runs(tm
     (d / "rlsweep_sweep.json").write_text(json.dumps({
         "name": "copied", "metric": "eval_return_mean", "mode": "max", "experiment": small_config(),
         "params": ["ppo.lr"], "trials": 4, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}))
-    r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "resume", str(d)], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "platform")})
+    r = rlsweep("resume", d, timeout=120)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot be resumed safely" in lines[0] and "has no .rlsweep_manifest.json" in lines[0]

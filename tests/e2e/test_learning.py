@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import printed, rlsweep
+from tests.conftest import printed, rlsweep
 
 
 def solve(experiment, seed, tmp_path):

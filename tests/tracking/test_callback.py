@@ -1,101 +1,22 @@
-"""The MLflow side, in-process: store resolution, the Tracker, and the Tune callback driven by
-stand-ins for Tune's trial objects against a real SQLite MLflow store (no Ray cluster needed)."""
+"""The Tune callback, driven in-process by stand-ins for Tune's trial objects (tests.conftest) against a
+real SQLite MLflow store: runs, their history and checkpoints, a sweep's parent and summary, resume,
+and a store that fails or stays down."""
 
 import json
-import os
 import pickle
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from rlsweep import metrics as M
-from rlsweep.config import ConfigError, TrackingConfig, flatten, validate
+from rlsweep.config import flatten, validate
 from rlsweep.tracking.callback import MlflowCallback
 from rlsweep.tracking.parents import SingleRun, SweepParent
-from rlsweep.tracking.store import (
-    Store,
-    check_store,
-    experiment_name,
-    local_artifact_root,
-    redact,
-    resolve_uri,
-)
+from rlsweep.tracking.store import Store
 from rlsweep.tracking.writer import TrackingUnavailable
 from rlsweep.tuning.stopper import TrialStopper
-from tests.conftest import small_config
-
-
-@dataclass
-class Checkpoint:
-    path: str
-
-
-@dataclass
-class Trial:
-    """What the callback reads of a `ray.tune.experiment.Trial`."""
-
-    trial_id: str
-    config: dict[str, Any]
-    status: str = "RUNNING"
-    last_result: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Checkpoint | None = None
-    error: str | None = None
-    experiment_tag: str = ""
-
-    def get_error(self):
-        return RuntimeError(self.error) if self.error else None
-
-
-# -- where the store is ------------------------------------------------------------------------------
-
-
-def test_uri_precedence(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    local = TrackingConfig(local_dir=str(tmp_path))
-    assert resolve_uri(local) == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert local_artifact_root(resolve_uri(local), local) == (tmp_path / "mlartifacts").as_uri()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert resolve_uri(local) == "http://127.0.0.1:5000"
-    assert local_artifact_root("http://127.0.0.1:5000", local) is None
-    assert resolve_uri(TrackingConfig(uri="sqlite:////x/y.db")) == "sqlite:////x/y.db"
-
-
-def test_experiment_name_and_store():
-    cfg = validate(small_config())
-    assert experiment_name(cfg) == "test"
-    cfg = validate(small_config(tracking={"experiment": "team-a", "uri": "sqlite:////tmp/z.db"}))
-    assert experiment_name(cfg) == "team-a"
-    assert Store.of(cfg) == Store("sqlite:////tmp/z.db", "team-a", (Path(".").resolve() / "mlartifacts").as_uri())
-
-
-@pytest.mark.parametrize("setup, uri, fragment", [
-    (None, "sqlite:///{tmp}/missing/mlflow.db", "does not exist"),
-    (lambda t: (t / "x.db").write_text("not sqlite"), "sqlite:///{tmp}/x.db", "is not an SQLite database"),
-    (None, "http://127.0.0.1:9", "cannot be reached"),
-])
-def test_check_store_says_why(tmp_path, setup, uri, fragment):
-    if setup:
-        setup(tmp_path)
-    with pytest.raises(ConfigError, match=fragment):
-        check_store(uri.format(tmp=tmp_path))
-
-
-def test_check_store_accepts_a_new_sqlite_file(tmp_path):
-    check_store(f"sqlite:///{tmp_path / 'new.db'}")
-    assert not (tmp_path / "new.db").exists()  # checking creates nothing
-
-
-# -- the callback -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def store(mlflow_store):
-    uri, artifacts = mlflow_store
-    return Store(uri, f"exp-{uuid.uuid4().hex[:8]}", artifacts)
+from tests.conftest import StandInCheckpoint, StandInTrial, small_config
 
 
 def runs(store):
@@ -135,15 +56,15 @@ def play(cb, trial, steps, tmp_path, trials=None, attempt=0):
         ckpt = tmp_path / f"{trial.trial_id}-{attempt}-{step}"
         ckpt.mkdir()
         (ckpt / "state.json").write_text(str(step))
-        cb.on_checkpoint(0, trials, trial, Checkpoint(str(ckpt)))
-        trial.checkpoint = Checkpoint(str(ckpt))
+        cb.on_checkpoint(0, trials, trial, StandInCheckpoint(str(ckpt)))
+        trial.checkpoint = StandInCheckpoint(str(ckpt))
 
 
 def test_train_run_holds_params_history_checkpoints_and_status(store, tmp_path):
     cfg = small_config(tracking={"flush_s": 0})
     cb = callback(store, cfg, str(tmp_path / "train-1"))
     cb.setup()
-    trial = Trial("t1", cfg)
+    trial = StandInTrial("t1", cfg)
     play(cb, trial, [(64, 10.0), (128, 30.0), (192, 20.0)], tmp_path)
     trial.status = "TERMINATED"
     cb.on_trial_complete(0, [trial], trial)
@@ -174,8 +95,8 @@ def test_sweep_nests_trials_under_a_parent_with_a_summary(store, tmp_path):
     run_dir = str(tmp_path / "s1")
     cb = callback(store, cfg, run_dir, sweep_parent(run_dir))
     cb.setup()
-    good = Trial("a_00000", {**cfg, "ppo": {**cfg["ppo"], "lr": 0.01}}, experiment_tag="1_lr=0.01")
-    bad = Trial("a_00001", cfg, error="ValueError: loss is nan", experiment_tag="2_lr=0.001")
+    good = StandInTrial("a_00000", {**cfg, "ppo": {**cfg["ppo"], "lr": 0.01}}, experiment_tag="1_lr=0.01")
+    bad = StandInTrial("a_00001", cfg, error="ValueError: loss is nan", experiment_tag="2_lr=0.001")
     both = [good, bad]
     play(cb, good, [(64, 20.0), (128, 60.0)], tmp_path, both)
     good.status = "TERMINATED"
@@ -211,7 +132,7 @@ def test_a_resumed_sweep_reuses_its_runs_and_logs_no_step_twice(store, tmp_path)
     run_dir = str(tmp_path / "s2")
     first = callback(store, cfg, run_dir, sweep_parent(run_dir))
     first.setup()
-    trial = Trial("b_00000", cfg)
+    trial = StandInTrial("b_00000", cfg)
     play(first, trial, [(64, 1.0), (128, 2.0), (192, 3.0)], tmp_path)
     first.on_experiment_end([trial])  # interrupted: the trial is still RUNNING
 
@@ -240,7 +161,7 @@ def test_a_restore_note_becomes_a_tag(store, tmp_path):
     cfg = small_config()
     cb = callback(store, cfg, str(tmp_path / "t"))
     cb.setup()
-    trial = Trial("n1", cfg)
+    trial = StandInTrial("n1", cfg)
     cb.on_trial_start(0, [trial], trial)
     cb.on_trial_result(0, [trial], trial, {**result(64, 1.0), M.RESTORE_NOTE: "episodes start afresh"})
     trial.status = "TERMINATED"
@@ -256,7 +177,7 @@ def test_a_store_that_stays_unusable_is_raised_in_the_driver_after_outage_s(tmp_
     store = Store(f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}", "x")  # a path no database can have
     cfg = small_config(tracking={"outage_s": 1})
     cb = callback(store, cfg, str(tmp_path / "t"))
-    trial = Trial("f1", cfg)
+    trial = StandInTrial("f1", cfg)
     cb.on_trial_start(0, [trial], trial)
     with pytest.raises(TrackingUnavailable, match=r"the MLflow store was unreachable for \d+ s \(tracking.outage_s = 1\)"):
         cb._writer.barrier()
@@ -268,7 +189,7 @@ def test_a_failed_write_is_retried_and_no_row_is_lost(store, tmp_path):
     cfg = small_config(tracking={"flush_s": 0})
     cb = callback(store, cfg, str(tmp_path / "r"))
     cb.setup()
-    trial = Trial("r1", cfg)
+    trial = StandInTrial("r1", cfg)
     cb.on_trial_start(0, [trial], trial)
     cb._writer.barrier()
     real, failures = cb.tracker.log_rows, []
@@ -300,7 +221,7 @@ def test_rows_survive_a_driver_killed_while_the_store_was_down(store, tmp_path):
     run_dir = str(tmp_path / "j")
     first = callback(store, cfg, run_dir, sweep_parent(run_dir))
     first.setup()
-    trial = Trial("j_00000", cfg)
+    trial = StandInTrial("j_00000", cfg)
     first.on_trial_start(0, [trial], trial)
     first._writer.barrier()  # the run exists; then the store goes away
 
@@ -322,135 +243,3 @@ def test_rows_survive_a_driver_killed_while_the_store_was_down(store, tmp_path):
     assert sorted((m.step, m.value) for m in history) == [(64, 64.0), (128, 128.0), (192, 192.0), (256, 256.0)]
 
 
-def test_the_journal_reads_whole_lines_in_chunks_and_keeps_nan(tmp_path):
-    import math
-
-    from rlsweep.tracking.journal import Journal
-
-    j = Journal(tmp_path)
-    for step in range(5):
-        j.append("t", (step, 1000 + step, {"a": float(step), "b": math.nan if step == 4 else 1.0}))
-    with open(j.path("t"), "ab") as f:
-        f.write(b'[5,1005,{"a":')  # a line being written when read
-    rows, end = j.read("t", max_metrics=4)
-    assert [r[0] for r in rows] == [0, 1]
-    j.advance("t", end)
-    rows, end = j.read("t")
-    assert [r[0] for r in rows] == [2, 3, 4] and math.isnan(rows[-1][2]["b"])
-    j.advance("t", end)
-    assert j.read("t") == ([], end) and j.path("t").stat().st_size > end  # the partial line waits
-    j.close()
-    assert Journal(tmp_path).read("t", max_metrics=1)[0][0][0] == 0  # a new process starts from the top
-
-
-def test_passwords_never_reach_a_message():
-    assert redact("https://ann:s3cret@mlflow.example:5000/x") == "https://ann:***@mlflow.example:5000/x"
-    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
-    with pytest.raises(ConfigError) as e:
-        check_store("http://ann:s3cret@127.0.0.1:9")
-    assert "s3cret" not in str(e.value) and "ann:***@127.0.0.1:9" in str(e.value)
-    assert "cannot be reached" in str(e.value)  # the host was parsed past the credentials
-
-
-def test_credentials_move_from_the_uri_into_mlflows_variables(monkeypatch):
-    from rlsweep.tracking.store import take_credentials
-
-    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    assert take_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
-    assert take_credentials("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db" and take_credentials(None) is None
-    assert "MLFLOW_TRACKING_USERNAME" not in os.environ
-    assert take_credentials("https://ann:p%40ss@mlflow.example:5000/x") == "https://mlflow.example:5000/x"
-    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "ann" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "p@ss"
-
-
-def test_check_store_sends_basic_auth_from_the_uri():
-    """A real HTTP server on loopback that, like `mlflow server --app-name basic-auth`, wants credentials."""
-    import base64
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    seen = []
-
-    class Health(BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append((self.path, self.headers.get("Authorization")))
-            ok = self.headers.get("Authorization") == "Basic " + base64.b64encode(b"ann:s3cret").decode()
-            self.send_response(200 if ok else 401)
-            self.end_headers()
-            self.wfile.write(b"OK")
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Health)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
-        check_store(f"http://ann:s3cret@127.0.0.1:{port}")
-        with pytest.raises(ConfigError, match=r"ann:\*\*\*@127\.0\.0\.1"):
-            check_store(f"http://ann:wrong@127.0.0.1:{port}")
-        with pytest.MonkeyPatch.context() as mp:  # or from MLflow's variables
-            mp.setenv("MLFLOW_TRACKING_USERNAME", "ann")
-            mp.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
-            check_store(f"http://127.0.0.1:{port}")
-            mp.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
-            with pytest.raises(ConfigError, match="cannot be reached"):
-                check_store(f"http://127.0.0.1:{port}")
-    finally:
-        server.shutdown()
-    assert seen[0][0] == "/health"
-
-
-@pytest.mark.slow
-def test_processes_opening_a_fresh_sqlite_store_at_once_do_not_race(tmp_path):
-    """Four processes create the same brand-new store (and experiment) at the same moment, as two
-    sweeps started together do: every one gets it."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = ("import sys, time; from rlsweep.tracking.store import Store\n"
-            "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
-            "print(Store(sys.argv[1], 'together').tracker().experiment_id)")
-    import time
-
-    start = time.time() + 4  # after every interpreter has imported MLflow
-    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(start)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "platform")})
-             for _ in range(4)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [e[-1500:] for _, e in outs]
-    assert len({o.strip() for o, _ in outs}) == 1
-
-
-def test_a_checkpoint_upload_ends_with_its_state_file(store, tmp_path):
-    """state.json (holding learner.pt's checksum) is the last file of a replaced checkpoint to land."""
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    for name in ("state.json", "learner.pt", "zz_extra.bin"):
-        (ckpt / name).write_text(name)
-    tracker = store.tracker()
-    run_id = tracker.start("c", {})
-    order, real = [], tracker._client.log_artifact
-    tracker._client.log_artifact = lambda run, path, folder=None: (order.append(Path(path).name), real(run, path, folder))
-    tracker.log_checkpoint(run_id, ckpt, "checkpoints/best")
-    assert order[-1] == "state.json" and sorted(order) == ["learner.pt", "state.json", "zz_extra.bin"]
-    got = tracker._client.download_artifacts(run_id, "checkpoints/best/state.json", str(tmp_path / "dl"))
-    assert open(got).read() == "state.json"
-
-
-def test_trial_run_names_carry_the_number_and_the_searched_values():
-    from rlsweep.ranking import trial_number
-    from rlsweep.tracking.runs import trial_run_name
-
-    cfg = validate(small_config(ppo={"lr": 0.000312345, "gamma": 0.98765, "train_batch_size": 128}))
-    config = cfg.model_dump(mode="json")
-    assert trial_number("3_lr=0.1,gamma=0.9", "ab12c") == "003" and trial_number("", "ab12c") == "ab12c"
-    assert trial_run_name("003", config, ["ppo.lr", "ppo.gamma", "ppo.train_batch_size"]) == \
-        "003 lr=0.000312 gamma=0.988 batch=128"
-    assert trial_run_name("011", config, ["policy.hidden_sizes"]) == "011 hidden=16x16"
-    assert trial_run_name("t1", config, []) == "t1"

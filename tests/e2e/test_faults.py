@@ -4,8 +4,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import cli_env, free_port, rlsweep, rlsweep_process
 from tests.conftest import start_mlflow_server as start_server
 from tests.conftest import stop_mlflow_server as stop_server
 
@@ -37,9 +35,7 @@ tracking: {{flush_s: 0, outage_s: {outage_s}, checkpoint_wait_s: 2}}
 def train(tmp_path, uri, steps, outage_s):
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP.format(results=tmp_path / "results", steps=steps, outage_s=outage_s))
-    return subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "train", str(exp)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "platform"), "MLFLOW_TRACKING_URI": uri})
+    return rlsweep_process("train", exp, env=cli_env(uri))
 
 
 def logged_steps(uri):
@@ -126,13 +122,10 @@ def test_credentials_work_and_leak_nowhere(tmp_path):
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP.format(results=tmp_path / "results", steps=1024, outage_s=30))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # Ray's socket paths must stay short
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "platform"), "AWS_SECRET_ACCESS_KEY": "awsZ3cretK3y",
-           "AWS_ACCESS_KEY_ID": "AKIAZZZZ", "RAY_TMPDIR": str(ray_tmp)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = cli_env(AWS_SECRET_ACCESS_KEY="awsZ3cretK3y", AWS_ACCESS_KEY_ID="AKIAZZZZ", RAY_TMPDIR=str(ray_tmp))
     try:
-        r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "train", str(exp), "--set",
-                            f"tracking.uri=http://ann:pa55Zecret@127.0.0.1:{port}"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
+        r = rlsweep("train", exp, "--set", f"tracking.uri=http://ann:pa55Zecret@127.0.0.1:{port}", env=env,
+                    timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         assert f"at http://127.0.0.1:{port}" in r.stdout
         secrets = (b"pa55Zecret", b"awsZ3cretK3y")

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
-from tests.test_sweep import LR_ONLY, env_for, rlsweep, runs_of
+from tests.conftest import LR_ONLY, cli_env, rlsweep, rlsweep_process, runs_of
 
 # one pytest-xdist worker runs them all, so that the module's cluster is started once
 pytestmark = pytest.mark.xdist_group("cluster")
@@ -104,10 +103,9 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
     (tmp_path / "space.yaml").write_text(LR_ONLY)
     nodes = node_ids(cluster)
     assert len(nodes) == 2
-    env = env_for()
-    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "sweep", str(exp), "--space", str(tmp_path / "space.yaml"),
-                             "--name", "two-nodes", "--address", cluster.address], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    env = cli_env()
+    proc = rlsweep_process("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "two-nodes",
+                           "--address", cluster.address, env=env)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     deadline = time.time() + 300
     # Ctrl-C once a trial is part-way through (the other may not have started yet, or be done: on a
@@ -131,9 +129,7 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 130, err[-3000:]
 
-    r = subprocess.run([sys.executable, "-m", "rlsweep.cli", "resume", "two-nodes", "--results-dir",
-                        str(tmp_path / "results"), "--address", cluster.address],
-                       cwd=ROOT, env=env, text=True, capture_output=True, timeout=600)
+    r = rlsweep("resume", "two-nodes", "--results-dir", tmp_path / "results", "--address", cluster.address, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
 
     runs = runs_of(client)
@@ -199,9 +195,7 @@ def test_on_an_autoscaling_cluster_a_trial_waits_for_nodes_up_to_the_autoscalers
 def waits_then_ctrl_c(exp, *args):
     """`rlsweep train` says once what the trial lacks, its live line says it waits while Tune holds it
     pending, and Ctrl-C then is an interruption of a trial that never started (exit 130)."""
-    env = env_for()
-    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "train", str(exp), *args], cwd=ROOT, env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = rlsweep_process("train", exp, *args)
     watchdog = threading.Timer(120, lambda: os.killpg(proc.pid, signal.SIGKILL))  # readline cannot hang
     watchdog.start()
     try:
