@@ -98,7 +98,6 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     """Runs a planned sweep to its end (or Ctrl-C, or a lost store); what it came to."""
     import optuna
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
 
@@ -107,6 +106,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     from rlsweep.tracking.parents import SweepParent
     from rlsweep.tuning.progress import ProgressLine
     from rlsweep.tuning.ray_session import check_cluster, init_ray
+    from rlsweep.tuning.result_log import TrialResultLog
     from rlsweep.tuning.searcher import make_sampler, searcher_class
     from rlsweep.tuning.signing import SignTuneState
     from rlsweep.tuning.stopper import NoRetryAfterDivergence, TrialStopper
@@ -166,7 +166,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True,
                 num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
             ),
-            callbacks=[JsonLoggerCallback(), tracker, signer, NoRetryAfterDivergence(),
+            callbacks=[TrialResultLog(), tracker, signer, NoRetryAfterDivergence(),
                        ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode,
                                            searched=list(p.space.params), stop_reason=stopper.reason)],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),

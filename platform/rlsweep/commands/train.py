@@ -80,7 +80,6 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
         tags: more tags for the MLflow run.
     """
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
     from rlsweep import verbosity
     from rlsweep.tracking.callback import MlflowCallback
@@ -89,6 +88,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
     from rlsweep.tracking.store import Store
     from rlsweep.tuning.progress import ProgressLine
     from rlsweep.tuning.ray_session import check_cluster, init_ray
+    from rlsweep.tuning.result_log import TrialResultLog
     from rlsweep.tuning.stopper import NoRetryAfterDivergence, TrialStopper
     from rlsweep.tuning.trainable import trainable_for, trial_dirname
 
@@ -109,7 +109,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True
             ),
-            callbacks=[JsonLoggerCallback(), tracker, NoRetryAfterDivergence(), ProgressLine()],
+            callbacks=[TrialResultLog(), tracker, NoRetryAfterDivergence(), ProgressLine()],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             verbose=verbosity.tune_verbosity(),
         ),
