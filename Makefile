@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # CUDA download. Elsewhere pip simply downloads this version.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv sweep train test test-fast lint bench bench-rllib-venv clean
+.PHONY: venv sweep train test test-fast test-unit test-e2e lint bench bench-rllib-venv clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,12 @@ test: venv  ## the whole suite, slow tests included: two workers (most of a test
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-unit: venv  ## the in-process tests (tests/e2e runs the commands in subprocesses)
+	$(BIN)/python -m pytest -q -n 2 --ignore=tests/e2e
+
+test-e2e: venv
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests/e2e
 
 lint: venv
 	$(BIN)/ruff check platform tests benchmarks

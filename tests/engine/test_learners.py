@@ -1,5 +1,5 @@
 """PPO updates on learner actors: real Ray actors, a real torch.distributed (gloo) group. (Exact
-restore through checkpoints with learner actors: tests/test_trainable.py.)"""
+restore through checkpoints with learner actors: tests/tuning/test_trainable.py.)"""
 
 import io
 

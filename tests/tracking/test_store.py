@@ -111,29 +111,3 @@ def test_check_store_sends_basic_auth_from_the_uri():
     finally:
         server.shutdown()
     assert seen[0][0] == "/health"
-
-
-@pytest.mark.slow
-def test_processes_opening_a_fresh_sqlite_store_at_once_do_not_race(tmp_path):
-    """Four processes create the same brand-new store (and experiment) at the same moment, as two
-    sweeps started together do: every one gets it."""
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = ("import sys, time; from rlsweep.tracking.store import Store\n"
-            "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
-            "print(Store(sys.argv[1], 'together').tracker().experiment_id)")
-    import time
-
-    start = time.time() + 4  # after every interpreter has imported MLflow
-    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(start)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "platform")})
-             for _ in range(4)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [e[-1500:] for _, e in outs]
-    assert len({o.strip() for o, _ in outs}) == 1
-
-

@@ -30,7 +30,7 @@ class SignTuneState(tune.Callback):
     def _find_staging(self) -> None:
         """Tune's driver staging folder for this sweep (`<Ray session>/artifacts/<time>/<name>/
         driver_artifacts`, made at its first save): signing there keeps up with Tune's writes (see
-        `integrity.Signer`). Fenced by tests/test_sweep.py's SIGKILL test."""
+        `integrity.Signer`; `compat.tune_staging_dirs`). Fenced by tests/e2e/test_sweep.py's SIGKILL test."""
         if self.signer.staging is not None:
             return
         found = compat.tune_staging_dirs(self.signer.directory.name)

@@ -2,9 +2,9 @@
 checkpoints and Tune's state are written where a trial runs and read back where the driver is (resume,
 best checkpoint). A probe task on each node writes a file there and the driver must see each one.
 
-Kept apart from tuning.py on purpose: a probe task imports the module its function lives in on every
-node, and this one imports no more than Ray and the config (tuning.py pulls in torch and Ray Tune,
-tens of seconds on a loaded node)."""
+A module of its own on purpose: a probe task imports the module its function lives in on every node,
+and this one imports no more than Ray and the config (the `tuning` package's `__init__` imports
+nothing; the trainable's module would pull in torch and Ray Tune, tens of seconds on a loaded node)."""
 
 from __future__ import annotations
 
