@@ -56,3 +56,19 @@ def test_one_learner_actor_trains_in_its_own_process(ray_local):
     after = model(t.learner.state_bytes())
     t.close()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_the_ranks_shares_partition_every_minibatch_and_weigh_it_whole(world):
+    """Each rank's share of a minibatch of any size, empty and smaller than the group included: the
+    shares tile it, and their weights sum to one (so the summed gradients are the minibatch's)."""
+    from rlsweep.config import PolicyConfig, PPOConfig
+    from rlsweep.engine.data_parallel import DataParallelLearner
+    from rlsweep.envs import SpaceInfo
+
+    ranks = [DataParallelLearner(SpaceInfo(obs_dim=4, discrete=True, act_dim=2), PolicyConfig(), PPOConfig(), 0,
+                                 rank=r, world=world) for r in range(world)]
+    for size in (0, 1, 2, 5, 64):
+        shares = [learner._share(size) for learner in ranks]
+        assert [a for a, _, _ in shares] == [0] + [b for _, b, _ in shares[:-1]] and shares[-1][1] == size
+        assert sum(w for a, b, w in shares if b > a) == pytest.approx(1.0 if size else 0.0)

@@ -208,6 +208,7 @@ def resume_sweep(p: ResumePlan) -> SweepOutcome:
     Tune unpickles only what rlsweep signed; what it came to."""
     from ray import tune
 
+    from rlsweep.commands.legacy import accept_moved_names
     from rlsweep.tuning import retention
     from rlsweep.tuning.integrity import Signer, verify
     from rlsweep.tuning.ray_session import check_cluster, init_ray
@@ -220,6 +221,7 @@ def resume_sweep(p: ResumePlan) -> SweepOutcome:
     init_ray()
     # the cluster resumed on may be another one, or smaller than the one the sweep started on
     check_cluster(p.record.cfg, directory)
+    accept_moved_names()  # a sweep started before the package took its folders
     tuner = tune.Tuner.restore(str(directory), trainable=trainable_for(), resume_unfinished=True,
                                resume_errored=False)
     try:
@@ -282,8 +284,11 @@ def outcome(record: SweepRecord) -> SweepOutcome:
         return SweepOutcome(record, store_error=first)
     statuses = [r.tags.get(TAG_STATUS) for r in children.values()]
     done = sum(s in (RunStatus.FINISHED, RunStatus.STOPPED_EARLY, RunStatus.ERROR) for s in statuses)
+    finished = parent_status == RunStatus.FINISHED
     return SweepOutcome(
-        record, finished=parent_status == RunStatus.FINISHED, done=done, failed=statuses.count(RunStatus.ERROR),
-        rows=ranked_rows(record.directory, record.metric, record.mode),
+        record, finished=finished, done=done, failed=statuses.count(RunStatus.ERROR),
+        # an interrupted sweep is ranked once it has finished (a result cut off by a kill is rewritten
+        # when its trial runs again)
+        rows=ranked_rows(record.directory, record.metric, record.mode) if finished else [],
         runs={tid: r.run_id for tid, r in children.items() if tid}, experiment_id=tracker.experiment_id,
         parent_run_id=parent)

@@ -30,7 +30,7 @@ class DataParallelLearner(Learner):
         # shares differ by at most one sample (a batch holds only the valid steps), so each is weighted
         # by its size; a minibatch smaller than the group leaves some ranks nothing
         a, b = size * self.rank // self.world, size * (self.rank + 1) // self.world
-        return a, b, (b - a) / size if self.world > 1 else 1.0
+        return a, b, (b - a) / size if self.world > 1 and size else 1.0
 
     def _sum_gradients(self) -> None:
         if self.world > 1:  # the shares' size-weighted gradients sum to the minibatch's

@@ -125,6 +125,10 @@ class MlflowCallback(tune.Callback):
         return {k: self.__dict__[k] for k in self._settings}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "parent" not in state:  # pickled by an older rlsweep: a sweep's parent, or a `train` run's tags
+            sweep, tags = state.pop("sweep", None), state.pop("tags", None) or {}
+            state["parent"] = sweep if sweep is not None else SingleRun(dict(tags))
+            state["_settings"] = tuple(k for k in state["_settings"] if k not in ("sweep", "tags")) + ("parent",)
         self.__dict__.update(state)
         self._reset()
 
