@@ -75,7 +75,7 @@ def _links(uri: str, base: str, experiment: str | None) -> list[str]:
     for name in [experiment] if experiment is not None else Tracker.experiments(uri):
         try:
             tracker = Tracker(uri, name, create=False)
-        except LookupError:
+        except (LookupError, ConfigError):  # none by that name, or a deleted one: nothing to link
             continue
         if not tracker.search(max_results=1):
             continue

@@ -159,7 +159,7 @@ class MlflowCallback(tune.Callback):
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info) -> None:
         """Tune starts (or resumes) the run: find or create the parent run."""
         self._started_at = time.monotonic()
-        self.parent_run_id, self._resumed = self.parent.open(self.tracker, self.run_dir)
+        self.parent_run_id, self._resumed = self.parent.open(lambda: self.tracker)
 
     def _orphan(self, config: dict[str, Any], known: set[str]) -> str | None:
         """An unfinished run of this sweep whose trial the restored Tune experiment does not know

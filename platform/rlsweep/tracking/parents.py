@@ -8,6 +8,7 @@ train`'s one run, with no parent. Both are plain data: Tune pickles them with th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +40,8 @@ class SingleRun:
     kind: str = "train"  # the runs' `rlsweep.kind` tag
     time_budget_s: float | None = None
 
-    def open(self, tracker: Tracker, run_dir: str) -> tuple[str | None, bool]:
-        """No parent run, and nothing to resume."""
+    def open(self, tracker: Callable[[], Tracker]) -> tuple[str | None, bool]:
+        """No parent run, and nothing to resume (the store is opened with the run, not before)."""
         return None, False
 
     def trial_run(self, config: dict[str, Any], number: str) -> tuple[str, dict[str, str]]:
@@ -79,8 +80,13 @@ class SweepParent:
     time_budget_s: float | None = None
     kind: str = "trial"
 
-    def open(self, tracker: Tracker, run_dir: str) -> tuple[str | None, bool]:
-        """The parent run's id, and whether it already existed (a resumed sweep)."""
+    def open(self, tracker: Callable[[], Tracker]) -> tuple[str | None, bool]:
+        """The parent run's id, and whether it already existed (a resumed sweep).
+
+        Args:
+            tracker: opens (or returns) the Tracker on the store.
+        """
+        tracker = tracker()
         run_id = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: self.run_dir})
         if run_id is not None:
             tracker.reopen(run_id)
