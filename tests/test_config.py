@@ -103,6 +103,36 @@ def test_missing_and_unreadable_files(tmp_path):
         load_experiment(missing)
 
 
+def test_alias_bombs_and_duplicate_keys_are_refused_at_once(tmp_path):
+    import time
+
+    bomb = tmp_path / "bomb.yaml"  # 9^9 strings once expanded ("billion laughs")
+    bomb.write_text("name: x\na: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{k}: &{k} [{', '.join([f'*{p}'] * 9)}]\n" for p, k in zip("abcdefgh", "bcdefghi", strict=True)))
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=r"bomb.yaml: not valid YAML \(line 3, column \d+\): aliases \(\*a\) are not"):
+        load_experiment(bomb)
+    assert time.monotonic() - t0 < 1
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("name: x\nenv: {id: CartPole-v1}\nppo:\n  lr: 0.1\n  gamma: 0.9\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \(line 6, column 3\): key 'lr' appears twice"):
+        load_experiment(twice)
+    with pytest.raises(ConfigError, match=r"--set 'env.kwargs=\{a: 1, a: 2\}': key 'a' appears twice"):
+        parse_override("env.kwargs={a: 1, a: 2}")
+    assert parse_override("env.kwargs={a: 1, b: [1, 2]}") == (["env", "kwargs"], {"a": 1, "b": [1, 2]})
+
+
+def test_one_rule_for_names(exp):
+    from rlsweep.config import check_name
+
+    assert check_name("cartpole_ppo-2026.12", "--name") == "cartpole_ppo-2026.12"
+    for bad in ("réseau", "a b", "a/b", "..", "", "x" * 201):
+        with pytest.raises(ConfigError, match="use ASCII letters"):
+            check_name(bad, "--name")
+    with pytest.raises(ConfigError, match="key 'name'"):
+        load_experiment(exp, ["name=réseau"])
+
+
 def test_parse_override_forms():
     assert parse_override("a.b=3") == (["a", "b"], 3)
     assert parse_override("a=1e-3") == (["a"], 0.001)

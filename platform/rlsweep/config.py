@@ -18,6 +18,29 @@ class ConfigError(ValueError):
     """Bad user input: the message is one line a user can act on."""
 
 
+# one rule for every name rlsweep makes folders and runs from (experiments, sweeps): ASCII letters,
+# digits, '-', '_' and '.', so that a sweep's `best -o` file is a valid experiment again
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+NAME_RULE = "use ASCII letters, digits, '-', '_' and '.'"
+
+
+SEED_MAX = 2**31 - 1  # every seed, in files and on the command line (numpy, torch and gymnasium take it)
+
+
+def check_seed(seed: int, what: str) -> int:
+    """`seed` if it is a seed rlsweep takes (0 to `SEED_MAX`), else a ConfigError naming `what`."""
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{what} {seed}: expected a whole number from 0 to {SEED_MAX}")
+    return seed
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` if it follows `NAME_PATTERN` (and is not only dots), else a ConfigError naming `what`."""
+    if not re.fullmatch(NAME_PATTERN, name) or set(name) <= {"."} or len(name) > 200:
+        raise ConfigError(f"{what} {name!r}: {NAME_RULE} (at most 200)")
+    return name
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
@@ -146,7 +169,7 @@ class SweepConfig(_Section):
     metric: str = Field("eval_return_mean", description="The metric the sampler and scheduler optimise.")
     mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric.")
     sampler: Literal["tpe", "random", "cmaes", "gp"] = Field("tpe", description="Optuna sampler.")
-    seed: int = Field(0, ge=0, description="Sampler seed.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Sampler seed.")
     n_startup_trials: int = Field(5, ge=0, description="Random trials before TPE/GP/CMA-ES model the space.")
     tpe_multivariate: bool = Field(True, description="TPE models parameters jointly.")
     tpe_constant_liar: bool = Field(True, description="TPE avoids re-suggesting what running trials try.")
@@ -186,8 +209,8 @@ class TrackingConfig(_Section):
 class ExperimentConfig(_Section):
     """One experiment file."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="Experiment name.")
-    seed: int = Field(0, ge=0, description="Seeds the learner, every worker and evaluation.")
+    name: str = Field(min_length=1, pattern=NAME_PATTERN, description="Experiment name.")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="Seeds the learner, every worker and evaluation.")
     results_dir: str = Field("results", min_length=1, description="Where Tune keeps trials and checkpoints: a "
                              "path (on a cluster, one filesystem mounted at that path on every node).")
     checkpoint_frequency: int = Field(0, ge=0, description="Checkpoint every N iterations (0: at end).")
@@ -357,8 +380,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set stop.env_steps=20000")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml_text(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        if isinstance(e, (yaml.composer.ComposerError, yaml.constructor.ConstructorError)):
+            raise ConfigError(f"--set {item!r}: {getattr(e, 'problem', e)}") from None
         value = raw
     if isinstance(value, str):
         value = _number_or_str(value)
@@ -393,17 +418,45 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML as experiment files need it: no aliases (a file of nested aliases, a "billion laughs",
+    expands without end) and no key twice in one mapping (the later value would silently win)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not accepted: write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML text as plain data, with `_StrictLoader`'s rules (a yaml.YAMLError where they are broken)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The top-level mapping of a YAML file, as plain data.
 
     A ConfigError naming the file when it is missing, unreadable, not UTF-8, not valid YAML (with the
-    line and column) or not a mapping.
+    line and column; aliases and a key twice in one mapping are refused) or not a mapping.
     """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml_text(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

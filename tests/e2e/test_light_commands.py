@@ -33,6 +33,11 @@ def test_evaluate_a_checkpoint_without_ray(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "CartPole-v1: 3 episodes, deterministic actions, seed 0" in r.stdout
     assert "eval_return_mean" in r.stdout
+    for seed in ("-1", "2147483648"):  # every seed argument is checked alike: one line, exit 2
+        r = run(["evaluate", tmp_path / "ckpt", "--seed", seed], tmp_path)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and lines == [f"rlsweep: error: --seed {seed}: expected a whole number from 0 to "
+                                               "2147483647"], r.stderr
 
 
 def test_best_of_a_sweep_directory_without_ray(tmp_path):

@@ -359,6 +359,7 @@ def test_ctrl_c_then_sigterm_in_the_last_trial_stop_cleanly_and_resume(tmp_path)
      "is not an SQLite database"),
     (lambda t: (t / "a-file").write_text(""), ["--set", "results_dir={tmp}/a-file"], "is a file, expected a folder"),
     (None, ["--set", "sweep.study_storage=sqlite:///{tmp}/no/such/optuna.db"], "folder {tmp}/no/such does not exist"),
+    (None, ["--name", "réseau"], "--name 'réseau': use ASCII letters, digits"),  # `best -o` would not train
 ])
 def test_bad_sweep_input_exits_2_and_creates_nothing(tmp_path, setup, args, fragment):
     exp = experiment(tmp_path)

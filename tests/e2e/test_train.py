@@ -4,11 +4,12 @@ import json
 import math
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_env, printed, rlsweep, rlsweep_process
+from tests.conftest import RLSWEEP, ROOT, cli_env, printed, rlsweep, rlsweep_process
 
 EXP = """\
 name: clitest
@@ -43,6 +44,8 @@ def exp(tmp_path):
     (["--set", "ppo.train_batch_size=100000000000"], "key 'ppo.train_batch_size': Input should be less than or equal"),
     (["--set", "policy.hidden_sizes=[100000000]"], "layer widths up to 65536"),
     (["--set", "results_dir=s3://bucket/runs"], "key 'results_dir': a filesystem path, not a URI (s3://bucket/runs)"),
+    (["--seed", "-1"], "--seed -1: expected a whole number from 0 to 2147483647"),
+    (["--set", "seed=2147483648"], "key 'seed': Input should be less than or equal to 2147483647"),
     (["--set", "resources.learner_cpus=100000"],
      "a trial asks for 100000.5 CPUs (resources.learner_cpus 100000 + rollouts.num_rollout_workers 1 x "
      "resources.worker_cpus 0.25 + resources.evaluation_cpus 0.25) but this machine"),
@@ -54,6 +57,30 @@ def test_bad_input_is_one_line_and_exit_2_before_ray(exp, tmp_path, args, fragme
     assert len(lines) == 1 and lines[0].startswith("rlsweep: error: ") and fragment in lines[0], r.stderr
     assert not (tmp_path / "results").exists()  # nothing was created: Ray never started
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_results_dir_that_cannot_hold_results_is_one_line_before_anything_starts(exp, tmp_path):
+    """`train` checks results_dir as `sweep` does: a file, a folder under a file, a read-only
+    filesystem (a real read-only bind mount, in a mount namespace of its own)."""
+    import os
+
+    (tmp_path / "a-file").write_text("")
+    for where, fragment in ((tmp_path / "a-file", "is a file, expected a folder"),
+                            (tmp_path / "a-file" / "sub", f"is under {tmp_path / 'a-file'}, a file")):
+        r = rlsweep("train", exp, "--set", f"results_dir={where}", timeout=60)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], r.stderr
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
+    script = (f"mount --bind {ro} {ro} && mount -o remount,ro,bind {ro} && "
+              f"exec {' '.join(RLSWEEP)} train {exp} --set results_dir={ro / 'results'}")
+    r = subprocess.run([*unshare, "--propagation", "private", "sh", "-c", script], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT, env=cli_env())
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert f"results_dir {ro / 'results'}: cannot write in {ro} (Read-only file system)" in lines[0]
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store was made
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlsweep.commands import inputs
-from rlsweep.config import ConfigError, TrackingConfig
+from rlsweep.config import ConfigError, TrackingConfig, check_seed
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
         seed: seeds the episodes.
         tracking_uri: the store for an MLflow URI (default: as `ui` finds it).
     """
+    check_seed(seed, "--seed")
     if episodes is not None and episodes < 1:
         raise ConfigError(f"--episodes {episodes}: expected at least 1")
     with tempfile.TemporaryDirectory(prefix="rlsweep-checkpoint-") as scratch:

@@ -7,11 +7,12 @@ and before any MLflow run is created.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlsweep.config import ConfigError, ExperimentConfig, load_experiment
+from rlsweep.config import ConfigError, ExperimentConfig, check_seed, load_experiment
 
 
 def experiment(path: str, overrides: list[str], seed: int | None = None) -> ExperimentConfig:
@@ -26,18 +27,39 @@ def experiment(path: str, overrides: list[str], seed: int | None = None) -> Expe
     from rlsweep.envs import space_info
     from rlsweep.tracking.store import take_credentials
 
-    cfg = load_experiment(path, overrides, seed=seed)
+    cfg = load_experiment(path, overrides, seed=None if seed is None else check_seed(seed, "--seed"))
     cfg.tracking.uri = take_credentials(cfg.tracking.uri)  # a password stays out of params, files and Ray
     try:
         space_info(cfg.env)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    results_dir(cfg)
     if not os.environ.get("RAY_ADDRESS"):  # the local Ray will have at most this machine's CPUs
         try:
             cfg.check_fits(os.cpu_count() or 1, None, "this machine")
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
     return cfg
+
+
+def results_dir(cfg: ExperimentConfig) -> Path:
+    """`results_dir`, resolved: a folder, or a path where one can be made, that this process can write
+    in; a ConfigError naming it otherwise. Nothing is created (a probe file comes and goes). The
+    nodes of a joined cluster are probed when Ray is up (`tuning.storage`)."""
+    results = Path(cfg.results_dir).resolve()
+    existing = results
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == results else f"is under {existing}, a file"
+        raise ConfigError(f"results_dir {cfg.results_dir}: {where}, expected a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rlsweep-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"results_dir {cfg.results_dir}: cannot write in {existing} ({e.strerror})") from None
+    return results
 
 
 def store_uri(cfg: ExperimentConfig) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 from rlsweep import verbosity
 from rlsweep.commands import inputs
 from rlsweep.commands.record import SweepRecord, find_sweep
-from rlsweep.config import ConfigError, ExperimentConfig
+from rlsweep.config import ConfigError, ExperimentConfig, check_name
 from rlsweep.search_space import SearchSpace, load_search_space
 from rlsweep.tracking.store import Store
 
@@ -44,12 +44,8 @@ def plan(cfg: ExperimentConfig, space: SearchSpace, name: str | None) -> SweepPl
     """A new sweep of `cfg` over `space`, named `name` (default: `<experiment>-<date>-<time>`); a
     ConfigError where the name is taken or not usable, or the study storage cannot be."""
     name = name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ConfigError(f"--name {name!r}: use letters, digits, '-', '_' and '.'")
-    results = Path(cfg.results_dir).resolve()
-    if results.exists() and not results.is_dir():
-        raise ConfigError(f"results_dir {cfg.results_dir}: is a file, expected a folder")
-    directory = results / name
+    check_name(name, "--name")
+    directory = inputs.results_dir(cfg) / name
     if directory.exists():
         raise ConfigError(f"sweep {name!r} already exists at {directory}: `rlsweep resume {name}` continues it, "
                           "or pick another --name")
