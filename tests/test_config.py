@@ -163,3 +163,15 @@ def test_each_bundle_must_fit_one_node_with_all_it_asks_for(exp):
                             "GPUs): lower learners.cpus_per_learner and learners.gpus_per_learner, or add larger nodes")
     with pytest.raises(ConfigError, match=r"^resources.learner_cpus 1: .* \(the most on one: 0.5 CPUs\)"):
         cfg.check_bundles_fit([{"CPU": 0.5, "GPU": 4}], "here")
+
+
+def test_a_rule_across_keys_says_which_keys_to_change():
+    """`train --set stop.target_return=null` on the shipped experiment: the line names what to set."""
+    with pytest.raises(ConfigError) as e:
+        load_experiment("experiments/cartpole_ppo.yaml", ["stop.target_return=null"])
+    assert str(e.value).startswith("experiments/cartpole_ppo.yaml: sweep.metric env_steps_to_target needs")
+    assert "rank by another metric (e.g. sweep.metric=eval_return_mean with sweep.mode=max" in str(e.value)
+    assert "<top level>" not in str(e.value)
+    cfg = load_experiment("experiments/cartpole_ppo.yaml", ["stop.target_return=null", "sweep.metric=eval_return_mean",
+                                                            "sweep.mode=max"])
+    assert cfg.stop.target_return is None

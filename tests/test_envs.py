@@ -90,3 +90,22 @@ def test_async_envs_report_no_snapshot():
         assert isinstance(env, gym.vector.AsyncVectorEnv) and env_state(env) is None
     finally:
         env.close()
+
+
+@pytest.mark.parametrize("source, fragment", [
+    ("def broken(:\n", "(SyntaxError: invalid syntax (broken_env_"),
+    ("raise RuntimeError('no licence server')\n", "(RuntimeError: no licence server)"),
+    ("import no_such_package_anywhere\n", "(ModuleNotFoundError: No module named 'no_such_package_anywhere')"),
+])
+def test_an_env_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch, source, fragment):
+    import uuid
+
+    from rlsweep.config import ConfigError, EnvConfig
+    from rlsweep.envs import resolve_spec
+
+    name = f"broken_env_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as e:
+        resolve_spec(EnvConfig(id=f"{name}:Env"))
+    assert "\n" not in str(e.value) and f"cannot import module '{name}'" in str(e.value) and fragment in str(e.value)

@@ -111,3 +111,12 @@ def test_a_valid_int_range_and_the_suggestion_check(tmp_path):
     assert s.check({"ppo": {"minibatch_size": 256, "num_epochs": 3}}) is None
     problem = s.check({"ppo": {"minibatch_size": 384, "num_epochs": 3}})
     assert "minibatch_size (384) must divide train_batch_size (1024)" in problem
+
+
+def test_env_choices_are_built_before_the_sweep_starts(tmp_path):
+    """A choice of env kwargs the env rejects could never start a trial: refused when the space is read,
+    naming the choice (each distinct env setting is built once)."""
+    ok = space(tmp_path, "env.kwargs: {type: choice, values: [{}, {sutton_barto_reward: true}]}\n")
+    assert ok.params
+    with pytest.raises(ConfigError, match=r"the space allows an env that cannot be built \(env.kwargs=\{'bogus': 1\}\)"):
+        space(tmp_path, "env.kwargs: {type: choice, values: [{}, {bogus: 1}]}\n")

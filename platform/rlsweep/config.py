@@ -256,7 +256,9 @@ class ExperimentConfig(_Section):
             budget = budgets[self.sweep.metric]
             if self.stop.target_return is None or getattr(self.stop, budget) is None:
                 raise ValueError(f"sweep.metric {self.sweep.metric} needs stop.target_return (the target) and "
-                                 f"stop.{budget} (the score of a trial that never reaches it)")
+                                 f"stop.{budget} (the score of a trial that never reaches it): set both, or "
+                                 "rank by another metric (e.g. sweep.metric=eval_return_mean with sweep.mode=max; "
+                                 "`train` uses it to pick the best checkpoint)")
             if self.sweep.mode != "min":
                 raise ValueError(f"sweep.metric {self.sweep.metric} is a cost: set sweep.mode: min")
         n = self.learners.num_learners
@@ -340,7 +342,7 @@ class ExperimentConfig(_Section):
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if p not in ("function-after",)) or "<top level>"
+    return ".".join(str(p) for p in loc if p not in ("function-after",))
 
 
 def _section_keys(loc: tuple[Any, ...]) -> list[str]:
@@ -370,7 +372,10 @@ def explain(err: ValidationError, source: str) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{source}: key '{key}': {msg}{shown}")
+            if not _format_loc(loc):  # a rule across keys: its message names them
+                lines.append(f"{source}: {msg}")
+            else:
+                lines.append(f"{source}: key '{key}': {msg}{shown}")
     return "; ".join(lines)
 
 

@@ -47,8 +47,9 @@ def resolve_spec(cfg: EnvConfig) -> EnvSpec:
         module_name, _, name = env_id.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ConfigError(f"key 'env.id': {env_id!r}: cannot import module {module_name!r} ({e})") from None
+        except Exception as e:  # noqa: BLE001 - whatever the module does wrong (a syntax error, a raise) is one line
+            why = type(e).__name__ + (f": {line}" if (line := (str(e).strip().splitlines() or [""])[0]) else "")
+            raise ConfigError(f"key 'env.id': {env_id!r}: cannot import module {module_name!r} ({why})") from None
         if name in gym.registry:
             spec = gym.spec(name)
         elif isinstance(getattr(module, name, None), type):

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from rlsweep.config import ConfigError, ExperimentConfig, read_yaml, validate
+from rlsweep.envs import space_info
 
 NESTING = "/"  # Tune unflattens suggested configs on "/"
 
@@ -231,16 +232,26 @@ def load_search_space(path: str | Path, experiment: dict[str, Any], experiment_s
     for i, n in enumerate(names):
         if isinstance(params[n], Int):
             checks += [tuple(v if j == i else None for j in range(len(names))) for v in params[n].values()[:4096]]
+    built: set[str] = set()  # env settings built once each
     for combo in checks:
         data = _deepcopy(experiment)
         for n, v in zip(names, combo, strict=True):
             if v is not None:
                 _set(data, n, v)
+        setting = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True) if v is not None)
         try:
-            validate(data, experiment_source)
+            cfg = validate(data, experiment_source)
         except ConfigError as e:
-            setting = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True) if v is not None)
             raise ConfigError(f"{path}: the space allows an invalid experiment ({setting}): {e}") from None
+        env_key = repr(sorted(cfg.env.model_dump(mode="json").items()))
+        if any(n.startswith("env.") for n in names) and env_key not in built:
+            # an env setting is only known to work once the env is built with it (its kwargs, say): a
+            # trial that could never start would otherwise fail inside Ray, and be retried
+            built.add(env_key)
+            try:
+                space_info(cfg.env)
+            except ConfigError as e:
+                raise ConfigError(f"{path}: the space allows an env that cannot be built ({setting}): {e}") from None
     return SearchSpace(params, str(path), experiment)
 
 
