@@ -327,6 +327,11 @@ def test_ctrl_c_then_sigterm_in_the_last_trial_stop_cleanly_and_resume(tmp_path)
     proc = _sweep_process(exp, tmp_path / "space.yaml", "ctrlc", "--trials", "3")
     try:
         _wait_mid_sweep(tmp_path, proc, per_trial)
+        # a second process cannot take the sweep over while this one runs it: one line, nothing touched
+        other = rlsweep("resume", "ctrlc", "--results-dir", tmp_path / "results", timeout=120)
+        lines = other.stderr.strip().splitlines()
+        assert other.returncode == 2 and len(lines) == 1, other.stderr[-3000:]
+        assert f"sweep ctrlc is running in process {proc.pid} " in lines[0], lines
         os.killpg(proc.pid, signal.SIGINT)
         _check_interrupted(tmp_path, proc, trials=3)
 

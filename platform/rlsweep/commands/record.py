@@ -7,7 +7,9 @@ trial starts.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from rlsweep.config import ConfigError, ExperimentConfig
 
 SWEEP_FILE = "rlsweep_sweep.json"
+LOCK_FILE = ".rlsweep_running"  # held (flock) by the process that runs the sweep; holds its pid
 
 
 def find_sweep(name_or_path: str, results_dir: str = "results") -> Path:
@@ -87,3 +90,39 @@ class SweepRecord:
 
         assert self.cfg is not None and self.tracking_uri is not None, "a full record"
         return Store(self.tracking_uri, experiment_name(self.cfg))
+
+
+class SweepLock:
+    """The one process that runs a sweep: an exclusive `flock` on `<sweep>/.rlsweep_running`, which
+    holds that process's pid. The operating system lets go of it however the process ends (SIGKILL
+    included), so a stale lock never blocks a resume. (On a network filesystem that does not carry
+    locks across machines, two machines are not kept apart.)"""
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_FILE
+        self._file = None
+
+    def acquire(self, name: str) -> SweepLock:
+        """Takes the lock, or a ConfigError naming the process that holds it."""
+        f = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the sweep runs
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise ConfigError(f"sweep {name} is running in process {holder} ({self.path.parent}): wait for it to "
+                              "end, or stop it (Ctrl-C) and resume then") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        """Lets go (the file stays: it is the lock's place, not its state)."""
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

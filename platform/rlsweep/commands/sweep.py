@@ -21,7 +21,7 @@ from typing import Any
 
 from rlsweep import verbosity
 from rlsweep.commands import inputs
-from rlsweep.commands.record import SweepRecord, find_sweep
+from rlsweep.commands.record import SweepLock, SweepRecord, find_sweep
 from rlsweep.config import ConfigError, ExperimentConfig, check_name
 from rlsweep.search_space import SearchSpace, load_search_space
 from rlsweep.tracking.store import Store
@@ -126,6 +126,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     except FileExistsError:
         raise ConfigError(f"sweep {p.name!r} was created at {p.directory} meanwhile (another `rlsweep sweep "
                           f"--name {p.name}`?): pick another --name") from None
+    lock = SweepLock(p.directory).acquire(p.name)  # held until this process ends
     try:  # the study first: if its storage cannot be opened, no half-made sweep is left to block the name
         storage = optuna.storages.RDBStorage(p.study_storage)
     except Exception as e:
@@ -173,15 +174,18 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
         tuner.fit()
     finally:
         signer.signer.sign()  # Tune's last snapshot
+        lock.release()
     return outcome(SweepRecord.read(p.directory, full=True))
 
 
 @dataclass(frozen=True)
 class ResumePlan:
-    """An interrupted sweep to resume; `finished`: it has finished (nothing to resume)."""
+    """An interrupted sweep to resume, its lock held by this process; `finished`: it has finished
+    (nothing to resume)."""
 
     record: SweepRecord
     finished: bool = False
+    lock: SweepLock | None = None
 
 
 def plan_resume(name_or_path: str, results_dir: str = "results") -> ResumePlan:
@@ -192,11 +196,12 @@ def plan_resume(name_or_path: str, results_dir: str = "results") -> ResumePlan:
 
     directory = find_sweep(name_or_path, results_dir)
     record = SweepRecord.read(directory, full=True)
+    lock = SweepLock(directory).acquire(record.name)  # a sweep another process runs is not touched
     check_store(take_credentials(record.tracking_uri))
     tracker = record.store().tracker()
     parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: str(directory)})
     finished = parent is not None and tracker.tags(parent).get(TAG_STATUS) == RunStatus.FINISHED
-    return ResumePlan(record, finished)
+    return ResumePlan(record, finished, lock)
 
 
 def resume_sweep(p: ResumePlan) -> SweepOutcome:
@@ -224,6 +229,8 @@ def resume_sweep(p: ResumePlan) -> SweepOutcome:
         tuner.fit()
     finally:
         Signer(directory).sign()
+        if p.lock is not None:
+            p.lock.release()
     return outcome(p.record)
 
 
