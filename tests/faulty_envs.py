@@ -1,6 +1,7 @@
 """Real gymnasium envs that go wrong, for the fault tests: CartPole dynamics with a fault injected."""
 
 import math
+import time
 from pathlib import Path
 
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
@@ -32,4 +33,23 @@ class CrashOnceCartPole(CartPoleEnv):
         if self.steps == self.crash_after and not self.marker.exists():
             self.marker.touch()
             raise RuntimeError("injected env crash")
+        return super().step(action)
+
+
+class HangingCartPole(CartPoleEnv):
+    """From step `hang_after` on (counted across episodes) `step()` never returns, as a simulator in a
+    deadlock would (it sleeps; only killing its process ends it)."""
+
+    def __init__(self, hang_after: int = 100, marker: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.hang_after, self.steps = hang_after, 0
+        self.marker = Path(marker) if marker else None  # with a marker: only the first process to get there hangs
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.hang_after and (self.marker is None or not self.marker.exists()):
+            if self.marker is not None:
+                self.marker.touch()
+            while True:
+                time.sleep(3600)
         return super().step(action)

@@ -112,6 +112,10 @@ class RolloutConfig(_Section):
 
     num_rollout_workers: int = Field(1, ge=0, le=10_000, description="Ray actors sampling; 0 samples in the trainable.")
     num_envs_per_worker: int = Field(8, ge=1, le=65_536, description="Vectorised envs in each worker.")
+    sample_timeout_s: float = Field(
+        600, gt=0, le=86_400, description="A sampler that has not returned an iteration's samples after this long "
+        "hangs (an env that never returns): a rollout worker is replaced and its share sampled again once, a "
+        "second time (or in-process, the first) the trial fails naming the env.")
 
 
 class EvaluationConfig(_Section):
@@ -120,6 +124,9 @@ class EvaluationConfig(_Section):
     interval: int = Field(1, ge=0, description="Evaluate every N iterations; 0 never evaluates.")
     episodes: int = Field(10, ge=1, le=1_000_000, description="Episodes per evaluation.")
     deterministic: bool = Field(True, description="Greedy/mean actions instead of sampling.")
+    timeout_s: float = Field(
+        600, gt=0, le=86_400, description="An evaluation that has not returned after this long hangs: its worker "
+        "is replaced and it runs again once, a second time (or in-process, the first) the trial fails.")
 
 
 class StopConfig(_Section):

@@ -143,3 +143,54 @@ def test_credentials_work_and_leak_nowhere(tmp_path):
     finally:
         stop_server(server)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+HANG_EXP = """\
+name: hang
+seed: 1
+results_dir: {results}
+max_failures: 0
+env: {{id: "tests.faulty_envs:HangingCartPole", kwargs: {kwargs}}}
+policy: {{hidden_sizes: [16, 16]}}
+ppo: {{train_batch_size: 256, minibatch_size: 128, num_epochs: 2}}
+rollouts: {{num_rollout_workers: {workers}, num_envs_per_worker: 4, sample_timeout_s: 3}}
+evaluation: {{interval: 0}}
+stop: {{env_steps: 1024}}
+sweep: {{metric: episode_return_mean}}
+resources: {{learner_cpus: 0.5, worker_cpus: 0.25, evaluation_cpus: 0.25}}
+tracking: {{local_dir: {store}, flush_s: 0}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers, hangs, fragment", [
+    # a rollout worker whose env hangs: killed, replaced, its share sampled again; hangs again: the trial fails
+    (1, "always", "rollout worker 0 (env tests.faulty_envs:HangingCartPole) did not answer within "
+                  "rollouts.sample_timeout_s = 3 s, twice (replaced once)"),
+    # in the trial's own process nothing can be replaced: the first time fails the trial
+    (0, "always", "the in-process sampler (env tests.faulty_envs:HangingCartPole) did not answer within "
+                  "rollouts.sample_timeout_s = 3 s (in the trial's process: it cannot be replaced)"),
+    # an env that hangs once: its worker is replaced and the trial finishes
+    (1, "once", None),
+])
+def test_an_env_that_never_returns_is_noticed(tmp_path, workers, hangs, fragment):
+    kwargs = {"hang_after": 40} if hangs == "always" else {"hang_after": 40, "marker": str(tmp_path / "hung-once")}
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(HANG_EXP.format(results=tmp_path / "results", store=tmp_path, workers=workers,
+                                   kwargs=json.dumps(kwargs)))
+    t0 = time.monotonic()
+    r = rlsweep("train", exp, timeout=240, env=cli_env(test_envs=True))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("hang").experiment_id])
+    if fragment is None:
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert run.info.status == "FINISHED" and run.data.metrics["workers_replaced"] == 1
+        assert "rollout worker 0 (env tests.faulty_envs:HangingCartPole) did not answer within " \
+            "rollouts.sample_timeout_s = 3 s: its env hangs or is far slower than expected; replacing it" in r.stderr, \
+            r.stderr[-3000:]
+        return
+    assert r.returncode == 1, r.stderr[-3000:]
+    failed = next(line for line in r.stdout.splitlines() if line.startswith("failed: "))
+    assert fragment in failed, failed
+    assert run.info.status == "FAILED" and fragment in run.data.tags["rlsweep.reason"]
+    assert time.monotonic() - t0 < 120  # noticed in seconds, not waited on forever

@@ -9,7 +9,10 @@ only when remote workers are made, so the local path (and `rlsweep evaluate`) ne
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from rlsweep import compat
 from rlsweep.config import ExperimentConfig
@@ -19,6 +22,16 @@ from rlsweep.ppo.normalization import RunningMeanStd
 from rlsweep.ppo.policy import Weights
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class WorkerTimeout(RuntimeError):
+    """A worker did not answer in time, again: its env hangs (a retry from a checkpoint may get past it)."""
+
+
+def _hung(what: str, cfg: ExperimentConfig, key: str, timeout_s: float, times: str) -> WorkerTimeout:
+    return WorkerTimeout(f"{what} (env {cfg.env.id}) did not answer within {key} = {timeout_s:g} s{times}: "
+                         "its env hangs or is far slower than expected")
 
 
 class WorkerGroup(Protocol):
@@ -53,16 +66,45 @@ class LocalWorkers:
     replaced = 0
 
     def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
         self.sampler = Sampler(cfg, 0)
         self.evaluator = Evaluator(cfg)
+        self._hung = False
+
+    def _within(self, fn: Callable[[], T], what: str, key: str, timeout_s: float) -> T:
+        """`fn()` on a daemon thread, so that an env that never returns is noticed: the thread cannot be
+        stopped, but it does not keep the process alive; the trial fails, and its process ends."""
+        if self._hung:
+            raise _hung(what, self.cfg, key, timeout_s, " before")
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+                outcome["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="rlsweep-sampler", daemon=True).start()
+        if not done.wait(timeout_s):
+            self._hung = True
+            raise _hung(what, self.cfg, key, timeout_s, " (in the trial's process: it cannot be replaced)")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
     def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
-        """The one sampler's rollout, as a one-item list."""
-        return [self.sampler.sample(weights, obs_stats)]
+        """The one sampler's rollout, as a one-item list; a `WorkerTimeout` after `rollouts.sample_timeout_s`."""
+        return [self._within(lambda: self.sampler.sample(weights, obs_stats), "the in-process sampler",
+                             "rollouts.sample_timeout_s", self.cfg.rollouts.sample_timeout_s)]
 
     def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
-        """The evaluator's metrics for `weights` (see `Evaluator.evaluate`)."""
-        return self.evaluator.evaluate(weights, obs_stats, iteration)
+        """The evaluator's metrics for `weights` (see `Evaluator.evaluate`); a `WorkerTimeout` after
+        `evaluation.timeout_s`."""
+        return self._within(lambda: self.evaluator.evaluate(weights, obs_stats, iteration), "the in-process evaluator",
+                            "evaluation.timeout_s", self.cfg.evaluation.timeout_s)
 
     def get_states(self) -> list[dict[str, Any]]:
         """The one sampler's state, as a one-item list."""
@@ -77,9 +119,10 @@ class LocalWorkers:
         return None
 
     def close(self) -> None:
-        """Closes the sampler's and the evaluator's envs."""
-        self.sampler.close()
-        self.evaluator.close()
+        """Closes the sampler's and the evaluator's envs (not while a hung env holds them)."""
+        if not self._hung:
+            self.sampler.close()
+            self.evaluator.close()
 
 
 class RemoteWorkers:
@@ -108,11 +151,14 @@ class RemoteWorkers:
         return self._ray.remote(Evaluator).options(**in_trial_group(self.cfg.resources.evaluation_cpus)).remote(self.cfg)
 
     def _replace(self, index: int | None, error: BaseException) -> Any:
-        """A new actor for sampler `index` (None: the evaluator), after `error` said the old one died."""
+        """A new actor for sampler `index` (None: the evaluator), after `error` said the old one died or
+        hangs (it is killed)."""
         what = "the evaluation worker" if index is None else f"rollout worker {index}"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        log.warning("%s died (%s); replacing it and repeating its share of this iteration", what, first)
+        log.warning("%s; replacing it and repeating its share of this iteration",
+                    first if isinstance(error, WorkerTimeout) else f"{what} died ({first})")
         self.replaced += 1
+        self._ray.kill(self.evaluator if index is None else self.samplers[index])
         if index is None:
             self.evaluator = self._new_evaluator()
             return self.evaluator
@@ -121,27 +167,50 @@ class RemoteWorkers:
         self.samplers[index].reseed.remote(self.replaced)
         return self.samplers[index]
 
-    def _get_each(self, refs: list[Any], again: Any) -> list[Any]:
-        """Each ref's value; where an actor died, `again(i)` on its replacement instead."""
+    def _get_each(self, refs: list[Any], again: Any, timeout: tuple[str, float] | None = None,
+                  evaluator: bool = False) -> list[Any]:
+        """Each ref's value; where an actor died, or did not answer within `timeout` (its config key and
+        seconds, counted from now), `again(i, error)` on its replacement instead (with as long again).
+        A replacement that dies or does not answer in time fails the call."""
+        key, seconds = timeout if timeout is not None else ("", None)
+
+        def get(ref: Any, deadline: float | None) -> Any:
+            return self._ray.get(ref, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+        deadline = None if seconds is None else time.monotonic() + seconds
         out = []
         for i, ref in enumerate(refs):
+            what = "the evaluation worker" if evaluator else f"rollout worker {i}"
             try:
-                out.append(self._ray.get(ref))
+                out.append(get(ref, deadline))
+                continue
             except self._ray.exceptions.RayActorError as e:
-                out.append(self._ray.get(again(i, e)))
+                error: BaseException = e
+            except self._ray.exceptions.GetTimeoutError:
+                error = _hung(what, self.cfg, key, seconds, "")
+            retry = again(i, error)
+            try:
+                out.append(get(retry, None if seconds is None else time.monotonic() + seconds))
+            except self._ray.exceptions.GetTimeoutError:
+                raise _hung(what, self.cfg, key, seconds, ", twice (replaced once)") from None
+            if deadline is not None:  # the samplers still to be read had this long as well
+                deadline = max(deadline, time.monotonic())
         return out
 
     def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
-        """One rollout per sampler actor, in sampler order; a dead sampler is replaced and samples anew."""
+        """One rollout per sampler actor, in sampler order; a sampler that died, or did not answer within
+        `rollouts.sample_timeout_s`, is replaced and samples anew."""
         ref = self._ray.put(weights)  # one copy in the object store, however many samplers read it
         refs = [s.sample.remote(ref, obs_stats) for s in self.samplers]
-        return self._get_each(refs, lambda i, e: self._replace(i, e).sample.remote(ref, obs_stats))
+        return self._get_each(refs, lambda i, e: self._replace(i, e).sample.remote(ref, obs_stats),
+                              ("rollouts.sample_timeout_s", self.cfg.rollouts.sample_timeout_s))
 
     def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
-        """The evaluator actor's metrics for `weights`; a dead evaluator is replaced and evaluates anew."""
+        """The evaluator actor's metrics for `weights`; an evaluator that died, or did not answer within
+        `evaluation.timeout_s`, is replaced and evaluates anew."""
         ref = self.evaluator.evaluate.remote(weights, obs_stats, iteration)
-        return self._get_each([ref], lambda i, e: self._replace(None, e).evaluate.remote(weights, obs_stats,
-                                                                                           iteration))[0]
+        return self._get_each([ref], lambda i, e: self._replace(None, e).evaluate.remote(weights, obs_stats, iteration),
+                              ("evaluation.timeout_s", self.cfg.evaluation.timeout_s), evaluator=True)[0]
 
     def get_states(self) -> list[dict[str, Any]]:
         """Each sampler actor's state, in sampler order (see `Sampler.get_state`).
