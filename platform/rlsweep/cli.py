@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # the commands are imported where used: `--help` and bad inpu
     from rlsweep.commands.sweep import SweepOutcome
 
 EXIT_BAD_INPUT = 2
+VERBOSE_LOG_DRAIN_S = 1.5
 EXIT_INTERRUPTED = 130
 
 
@@ -299,6 +301,10 @@ def entry() -> None:
     if "ray" in sys.modules:
         import ray
 
+        if verbosity.verbose() and ray.is_initialized():
+            # Ray forwards what its actors log from their log files, a moment later: with -v, the trial
+            # actor's last lines (its final checkpoint) would otherwise be lost with the exit
+            time.sleep(VERBOSE_LOG_DRAIN_S)
         ray.shutdown()
     logging.shutdown()
     sys.stdout.flush()
