@@ -136,7 +136,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from rlsweep.commands.sweep import prepare, run_sweep
 
     p = prepare(args.experiment, args.overrides, space=args.space, trials=args.trials, name=args.name)
-    print(f"sweep {p.name}: {p.cfg.sweep.trials} trials of {args.experiment} over {p.space_file} "
+    print(f"sweep {p.name}: {p.cfg.sweep.trials} trials of {args.experiment} over {p.space.source} "
           f"({', '.join(p.space.params)}); results in {p.directory}", flush=True)
     return _print_sweep(run_sweep(p))
 

@@ -37,7 +37,6 @@ class SweepPlan:
     directory: Path
     store: Store
     study_storage: str
-    space_file: str = ""  # the search space's file, as given
 
 
 def plan(cfg: ExperimentConfig, space: SearchSpace, name: str | None) -> SweepPlan:
@@ -73,7 +72,6 @@ def prepare(experiment: str, overrides: list[str], space: str | None = None, tri
     cfg = inputs.experiment(experiment, overrides)
     space_file = space or cfg.sweep.search_space
     p = plan(cfg, load_search_space(space_file, cfg.model_dump(mode="json"), experiment), name)
-    p.space_file = space_file
     inputs.store_uri(cfg)
     return p
 
@@ -286,7 +284,7 @@ def outcome(record: SweepRecord) -> SweepOutcome:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         return SweepOutcome(record, store_error=first)
     statuses = [r.tags.get(TAG_STATUS) for r in children.values()]
-    done = sum(s in (RunStatus.FINISHED, RunStatus.STOPPED_EARLY, RunStatus.ERROR) for s in statuses)
+    done = sum(RunStatus(s).done for s in statuses if s in set(RunStatus))
     finished = parent_status == RunStatus.FINISHED
     return SweepOutcome(
         record, finished=finished, done=done, failed=statuses.count(RunStatus.ERROR),
