@@ -67,8 +67,9 @@ def small_config(env_id="CartPole-v1", workers=1, **sections):
     return validate(cfg).model_dump(mode="json")
 
 
-def numpy_weights(obs_dim, act_dim, hidden=(8,), discrete=True, seed=0):
-    """Random policy weights in `policy.Weights` layout, without torch: for workers tested alone."""
+def numpy_weights(obs_dim, act_dim, hidden=(8,), discrete=True, seed=0, agents=1):
+    """Random policy weights of `agents` agents in `policy.Weights` layout (W (K, fan_in, fan_out),
+    b (K, 1, fan_out), log_std (K, 1, act_dim)), without torch: for workers tested alone."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -77,13 +78,13 @@ def numpy_weights(obs_dim, act_dim, hidden=(8,), discrete=True, seed=0):
         sizes = [obs_dim, *hidden, out_dim]
         layers = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
-            layers += [rng.normal(0, 1 / fan_in**0.5, (fan_out, fan_in)).astype(np.float32),
-                       np.zeros(fan_out, np.float32)]
+            layers += [rng.normal(0, 1 / fan_in**0.5, (agents, fan_in, fan_out)).astype(np.float32),
+                       np.zeros((agents, 1, fan_out), np.float32)]
         return layers
 
     w = {"actor": mlp(act_dim), "critic": mlp(1)}
     if not discrete:
-        w["log_std"] = [np.zeros(act_dim, np.float32)]
+        w["log_std"] = [np.zeros((agents, 1, act_dim), np.float32)]
     return w
 
 

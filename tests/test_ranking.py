@@ -73,3 +73,44 @@ def test_a_corrupt_result_log_is_named(tmp_path):
         f.write('{"m": 2.0, "trial_id": "y_000')  # cut off mid-write
     with pytest.raises(ConfigError, match=r"trial_y_00000/result.json: the last result is not valid"):
         sweep_rows(tmp_path)
+
+
+def test_a_confirmation_that_disagrees_with_the_search_decides_the_winner_and_best_exports_it(tmp_path):
+    """Search: A beats B beats C. Confirmed on fresh seeds: B beats A (A's search score was luck); C
+    was not confirmed. The winner is B, ranked by its confirmed score ahead of A; C comes after every
+    confirmed one, whatever its search score; `rlsweep best` writes B and says it was confirmed."""
+    import json
+
+    from rlsweep.commands.best import best as best_command
+    from rlsweep.commands.record import SWEEP_FILE
+    from rlsweep.ranking import CONFIRM_DIR, CONFIRM_ORDER, ranked_rows
+
+    sweep = tmp_path / "s"
+    config = {"name": "x", "env": {"id": "CartPole-v1"}, "stop": {"env_steps": 1000}}
+    a, b, c = ({**config, "ppo": {"lr": lr}} for lr in (0.1, 0.2, 0.3))
+    trial_folder(sweep, "s_00001", "1_lr=0.1", [{"m": 500.0, "env_steps": 1000}], params=a)
+    trial_folder(sweep, "s_00002", "2_lr=0.2", [{"m": 450.0, "env_steps": 1000}], params=b)
+    trial_folder(sweep, "s_00003", "3_lr=0.3", [{"m": 400.0, "env_steps": 1000}], params=c)
+    confirm = sweep / CONFIRM_DIR
+    confirm.mkdir()
+    (confirm / CONFIRM_ORDER).write_text(json.dumps(["s_00001", "s_00002"]))  # the search's top two, in order
+    fresh = {"seed": 1_000_000, "sweep": {"seeds_per_trial": 5}}
+    trial_folder(confirm, "c_00001", "1", [{"m": 300.0, "m_ci_low": 250.0, "m_ci_high": 350.0, "env_steps": 1000}],
+                 params={**a, **fresh}, checkpoints=(1,))
+    trial_folder(confirm, "c_00002", "2", [{"m": 440.0, "m_ci_low": 420.0, "m_ci_high": 460.0, "env_steps": 1000}],
+                 params={**b, **fresh}, checkpoints=(1,))
+    ranked = ranked_rows(sweep, "m", "max")
+    assert [r["trial_id"] for r in ranked] == ["s_00002", "s_00001", "s_00003"]
+    winner = ranked[0]
+    assert winner["confirmed_m"] == 440.0 and winner["m"] == 450.0 and winner["confirmed_trial_id"] == "c_00002"
+    assert winner["confirmed_seeds"] == list(range(1_000_000, 1_000_005))
+    assert winner["confirmed_checkpoint"] == str(confirm / "trial_c_00002" / "checkpoint_000001")
+    assert "confirmed_m" not in ranked[2]
+
+    (sweep / SWEEP_FILE).write_text(json.dumps({"name": "s", "metric": "m", "mode": "max"}))
+    out = best_command(str(sweep), output=str(tmp_path / "best.yaml"))
+    assert out.row["trial_id"] == "s_00002"
+    text = (tmp_path / "best.yaml").read_text()
+    assert text.startswith("# best trial s_00002 of sweep s: m = 450.0; confirmed on fresh seeds (trial c_00002): "
+                           "m = 440.0\n")
+    assert "lr: 0.2" in text and "seed: 0" in text  # B's configuration, on the experiment's own seed

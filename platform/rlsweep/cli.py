@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", parents=[common], help="train one trial of an experiment through Ray Tune")
     experiment_args(t)
     t.add_argument("--seed", type=int, default=None, help="override the experiment's seed")
+    t.add_argument("--seeds", type=int, default=None, metavar="K",
+                   help="train K agents side by side on seeds seed..seed+K-1 (sweep.seeds_per_trial)")
     t.add_argument("--restore", metavar="CHECKPOINT", default=None,
                    help="continue from a checkpoint directory or an MLflow artifact URI (runs:/<id>/...)")
 
@@ -110,7 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rlsweep.commands.train import train
     from rlsweep.tracking.store import redact
 
-    out = train(args.experiment, args.overrides, seed=args.seed, restore=args.restore)
+    overrides = args.overrides + ([] if args.seeds is None else [f"sweep.seeds_per_trial={args.seeds}"])
+    out = train(args.experiment, overrides, seed=args.seed, restore=args.restore)
     if out.interrupted:
         then = (f"continue it with: {_self_command()} train {args.experiment} --restore {out.checkpoint}"
                 if out.checkpoint else "it saved no checkpoint yet (see checkpoint_frequency)"
@@ -122,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     for k in (M.ENV_STEPS, M.TRAINING_ITERATION, M.EPISODE_RETURN_MEAN, M.EVAL_RETURN_MEAN, M.EVAL_RETURN_STD,
               M.EXPLAINED_VARIANCE, M.ENV_STEPS_PER_S, M.TIME_TOTAL_S):
         if k in out.metrics:
-            print(f"  {k:<22} {_fmt(out.metrics[k])}")
+            print(f"  {k:<22} {M.shown(out.metrics, k, digits=6)}")
     print(f"checkpoint: {out.checkpoint}")
     print(f"trial dir:  {out.trial_dir}")
     print(f"mlflow run: {out.run_id} at {redact(out.store)}")
@@ -177,16 +180,27 @@ def _print_sweep(out: SweepOutcome) -> int:
     if best is None:
         print("no trial reported the metric; nothing to recommend")
         return 1
+    from rlsweep.ranking import CONFIRMED
+
     params = list(r.params)
-    print(f"top trials by {r.metric} ({r.mode}; ties: fewer env steps, then the earlier trial):")
+    confirmed = CONFIRMED + r.metric
+    first = "; confirmed on fresh seeds first, by that score" if confirmed in best else ""
+    print(f"top trials by {r.metric} ({r.mode}{first}; ties: fewer env steps, then the earlier trial):")
     for i, row in enumerate(out.rows[:5], 1):
         name = trial_run_name(row["number"], row["config"], params)
-        print(f"  {i}. {name:<48} {_fmt(row[r.metric]):>10}  {row.get(M.ENV_STEPS, 0):>9,} env steps")
+        score = M.shown(row, r.metric, digits=6)
+        if confirmed in row:
+            score = f"confirmed {M.shown(row, confirmed, digits=6)} (search {score})"
+        print(f"  {i}. {name:<48} {score:>10}  {row.get(M.ENV_STEPS, 0):>9,} env steps")
     flat = {k: v for k, v in flatten(best["config"]).items() if k in params}
-    print(f"best trial:  {best['number']} (trial id {best['trial_id']}) with {r.metric} = {_fmt(best[r.metric])} "
+    print(f"best trial:  {best['number']} (trial id {best['trial_id']}) with {r.metric} = {M.shown(best, r.metric, digits=6)} "
           f"after {best.get(M.ENV_STEPS)} env steps")
+    if confirmed in best:
+        print(f"confirmed:   {r.metric} = {M.shown(best, confirmed, digits=6)} on "
+              f"{len(best[CONFIRMED + 'seeds'])} fresh seeds (trial id "
+              f"{best['confirmed_trial_id']}, run {out.confirmation_runs.get(best['confirmed_trial_id'])})")
     print("its config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in flat.items()))
-    print(f"checkpoint:  {best['checkpoint']}")
+    print(f"checkpoint:  {best.get('confirmed_checkpoint') or best['checkpoint']}")
     print(f"mlflow run:  {out.runs.get(best['trial_id'])} (experiment {store.experiment}, {redact(store.uri)})")
     server = store.uri.startswith(("http://", "https://"))
     base = store.uri if server else "http://127.0.0.1:5000"
@@ -203,8 +217,12 @@ def cmd_best(args: argparse.Namespace) -> int:
 
     out = best(args.sweep, args.results_dir, args.output)
     if out.written_to:
+        from rlsweep.ranking import CONFIRMED
+
+        confirmed = out.row.get(CONFIRMED + out.record.metric)
+        also = "" if confirmed is None else f", confirmed on fresh seeds: {_fmt(confirmed)}"
         print(f"wrote {out.written_to} (trial {out.row['trial_id']}, {out.record.metric} = "
-              f"{_fmt(out.row[out.record.metric])}); run it with: rlsweep train {out.written_to}")
+              f"{_fmt(out.row[out.record.metric])}{also}); run it with: rlsweep train {out.written_to}")
     else:
         print(out.text, end="")
     return 0

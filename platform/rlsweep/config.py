@@ -167,6 +167,17 @@ class LearnersConfig(_Section):
     gpus_per_learner: float = Field(0.0, ge=0, description="GPUs for each learner actor; >0 trains on CUDA.")
 
 
+class ConfirmConfig(_Section):
+    """The confirmation round: after the search, its best configurations run again on fresh seeds."""
+
+    top: int = Field(3, ge=1, le=1000, description="How many of the search's best configurations to confirm.")
+    seeds: int = Field(5, ge=1, le=64, description="Fresh seeds (agents) each confirmation trial trains.")
+
+
+# Confirmation seeds start this far from the experiment's seed: no search agent (seed .. seed + 63) has one
+CONFIRM_SEED_OFFSET = 1_000_000
+
+
 class SweepConfig(_Section):
     """How `rlsweep sweep` searches: Optuna through Ray Tune."""
 
@@ -187,6 +198,10 @@ class SweepConfig(_Section):
     time_budget_s: float | None = Field(None, gt=0, description="Stop the whole sweep after this many seconds.")
     study_storage: str | None = Field(None, description="Optuna storage URL (default: sqlite next to the results).")
     reuse_actors: bool = Field(True, description="Reuse trial actors between trials (reset_config).")
+    confirm: ConfirmConfig | None = Field(None, description="After the search, run its `top` best configurations "
+                                          "again on `seeds` fresh seeds each; the winner is the best confirmed.")
+    seeds_per_trial: int = Field(1, ge=1, le=64, description="Agents each trial trains, on seeds seed, seed+1, ...: "
+                                 "one stacked network, batched; the trial scores their interquartile mean.")
 
     @field_validator("metric")
     @classmethod
@@ -272,9 +287,27 @@ class ExperimentConfig(_Section):
         if n and self.resources.learner_gpus > 0:
             raise ValueError("resources.learner_gpus is for an update in the trial's process; with "
                              "learners.num_learners > 0 ask for learners.gpus_per_learner instead")
+        if self.sweep.confirm is not None and self.sweep.confirm.top > self.sweep.trials:
+            raise ValueError(f"sweep.confirm.top ({self.sweep.confirm.top}) must be at most sweep.trials "
+                             f"({self.sweep.trials}): it confirms that many of the search's best trials")
+        if self.seed + self.sweep.seeds_per_trial - 1 > SEED_MAX:
+            raise ValueError(f"seed + sweep.seeds_per_trial - 1 must be at most {SEED_MAX} (the last agent's seed)")
         if self.sweep.scheduler == "asha" and self.stop.env_steps is None:
             raise ValueError("sweep.scheduler asha needs stop.env_steps (the budget its rungs divide)")
         return self
+
+    def confirmation_seed(self) -> int:
+        """The first of a confirmation trial's seeds: `CONFIRM_SEED_OFFSET` from `seed`, up or (near
+        `SEED_MAX`) down, so that none is a search agent's."""
+        n = self.sweep.confirm.seeds if self.sweep.confirm else 1
+        up = self.seed + CONFIRM_SEED_OFFSET
+        return up if up + n - 1 <= SEED_MAX else self.seed - CONFIRM_SEED_OFFSET
+
+    @property
+    def agent_seeds(self) -> list[int]:
+        """The seeds of the agents one trial trains side by side: `seed`, `seed` + 1, ... (one per
+        `sweep.seeds_per_trial`). Agent k of a trial is the agent a one-seed run on seed `seed` + k trains."""
+        return list(range(self.seed, self.seed + self.sweep.seeds_per_trial))
 
     def bundles(self) -> list[tuple[dict[str, str], dict[str, float]]]:
         """What one trial asks Ray for, bundle by bundle, each with the keys that size it: the trainable,

@@ -1,7 +1,12 @@
-"""Every metric name a trainable reports, in one place (the README's table lists them)."""
+"""Every metric name a trainable reports, in one place (the README's table lists them), and how a
+trial's per-agent values become what it reports."""
 
-ENV_STEPS = "env_steps"  # env steps sampled so far, all workers (autoreset steps included)
-EPISODES = "episodes"  # training episodes completed so far
+from __future__ import annotations
+
+from rlsweep import scores
+
+ENV_STEPS = "env_steps"  # env steps sampled so far per agent, all workers (autoreset steps included)
+EPISODES = "episodes"  # training episodes completed so far, all agents
 EPISODE_RETURN_MEAN = "episode_return_mean"  # training episodes that ended this iteration (else the last value)
 EPISODE_LENGTH_MEAN = "episode_length_mean"  # likewise, their mean length
 EVAL_RETURN_MEAN = "eval_return_mean"  # deterministic evaluation: mean return (latest evaluation)
@@ -21,7 +26,7 @@ TIME_SAMPLE_S = "time_sample_s"  # this iteration: waiting for rollouts
 TIME_LEARN_S = "time_learn_s"  # GAE and the PPO epochs
 TIME_EVAL_S = "time_eval_s"  # evaluation (0 when none ran)
 TIME_OTHER_S = "time_other_s"  # everything else in step()
-ENV_STEPS_PER_S = "env_steps_per_s"  # this iteration's env steps / its step() time
+ENV_STEPS_PER_S = "env_steps_per_s"  # this iteration's env steps, all agents, / its step() time
 WORKERS_REPLACED = "workers_replaced"  # rollout/evaluation actors that died and were replaced, so far
 # Cost-aware objectives (reported when stop.target_return is set; a sweep minimises them): the env steps
 # (seconds of training) at which the evaluation mean first reached stop.target_return; until then, and
@@ -29,6 +34,7 @@ WORKERS_REPLACED = "workers_replaced"  # rollout/evaluation actors that died and
 # when there is no such budget.
 ENV_STEPS_TO_TARGET = "env_steps_to_target"
 TIME_TO_TARGET_S = "time_to_target_s"
+SEEDS_AT_TARGET = "seeds_at_target"  # agents whose evaluation has reached stop.target_return (with one)
 
 # Tune's own keys that rlsweep reads.
 TIME_TOTAL_S = "time_total_s"
@@ -53,6 +59,46 @@ PLACEMENT = "placement"
 NON_FINITE = "non_finite"
 
 
+# With K > 1 agents per trial (sweep.seeds_per_trial), these are reported as the IQM over the agents
+# (the mean below 4), each with SCORE_SUFFIXES beside it and one value per agent as "<name>/seed_<seed>";
+# every other per-agent metric as the mean over the agents. The sampler and ASHA see the IQM.
+SCORED = (EPISODE_RETURN_MEAN, EVAL_RETURN_MEAN, ENV_STEPS_TO_TARGET, TIME_TO_TARGET_S)
+SCORE_SUFFIXES = ("_ci_low", "_ci_high", "_min", "_max")  # the 95% bootstrap interval of the IQM, extremes
+
+
+def per_seed(name: str, seed: int) -> str:
+    """The name of one agent's value of a scored metric."""
+    return f"{name}/seed_{seed}"
+
+
+def is_reported(name: str) -> bool:
+    """Whether `name` is a metric a trainable reports: one of REPORTED, or a scored metric's interval,
+    extreme or per-seed value."""
+    if name in REPORTED:
+        return True
+    base = name.split("/seed_")[0] if "/seed_" in name else next(
+        (name[: -len(x)] for x in SCORE_SUFFIXES if name.endswith(x)), None)
+    return base in SCORED
+
+
+def summarise(per_agent: dict[str, list[float]], seeds: list[int]) -> dict[str, float]:
+    """What a trial reports of per-agent values (one list entry per agent, in `seeds` order): with one
+    agent its values; else the scored metrics' IQM, interval, extremes and per-seed values, and the
+    mean of every other metric (NaN while any agent has none)."""
+    if len(seeds) == 1:
+        return {key: values[0] for key, values in per_agent.items()}
+    out: dict[str, float] = {}
+    for key, values in per_agent.items():
+        if key in SCORED:
+            s = scores.score(values)
+            out[key] = s.iqm
+            out.update(zip((key + x for x in SCORE_SUFFIXES), (s.low, s.high, s.min, s.max), strict=True))
+            out.update((per_seed(key, seed), v) for seed, v in zip(seeds, values, strict=True))
+        else:
+            out[key] = sum(values) / len(values)
+    return out
+
+
 def text(value: object, digits: int = 4) -> str:
     """A metric value as the terminal shows it: whole numbers whole (`13312`, not `1.331e+04`), other
     floats to `digits` significant digits, NaN as `nan`."""
@@ -63,3 +109,13 @@ def text(value: object, digits: int = 4) -> str:
             return str(int(value))
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def shown(result: dict, name: str, digits: int = 4) -> str:
+    """A metric of a result as the terminal shows it: the value, and with several seeds its interval
+    (`412.3 [398.1, 430]`)."""
+    value = text(result.get(name, float("nan")), digits)
+    low, high = result.get(name + SCORE_SUFFIXES[0]), result.get(name + SCORE_SUFFIXES[1])
+    if low is None or high is None:
+        return value
+    return f"{value} [{text(low, digits)}, {text(high, digits)}]"

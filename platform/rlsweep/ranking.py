@@ -8,8 +8,13 @@ sweep as for a finished, interrupted or resumed one. No Ray here.
 
 A row is a dict: `trial_id`, `number` (`003`: the trial's place in the sweep), `config`, `checkpoint`
 (the trial's newest checkpoint folder, or None) and the values of its latest result (the metric,
-`env_steps`, ...; none where it reported nothing). `env_steps` breaks ties. A later score (a
-confirmation round on fresh seeds) goes into the same rows under a key of its own.
+`env_steps`, ...; none where it reported nothing). `env_steps` breaks ties.
+
+A sweep with a confirmation round (`sweep.confirm`) has a second Tune run in `CONFIRM_DIR`: each of
+its trials retrains one of the search's best configurations on fresh seeds. Its values go into the
+search trial's row under `confirmed_<key>` (`confirmed_eval_return_mean`, `confirmed_trial_id`,
+`confirmed_checkpoint`, ...), and a confirmed score outranks any search score: the winner is the best
+confirmed configuration.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from rlsweep.config import ConfigError
 
 TRIAL_GLOB = "trial_*"  # `tuning.trainable.trial_dirname`
 PARAMS_FILE = "params.json"  # Tune's JSON logger: the trial's config, written when it starts
+CONFIRM_DIR = "confirm"  # the confirmation round's Tune run, inside the sweep directory
+CONFIRM_ORDER = "confirms.json"  # in it, written before it starts: the search trial ids, in its trials' order
+CONFIRMED = "confirmed_"  # the prefix of a row's confirmation values
 
 
 def trial_number(experiment_tag: str | None, trial_id: str) -> str:
@@ -65,14 +73,51 @@ def trial_row(trial_dir: Path) -> dict[str, Any] | None:
             "config": config, "checkpoint": str(checkpoint) if checkpoint else None}
 
 
-def sweep_rows(directory: str | Path) -> list[dict[str, Any]]:
-    """Every started trial of the sweep in `directory`, in the order the sweep started them."""
-    rows = [row for d in Path(directory).glob(TRIAL_GLOB) if d.is_dir() and (row := trial_row(d)) is not None]
+def _trial_rows(directory: Path) -> list[dict[str, Any]]:
+    rows = [row for d in directory.glob(TRIAL_GLOB) if d.is_dir() and (row := trial_row(d)) is not None]
 
     def order(row: dict[str, Any]) -> tuple[int, str]:
         return (int(row["number"]) if row["number"].isdigit() else math.inf, row["trial_id"])
 
     return sorted(rows, key=order)
+
+
+def confirmation_order(directory: str | Path) -> list[str]:
+    """The search trial ids the sweep's confirmation round confirms, in its trials' order ([] where
+    it has not begun)."""
+    path = Path(directory) / CONFIRM_DIR / CONFIRM_ORDER
+    try:
+        order = json.loads(path.read_text()) if path.is_file() else []
+    except ValueError:
+        raise ConfigError(f"{path}: not the list rlsweep wrote (corrupt or truncated)") from None
+    if not (isinstance(order, list) and all(isinstance(x, str) for x in order)):
+        raise ConfigError(f"{path}: not the list rlsweep wrote (corrupt or truncated)")
+    return order
+
+
+def confirmation_rows(directory: str | Path) -> list[dict[str, Any]]:
+    """The confirmation round's started trials, each with `confirms`: the search trial id it retrains."""
+    order = confirmation_order(directory)
+    rows = []
+    for row in _trial_rows(Path(directory) / CONFIRM_DIR):
+        n = int(row["number"]) if row["number"].isdigit() else 0
+        if 1 <= n <= len(order):
+            rows.append({**row, "confirms": order[n - 1]})
+    return rows
+
+
+def sweep_rows(directory: str | Path) -> list[dict[str, Any]]:
+    """Every started trial of the search in `directory`, in the order the sweep started them, with its
+    confirmation's values (`confirmed_*`) where it has one."""
+    rows = _trial_rows(Path(directory))
+    confirmed = {row["confirms"]: row for row in confirmation_rows(directory)}
+    for row in rows:
+        c = confirmed.get(row["trial_id"])
+        if c is not None:
+            row.update({CONFIRMED + k: v for k, v in c.items() if k not in ("config", "confirms")})
+            first, k = c["config"].get("seed", 0), (c["config"].get("sweep") or {}).get("seeds_per_trial", 1)
+            row[CONFIRMED + "seeds"] = list(range(first, first + k))
+    return rows
 
 
 def ranked_rows(directory: str | Path, metric: str, mode: str) -> list[dict[str, Any]]:
@@ -89,14 +134,16 @@ def score(row: dict[str, Any], metric: str) -> float | None:
 
 
 def rank(rows: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
-    """Rows with a finite metric, best first. Ties go to the trial that needed fewer env steps, then to
-    the earlier trial id, so the same rows always give the same order."""
+    """Rows with a finite metric, best first: the confirmed ones (by their confirmed score) before the
+    rest (by their search score). Ties go to the trial that needed fewer env steps, then to the earlier
+    trial id, so the same rows always give the same order."""
     sign = -1.0 if mode == "max" else 1.0
 
-    def key(row: dict[str, Any]) -> tuple[float, float, str]:
+    def key(row: dict[str, Any]) -> tuple[int, float, float, str]:
+        confirmed = score(row, CONFIRMED + metric)
         steps = row.get(M.ENV_STEPS)
-        return (sign * score(row, metric), steps if isinstance(steps, (int, float)) else math.inf,
-                str(row.get("trial_id", "")))
+        return (0 if confirmed is not None else 1, sign * (confirmed if confirmed is not None else score(row, metric)),
+                steps if isinstance(steps, (int, float)) else math.inf, str(row.get("trial_id", "")))
 
     return sorted((r for r in rows if score(r, metric) is not None), key=key)
 

@@ -531,3 +531,75 @@ def test_two_sweeps_started_together_on_a_fresh_store_both_finish(tmp_path):
     assert sorted(r.info.run_name for r in runs if r.data.tags.get("rlsweep.kind") == "sweep") == ["left", "right"]
     assert len([r for r in runs if r.data.tags.get("rlsweep.kind") == "trial"]) == 2
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
+    """A sweep with two seeds per trial and a confirmation round (its best two on two fresh seeds):
+    SIGKILL while a confirmation trial is part-way, then `resume`. Every run and every step once; the
+    confirmation trials are children of the parent marked as such, on seeds no search agent had; the
+    winner is the best confirmed configuration, and `best` exports it."""
+    from rlsweep.ranking import ranked_rows
+
+    per_trial = 6144
+    exp = experiment(tmp_path, steps=per_trial, concurrent=1)
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    proc = _sweep_process(exp, tmp_path / "space.yaml", "conf", "--trials", "2", "--set", "sweep.seeds_per_trial=2",
+                          "--set", "sweep.confirm.top=2", "--set", "sweep.confirm.seeds=2")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "the confirmation round never got part-way"
+            try:
+                mid = [r for r in runs_of(client) if r.data.tags.get("rlsweep.phase") == "confirm"
+                       and r.data.tags.get("rlsweep.kind") == "trial" and r.data.tags.get("rlsweep.status") == "running"
+                       and 4 <= (n := len(client.get_metric_history(r.info.run_id, "env_steps"))) and n % 3
+                       and n * 512 < per_trial - 512]
+            except Exception:  # the store is made by the sweep
+                mid = []
+            if mid:
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    sweep_dir = tmp_path / "results" / "conf"
+    r = rlsweep("resume", "conf", "--results-dir", tmp_path / "results")
+    assert r.returncode == 0, r.stderr[-4000:]
+
+    runs = runs_of(client)
+    [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
+    children = [x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"]
+    search = [c for c in children if "rlsweep.phase" not in c.data.tags]
+    confirming = [c for c in children if c.data.tags.get("rlsweep.phase") == "confirm"]
+    assert parent.info.status == "FINISHED" and len(search) == 2 and len(confirming) == 2
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert {c.data.tags["rlsweep.confirms_trial_id"] for c in confirming} == {c.data.tags["rlsweep.trial_id"] for c in search}
+    for c in children:  # one run per trial, every step once, though the cut one replayed iterations
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "env_steps")]
+        assert steps == list(range(512, per_trial + 1, 512)), (c.info.run_name, steps)
+        assert c.info.status == "FINISHED"
+    for c in search:  # two agents each, on the experiment's seeds 2 and 3
+        assert {k for k in c.data.metrics if k.startswith("eval_return_mean/seed_")} == \
+            {"eval_return_mean/seed_2", "eval_return_mean/seed_3"}
+    for c in confirming:  # two fresh seeds, far from the search's
+        assert {k for k in c.data.metrics if k.startswith("eval_return_mean/seed_")} == \
+            {"eval_return_mean/seed_1000002", "eval_return_mean/seed_1000003"}
+        assert c.info.run_name.startswith("confirm ")
+
+    ranked = ranked_rows(sweep_dir, "eval_return_mean", "max")
+    winner = ranked[0]
+    confirmed = {c.data.tags["rlsweep.confirms_trial_id"]: c.data.metrics["eval_return_mean"] for c in confirming}
+    assert winner["confirmed_eval_return_mean"] == max(confirmed.values()) == confirmed[winner["trial_id"]]
+    assert f"best trial:  {winner['number']} (trial id {winner['trial_id']})" in r.stdout
+    assert "confirmed:   eval_return_mean = " in r.stdout, r.stdout
+    assert parent.data.tags["rlsweep.best_trial_id"] == winner["trial_id"]
+    assert parent.data.metrics["confirmed_eval_return_mean"] == winner["confirmed_eval_return_mean"]
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"confirmation.csv", "search_vs_confirmed.png", "results.csv", "best_config.yaml"} <= arts
+    out = tmp_path / "best.yaml"
+    b = rlsweep("best", sweep_dir, "-o", out)
+    assert b.returncode == 0 and "confirmed on fresh seeds" in b.stdout, b.stdout + b.stderr
+    assert out.read_text().startswith(f"# best trial {winner['trial_id']} of sweep conf: ")

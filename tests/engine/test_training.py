@@ -46,7 +46,8 @@ def test_iterate_reports_every_metric_and_counts_steps():
     t = training(ppo={"anneal_lr": True})
     first, second = t.iterate(), t.iterate()
     t.close()
-    documented = M.REPORTED - {M.TIME_TOTAL_S, M.TRAINING_ITERATION, M.ENV_STEPS_TO_TARGET, M.TIME_TO_TARGET_S}
+    documented = M.REPORTED - {M.TIME_TOTAL_S, M.TRAINING_ITERATION, M.ENV_STEPS_TO_TARGET, M.TIME_TO_TARGET_S,
+                               M.SEEDS_AT_TARGET}
     assert set(first) == documented
     assert second[M.ENV_STEPS] == 2 * 64 and t.iterations == 2
     assert second[M.LR] < first[M.LR] == pytest.approx(1e-3)  # annealed over stop.env_steps
@@ -75,6 +76,7 @@ def test_steps_to_target_is_the_budget_until_an_evaluation_reaches_the_target():
     first, second, third = t.iterate(), t.iterate(), t.iterate()
     assert first[M.ENV_STEPS_TO_TARGET] == 1000  # not evaluated yet: the budget
     assert second[M.ENV_STEPS_TO_TARGET] == third[M.ENV_STEPS_TO_TARGET] == 128  # held once reached
+    assert (first[M.SEEDS_AT_TARGET], second[M.SEEDS_AT_TARGET], third[M.SEEDS_AT_TARGET]) == (0, 1, 1)
     assert 0 < second[M.TIME_TO_TARGET_S] == third[M.TIME_TO_TARGET_S] < 60
     learner_state, state = t.state()
     t.close()
@@ -89,7 +91,7 @@ def test_steps_to_target_is_the_budget_until_an_evaluation_reaches_the_target():
     # without a time budget, the seconds spent so far
     assert 0 < rows[0][M.TIME_TO_TARGET_S] < rows[1][M.TIME_TO_TARGET_S] < rows[2][M.TIME_TO_TARGET_S]
     plain = training()  # no stop.target_return: not reported
-    assert M.ENV_STEPS_TO_TARGET not in plain.iterate()
+    assert not {M.ENV_STEPS_TO_TARGET, M.SEEDS_AT_TARGET} & set(plain.iterate())
     plain.close()
 
 
@@ -135,7 +137,7 @@ def test_non_finite_values_stop_training_and_say_where(sections, fragment):
 def test_a_non_finite_evaluation_is_an_error_that_carries_the_iteration_metrics():
     t = training(env={"id": "tests.faulty_envs:NanRewardCartPole", "kwargs": {"nan_after": 10_000}},
                  evaluation={"interval": 1, "episodes": 2})
-    for env in t.workers.evaluator.env.envs:  # only the evaluation's envs turn NaN
+    for env in t.workers.evaluator.envs[0].envs:  # only the evaluation's envs turn NaN
         env.unwrapped.nan_after = 0
     with pytest.raises(NonFiniteError, match="iteration 1: the evaluation env returned non-finite rewards") as e:
         t.iterate()

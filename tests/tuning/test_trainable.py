@@ -11,7 +11,7 @@ from tests.conftest import small_config
 
 TIMINGS = {M.TIME_SAMPLE_S, M.TIME_LEARN_S, M.TIME_EVAL_S, M.TIME_OTHER_S, M.ENV_STEPS_PER_S}
 DOCUMENTED = M.REPORTED - {M.TIME_TOTAL_S, M.TRAINING_ITERATION,  # Tune adds those two
-                          M.ENV_STEPS_TO_TARGET, M.TIME_TO_TARGET_S}  # only with stop.target_return
+                          M.ENV_STEPS_TO_TARGET, M.TIME_TO_TARGET_S, M.SEEDS_AT_TARGET}  # only with stop.target_return
 
 
 def comparable(result):
@@ -44,6 +44,10 @@ CASES = {
     "pendulum-sync-normalized": dict(env_id="Pendulum-v1", workers=1,
                                      env={"vectorization": "sync", "max_episode_steps": 40},
                                      policy={"normalize_observations": True}),
+    # three agents (seeds 3, 4, 5) side by side, sampled on two actors and updated on two learner actors
+    "cartpole-3-seeds-2-workers-2-learners": dict(workers=2, sweep={"seeds_per_trial": 3},
+                                                  policy={"normalize_observations": True},
+                                                  learners={"num_learners": 2, "cpus_per_learner": 0.25}),
 }
 
 
@@ -90,7 +94,7 @@ def test_checkpoint_holds_no_pickles(ray_local, tmp_path):
     state = torch.load(tmp_path / "ckpt" / "learner.pt", weights_only=True)
     assert {"model", "optimizer", "torch_rng"} <= set(state)
     meta = json.loads((tmp_path / "ckpt" / "state.json").read_text())
-    assert meta["env_steps"] == 64 and meta["samplers"][0]["env"] is not None
+    assert meta["env_steps"] == 64 and meta["samplers"][0]["envs"] is not None
 
 
 def test_two_workers_sample_in_two_processes(ray_local):

@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from rlsweep import metrics as M
 from rlsweep.commands import inputs
 from rlsweep.config import ConfigError, TrackingConfig, check_seed
 
@@ -54,7 +55,7 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
 
     evaluator = Evaluator(cfg.model_copy(update={"seed": seed}))
     try:
-        result = evaluator.evaluate(weights, stats, iteration=0)
+        result = M.summarise(evaluator.evaluate(weights, stats, iteration=0), evaluator.seeds)
     finally:
         evaluator.close()
     return EvaluateOutcome(cfg.env.id, cfg.evaluation.episodes, cfg.evaluation.deterministic, seed, result)

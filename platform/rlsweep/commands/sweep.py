@@ -100,20 +100,19 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     from rlsweep.tracking.parents import SweepParent
     from rlsweep.tuning.progress import ProgressLine
     from rlsweep.tuning.ray_session import check_cluster, init_ray
-    from rlsweep.tuning.result_log import TrialResultLog
     from rlsweep.tuning.searcher import make_sampler, searcher_class
     from rlsweep.tuning.signing import SignTuneState
-    from rlsweep.tuning.stopper import NoRetryAfterDivergence, TrialStopper
+    from rlsweep.tuning.stopper import TrialStopper
     from rlsweep.tuning.trainable import trainable_for, trial_dirname
 
     cfg, s = p.cfg, p.cfg.sweep
     optuna.logging.set_verbosity(verbosity.level())
-    stopper = TrialStopper(cfg.stop)
+    stopper = TrialStopper(cfg.stop, cfg.sweep.seeds_per_trial)
     sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
                     "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
     parent = SweepParent(name=p.name, run_dir=str(p.directory), metric=s.metric, mode=s.mode,
                          searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
-                         time_budget_s=s.time_budget_s)
+                         time_budget_s=s.time_budget_s, confirm=s.confirm is not None)
     tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, parent)
     signer = SignTuneState(p.directory)
     # Ray first: a trial that can never fit is bad input, refused before the sweep's folder exists
@@ -155,25 +154,144 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
             scheduler=scheduler, reuse_actors=s.reuse_actors, trial_dirname_creator=trial_dirname,
             time_budget_s=s.time_budget_s,
         ),
-        run_config=tune.RunConfig(
-            name=p.name, storage_path=str(p.directory.parent), stop=stopper,
-            checkpoint_config=tune.CheckpointConfig(
-                checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True,
-                num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
-            ),
-            callbacks=[TrialResultLog(), tracker, signer, NoRetryAfterDivergence(),
-                       ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode,
-                                           searched=list(p.space.params), stop_reason=stopper.reason)],
-            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            verbose=verbosity.tune_verbosity(),
-        ),
+        run_config=_run_config(cfg, p.name, p.directory.parent, stopper, tracker, signer,
+                               ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode,
+                                            searched=list(p.space.params), stop_reason=stopper.reason)),
     )
     try:
         tuner.fit()
     finally:
         signer.signer.sign()  # Tune's last snapshot
-        lock.release()
-    return outcome(SweepRecord.read(p.directory, full=True))
+        if cfg.sweep.confirm is None:
+            lock.release()
+    record = SweepRecord.read(p.directory, full=True)
+    if cfg.sweep.confirm is not None:
+        try:
+            if search_done(record):
+                run_confirmation(record)
+        finally:
+            lock.release()
+    return outcome(record)
+
+
+def _run_config(cfg: ExperimentConfig, name: str, storage_path: Path, stopper: Any, tracker: Any, signer: Any,
+                progress: Any) -> Any:
+    """Tune's RunConfig of a sweep's Tune run (its search, or its confirmation round)."""
+    from ray import tune
+
+    from rlsweep.tuning.result_log import TrialResultLog
+    from rlsweep.tuning.stopper import NoRetryAfterDivergence
+
+    s = cfg.sweep
+    return tune.RunConfig(
+        name=name, storage_path=str(storage_path), stop=stopper,
+        checkpoint_config=tune.CheckpointConfig(
+            checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True,
+            num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
+        ),
+        callbacks=[TrialResultLog(), tracker, signer, NoRetryAfterDivergence(), progress],
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        verbose=verbosity.tune_verbosity(),
+    )
+
+
+def search_done(record: SweepRecord) -> bool:
+    """Whether the sweep's search ended with every trial run (not interrupted), as its parent run says:
+    then its confirmation round (`sweep.confirm`) is due, or under way."""
+    from rlsweep.tracking.runs import TAG_DIR, TAG_KIND, TAG_PHASE, TAG_STATUS
+    from rlsweep.tracking.status import RunStatus
+
+    try:
+        tracker = record.store().tracker()
+        parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: str(record.directory)})
+        tags = tracker.tags(parent) if parent else {}
+    except Exception:  # noqa: BLE001 - the store went away: `outcome` says so
+        return False
+    return tags.get(TAG_PHASE) == "confirm" and tags.get(TAG_STATUS) == RunStatus.RUNNING
+
+
+def confirmation_configs(record: SweepRecord) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """What the confirmation round retrains: the search's `sweep.confirm.top` best trials (their ids and
+    numbers) and their configurations, each on `sweep.confirm.seeds` fresh seeds (from
+    `ExperimentConfig.confirmation_seed`, which no search agent used)."""
+    from rlsweep.config import validate
+    from rlsweep.ranking import ranked_rows
+
+    cfg = record.cfg
+    confirm = cfg.sweep.confirm
+    top = ranked_rows(record.directory, record.metric, record.mode)[: confirm.top]
+    configs = []
+    for row in top:
+        c = dict(row["config"])
+        c["seed"] = cfg.confirmation_seed()
+        c["sweep"] = {**c["sweep"], "seeds_per_trial": confirm.seeds}
+        configs.append(validate(c, f"confirmation of trial {row['number']}").model_dump(mode="json"))
+    return [r["trial_id"] for r in top], [r["number"] for r in top], configs
+
+
+def run_confirmation(record: SweepRecord) -> None:
+    """The sweep's confirmation round, in `<sweep>/confirm`: started, or resumed where it was cut off.
+    Its trials are child runs of the sweep's parent run (`rlsweep.phase` = confirm); at its end the
+    parent is summarised again, the winner chosen by the confirmed score, and finished."""
+    import json
+
+    from ray import tune
+
+    from rlsweep.ranking import CONFIRM_DIR, CONFIRM_ORDER, confirmation_order
+    from rlsweep.tracking.callback import MlflowCallback
+    from rlsweep.tracking.parents import SweepParent
+    from rlsweep.tuning.integrity import verify
+    from rlsweep.tuning.progress import ProgressLine
+    from rlsweep.tuning.searcher import fixed_configs_searcher
+    from rlsweep.tuning.signing import SignTuneState
+    from rlsweep.tuning.stopper import TrialStopper
+    from rlsweep.tuning.trainable import trainable_for, trial_dirname
+
+    cfg, directory = record.cfg, record.directory
+    confirm_dir = directory / CONFIRM_DIR
+    if (confirm_dir / "tuner.pkl").is_file():  # cut off: it goes on (its Tune state verified first)
+        from rlsweep.tuning import retention
+
+        for note in verify(confirm_dir) + retention.restore(confirm_dir):
+            print(f"rlsweep: {note}", file=sys.stderr)
+        tuner = tune.Tuner.restore(str(confirm_dir), trainable=trainable_for(), resume_unfinished=True,
+                                   resume_errored=False)
+        try:
+            tuner.fit()
+        finally:
+            SignTuneState(confirm_dir).signer.sign()
+        return
+    ids, numbers, configs = confirmation_configs(record)
+    if confirmation_order(directory) not in ([], ids):
+        raise ConfigError(f"{confirm_dir}: holds another confirmation round's order (edited?)")
+    confirm_dir.mkdir(exist_ok=True)
+    (confirm_dir / CONFIRM_ORDER).write_text(json.dumps(ids))
+    print(f"confirming the best {len(configs)} configuration(s) on {cfg.sweep.confirm.seeds} fresh seeds each "
+          f"(from {cfg.confirmation_seed()})", file=sys.stderr, flush=True)
+    s = cfg.sweep
+    stopper = TrialStopper(cfg.stop, s.confirm.seeds)
+    parent = SweepParent(name=record.name, run_dir=str(directory), metric=s.metric, mode=s.mode,
+                         searched=list(record.params), time_budget_s=None, confirm=True,
+                         confirms=tuple(zip(ids, numbers, strict=True)))
+    tracker = MlflowCallback(record.store(), str(confirm_dir), cfg, stopper.reason, parent)
+    signer = SignTuneState(confirm_dir)
+    progress = ProgressLine(sweep_trials=len(configs), metric=s.metric, mode=s.mode, searched=list(record.params),
+                            stop_reason=stopper.reason, title="confirmation", confirms=numbers)
+    tuner = tune.Tuner(
+        trainable_for(),
+        param_space=configs[0],
+        tune_config=tune.TuneConfig(
+            num_samples=len(configs), search_alg=fixed_configs_searcher(configs, s.metric, s.mode),
+            reuse_actors=s.reuse_actors, trial_dirname_creator=trial_dirname,
+            max_concurrent_trials=max_concurrent(cfg.model_copy(update={"sweep": s.model_copy(
+                update={"seeds_per_trial": s.confirm.seeds})})),
+        ),
+        run_config=_run_config(cfg, CONFIRM_DIR, directory, stopper, tracker, signer, progress),
+    )
+    try:
+        tuner.fit()
+    finally:
+        signer.signer.sign()
 
 
 @dataclass(frozen=True)
@@ -221,12 +339,19 @@ def resume_sweep(p: ResumePlan) -> SweepOutcome:
     # the cluster resumed on may be another one, or smaller than the one the sweep started on
     check_cluster(p.record.cfg, directory)
     accept_moved_names()  # a sweep started before the package took its folders
-    tuner = tune.Tuner.restore(str(directory), trainable=trainable_for(), resume_unfinished=True,
-                               resume_errored=False)
+    from rlsweep.ranking import CONFIRM_DIR
+
     try:
-        tuner.fit()
+        if not (directory / CONFIRM_DIR / "tuner.pkl").is_file():  # the search has not finished
+            tuner = tune.Tuner.restore(str(directory), trainable=trainable_for(), resume_unfinished=True,
+                                       resume_errored=False)
+            try:
+                tuner.fit()
+            finally:
+                Signer(directory).sign()
+        if p.record.cfg.sweep.confirm is not None and search_done(p.record):
+            run_confirmation(p.record)
     finally:
-        Signer(directory).sign()
         if p.lock is not None:
             p.lock.release()
     return outcome(p.record)
@@ -244,6 +369,7 @@ class SweepOutcome:
         done: trials over for good (finished, stopped early or failed); `failed`: of them, failed.
         rows: the trials with the metric, best first (`ranking.ranked_rows`).
         runs: trial id -> its MLflow run id.
+        confirmation_runs: a confirmation trial's id -> its MLflow run id.
         experiment_id: the MLflow experiment's id; `parent_run_id`: the sweep's parent run.
     """
 
@@ -254,6 +380,7 @@ class SweepOutcome:
     failed: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
     runs: dict[str, str] = field(default_factory=dict)
+    confirmation_runs: dict[str, str] = field(default_factory=dict)
     experiment_id: str | None = None
     parent_run_id: str | None = None
 
@@ -270,7 +397,7 @@ class SweepOutcome:
 
 def outcome(record: SweepRecord) -> SweepOutcome:
     """What the sweep in `record.directory` came to: its MLflow statuses and its ranked rows."""
-    from rlsweep.ranking import ranked_rows
+    from rlsweep.ranking import CONFIRM_DIR, ranked_rows
     from rlsweep.tracking.runs import TAG_DIR, TAG_KIND, TAG_STATUS, TAG_TRIAL
     from rlsweep.tracking.status import RunStatus
 
@@ -279,6 +406,8 @@ def outcome(record: SweepRecord) -> SweepOutcome:
         tracker = record.store().tracker()
         parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: directory})
         children = {r.tags.get(TAG_TRIAL): r for r in tracker.search(**{TAG_KIND: "trial", TAG_DIR: directory})}
+        confirming = {r.tags.get(TAG_TRIAL): r.run_id
+                      for r in tracker.search(**{TAG_KIND: "trial", TAG_DIR: str(record.directory / CONFIRM_DIR)})}
         parent_status = tracker.tags(parent).get(TAG_STATUS) if parent else None
     except Exception as e:  # noqa: BLE001 - the store went away: what Tune saved is still resumable
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
@@ -291,5 +420,6 @@ def outcome(record: SweepRecord) -> SweepOutcome:
         # an interrupted sweep is ranked once it has finished (a result cut off by a kill is rewritten
         # when its trial runs again)
         rows=ranked_rows(record.directory, record.metric, record.mode) if finished else [],
-        runs={tid: r.run_id for tid, r in children.items() if tid}, experiment_id=tracker.experiment_id,
+        runs={tid: r.run_id for tid, r in children.items() if tid},
+        confirmation_runs={tid: run for tid, run in confirming.items() if tid}, experiment_id=tracker.experiment_id,
         parent_run_id=parent)

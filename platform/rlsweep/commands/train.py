@@ -94,7 +94,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
 
     storage = Path(cfg.results_dir).resolve()
     name = f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    stopper = TrialStopper(cfg.stop)
+    stopper = TrialStopper(cfg.stop, cfg.sweep.seeds_per_trial)
     tracker = MlflowCallback(Store.of(cfg), str(storage / name), cfg, stopper.reason, SingleRun(dict(tags or {})))
     init_ray(tracker.open)
     check_cluster(cfg)

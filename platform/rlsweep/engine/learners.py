@@ -51,7 +51,7 @@ class LearnerActor:
         cfg = self.cfg
         from rlsweep.engine.data_parallel import DataParallelLearner
 
-        self.learner = DataParallelLearner(space_info(cfg.env), cfg.policy, cfg.ppo, cfg.seed, self.device,
+        self.learner = DataParallelLearner(space_info(cfg.env), cfg.policy, cfg.ppo, cfg.agent_seeds, self.device,
                                            rank=self.rank, world=self.world)
         return os.getpid()
 
@@ -75,7 +75,7 @@ class LearnerGroup:
     def _all(self, method: str, *args: Any) -> list[Any]:
         return ray.get([a.call.remote(method, *args) for a in self.actors])
 
-    def update(self, batch: Any, lr: float) -> dict[str, float]:
+    def update(self, batch: Any, lr: float) -> dict[str, list[float]]:
         """The update on every rank (see `ppo.Learner.update`); rank 0's metrics."""
         ref = ray.put(batch)  # one copy per node, whatever the number of learners
         return self._all("update", ref, lr)[0]
@@ -84,8 +84,8 @@ class LearnerGroup:
         """Rank 0's network as numpy arrays (every rank holds the same)."""
         return ray.get(self.actors[0].call.remote("weights"))
 
-    def finite(self) -> bool:  # the ranks' parameters are equal by construction: rank 0 answers
-        """Whether every parameter is a finite number."""
+    def finite(self) -> list[bool]:  # the ranks' parameters are equal by construction: rank 0 answers
+        """Per agent, whether every one of its parameters is a finite number."""
         return ray.get(self.actors[0].call.remote("finite"))
 
     def state_bytes(self) -> bytes:
@@ -96,12 +96,12 @@ class LearnerGroup:
         """Loads `state_bytes()` into every rank."""
         self._all("load_state_bytes", data)
 
-    def rng_state(self) -> dict:
-        """Rank 0's minibatch RNG state (the ranks shuffle alike: they split each minibatch by position)."""
+    def rng_state(self) -> list[dict]:
+        """Rank 0's minibatch RNG states (the ranks shuffle alike: they split each minibatch by position)."""
         return ray.get(self.actors[0].call.remote("rng_state"))
 
-    def set_rng_state(self, state: dict) -> None:
-        """Sets every rank's minibatch RNG to `state`."""
+    def set_rng_state(self, state: list[dict] | dict) -> None:
+        """Sets every rank's minibatch RNGs to `state`."""
         self._all("set_rng_state", state)
 
     def node_ids(self) -> list[str]:

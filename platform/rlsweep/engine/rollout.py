@@ -1,5 +1,5 @@
-"""Experience collection: a `Sampler` steps a seeded vector env with the numpy policy; an `Evaluator`
-plays deterministic episodes on its own seeds. Neither knows about Ray: `workers.py` runs them in Ray
+"""Experience collection: a `Sampler` steps seeded vector envs (one per agent of the trial) with the
+numpy policy; an `Evaluator` plays deterministic episodes on its own seeds. Neither knows about Ray: `workers.py` runs them in Ray
 actors inside the trial's placement group, or in the calling process when `num_rollout_workers` is 0.
 """
 
@@ -14,7 +14,7 @@ from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig
 from rlsweep.envs import decode_value, encode_value, env_state, make_vector_env, set_env_state, space_info
 from rlsweep.ppo.batch import Rollout
-from rlsweep.ppo.normalization import RunningMeanStd
+from rlsweep.ppo.normalization import RunningMeanStd, normalize_each
 from rlsweep.ppo.policy import NumpyPolicy, Weights
 
 _EVAL_STREAM = 0xE7A1
@@ -26,80 +26,98 @@ def _seed(*parts: int) -> int:
 
 
 class Sampler:
-    """One worker's vector env, stepped `rollout_length` times per `sample` call.
+    """One worker's envs for each of the trial's K agents (a vector env of N per agent), stepped
+    `rollout_length` times per `sample` call, every agent's policy in one batched forward pass.
 
-    Episodes run on across calls; the autoreset step after an episode ends is marked invalid.
+    Agent k's envs and action draws are seeded from its own seed alone, as a one-agent sampler on that
+    seed seeds them. Episodes run on across calls; the autoreset step after an episode ends is marked
+    invalid.
     """
 
     def __init__(self, cfg: ExperimentConfig, worker_index: int):
         self.cfg = cfg
         self.index = worker_index
+        self.seeds = cfg.agent_seeds
         self.num_envs = cfg.rollouts.num_envs_per_worker
         self.policy = NumpyPolicy(space_info(cfg.env), cfg.policy.activation)
-        self.env = make_vector_env(cfg.env, self.num_envs)
-        self.rng = np.random.default_rng(_seed(cfg.seed, worker_index, 1))
-        self._reset_envs(_seed(cfg.seed, worker_index, 0))
+        self.envs = []
+        try:
+            for _ in self.seeds:
+                self.envs.append(make_vector_env(cfg.env, self.num_envs))
+        except BaseException:
+            self.close()
+            raise
+        self.rngs = [np.random.default_rng(_seed(s, worker_index, 1)) for s in self.seeds]
+        self._reset_envs([_seed(s, worker_index, 0) for s in self.seeds])
 
-    def _reset_envs(self, seed: int) -> None:
-        self.obs, _ = self.env.reset(seed=seed)
-        self.prev_done = np.zeros(self.num_envs, bool)
-        self.ep_return = np.zeros(self.num_envs, np.float64)
-        self.ep_length = np.zeros(self.num_envs, np.int64)
+    def _reset_envs(self, seeds: list[int]) -> None:
+        self.obs = np.stack([env.reset(seed=seed)[0] for env, seed in zip(self.envs, seeds, strict=True)])
+        shape = (len(self.seeds), self.num_envs)
+        self.prev_done = np.zeros(shape, bool)
+        self.ep_return = np.zeros(shape, np.float64)
+        self.ep_length = np.zeros(shape, np.int64)
 
-    def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> Rollout:
-        """Steps every env `rollout_length` times with the policy `weights`.
+    def sample(self, weights: Weights, obs_stats: list[RunningMeanStd] | None) -> Rollout:
+        """Steps every env `rollout_length` times with the agents' policies `weights`.
 
         Args:
-            weights: the learner's current network, as numpy arrays.
-            obs_stats: observation statistics to normalise with, or None when normalisation is off.
+            weights: the learner's current networks, as numpy arrays.
+            obs_stats: each agent's observation statistics to normalise with, or None when
+                normalisation is off.
 
         Returns:
-            A `Rollout` of (T, N, ...) arrays, T = rollout_length and N = num_envs_per_worker, with the
-            returns and lengths of the episodes that ended during these T steps. Episodes run on across
-            calls; the autoreset step after an episode ends is marked invalid.
+            A `Rollout` of (T, K, N, ...) arrays, T = rollout_length, K agents and N =
+            num_envs_per_worker, with each agent's returns and lengths of the episodes that ended
+            during these T steps.
         """
-        T, N = self.cfg.rollout_length, self.num_envs
+        T, N, K = self.cfg.rollout_length, self.num_envs, len(self.seeds)
         self.policy.load(weights)
-        obs_buf = np.zeros((T, N, self.obs.shape[-1]), np.float32)
+        dim = int(np.prod(self.obs.shape[2:]))
+        obs_buf = np.zeros((T, K, N, dim), np.float32)
         raw_buf = np.zeros_like(obs_buf) if obs_stats is not None else None
-        act_shape = (T, N) if self.policy.space.discrete else (T, N, self.policy.space.act_dim)
-        actions = np.zeros(act_shape, np.int64 if self.policy.space.discrete else np.float32)
-        logp, values, rewards = (np.zeros((T, N), np.float32) for _ in range(3))
-        terminated, truncated, valid = (np.zeros((T, N), bool) for _ in range(3))
-        ep_returns: list[float] = []
-        ep_lengths: list[int] = []
+        space = self.policy.space
+        act_shape = (T, K, N) if space.discrete else (T, K, N, space.act_dim)
+        actions = np.zeros(act_shape, np.int64 if space.discrete else np.float32)
+        logp, values, rewards = (np.zeros((T, K, N), np.float32) for _ in range(3))
+        terminated, truncated, valid = (np.zeros((T, K, N), bool) for _ in range(3))
+        ep_returns: list[list[float]] = [[] for _ in range(K)]
+        ep_lengths: list[list[int]] = [[] for _ in range(K)]
 
         for t in range(T):
-            obs = self.obs.reshape(N, -1)
+            obs = self.obs.reshape(K, N, dim)
             if raw_buf is not None:
                 raw_buf[t] = obs
-                obs = obs_stats.normalize(obs)
-            a, lp, v = self.policy.act(obs, self.rng)
+                obs = normalize_each(obs_stats, obs)
+            a, lp, v = self.policy.act(obs, self.rngs)
             obs_buf[t], actions[t], logp[t], values[t] = obs, a, lp, v
             valid[t] = ~self.prev_done
-            self.obs, r, term, trunc, _ = self.env.step(self.policy.to_env(a))
-            rewards[t], terminated[t], truncated[t] = r, term, trunc
+            to_env = self.policy.to_env(a)
+            steps = [env.step(to_env[k]) for k, env in enumerate(self.envs)]
+            self.obs = np.stack([s[0] for s in steps])
+            r = np.stack([s[1] for s in steps])
+            rewards[t], terminated[t], truncated[t] = r, [s[2] for s in steps], [s[3] for s in steps]
 
             live = valid[t]
             self.ep_return[live] += r[live]
             self.ep_length[live] += 1
-            done = term | trunc
+            done = terminated[t] | truncated[t]
             if done.any():
-                ep_returns += self.ep_return[done].tolist()
-                ep_lengths += self.ep_length[done].tolist()
+                for k in np.flatnonzero(done.any(axis=1)):
+                    ep_returns[k] += self.ep_return[k, done[k]].tolist()
+                    ep_lengths[k] += self.ep_length[k, done[k]].tolist()
                 self.ep_return[done] = 0.0
                 self.ep_length[done] = 0
             self.prev_done = done
 
-        last_obs = self.obs.reshape(N, -1)
+        last_obs = self.obs.reshape(K, N, dim)
         if obs_stats is not None:
-            last_obs = obs_stats.normalize(last_obs)
+            last_obs = normalize_each(obs_stats, last_obs)
         return Rollout(
             obs=obs_buf, actions=actions, logp=logp, values=values, rewards=rewards,
             terminated=terminated, truncated=truncated, valid=valid,
             last_value=self.policy.value(last_obs).astype(np.float32),
             episode_returns=ep_returns, episode_lengths=ep_lengths,
-            raw_obs=None if raw_buf is None else raw_buf.reshape(T * N, -1),
+            raw_obs=None if raw_buf is None else raw_buf.transpose(1, 0, 2, 3).reshape(K, T * N, dim),
             pid=os.getpid(),
         )
 
@@ -108,25 +126,34 @@ class Sampler:
     def get_state(self) -> dict[str, Any]:
         """JSON-able state for a checkpoint, read back by `set_state`.
 
-        The envs' snapshot (None where `env_state` cannot take one), the current observations, the
-        episode counters and the action-sampling RNG.
+        Per agent, the envs' snapshot (None where `env_state` cannot take one) and the action-sampling
+        RNG; the current observations and the episode counters, (K, N) arrays.
         """
+        envs = [env_state(env) for env in self.envs]
         return {
-            "env": env_state(self.env),
+            "envs": None if any(e is None for e in envs) else envs,
             "obs": encode_value(self.obs),
             "prev_done": encode_value(self.prev_done),
             "ep_return": encode_value(self.ep_return),
             "ep_length": encode_value(self.ep_length),
-            "rng": self.rng.bit_generator.state,
+            "rngs": [rng.bit_generator.state for rng in self.rngs],
         }
 
     def set_state(self, state: dict[str, Any], restart_seed: int) -> bool:
-        """Restore; returns False when the env could not be restored and its episodes restarted."""
-        self.rng.bit_generator.state = state["rng"]
-        if state["env"] is None:
-            self._reset_envs(_seed(self.cfg.seed, self.index, 2, restart_seed))
+        """Restore; returns False when the envs could not be restored and their episodes restarted.
+        (A one-agent state saved before the agent axis is read too.)"""
+        if "rngs" not in state:  # the one-agent layout: an agent axis of 1 in front of each array
+            envs = None if state["env"] is None else [state["env"]]
+            state = {"envs": envs, "rngs": [state["rng"]],
+                     **{k: {**state[k], "shape": [1, *state[k]["shape"]]}
+                        for k in ("obs", "prev_done", "ep_return", "ep_length")}}
+        for rng, s in zip(self.rngs, state["rngs"], strict=True):
+            rng.bit_generator.state = s
+        if state["envs"] is None:
+            self._reset_envs([_seed(s, self.index, 2, restart_seed) for s in self.seeds])
             return False
-        set_env_state(self.env, state["env"])
+        for env, s in zip(self.envs, state["envs"], strict=True):
+            set_env_state(env, s)
         self.obs = decode_value(state["obs"])
         self.prev_done = decode_value(state["prev_done"])
         self.ep_return = decode_value(state["ep_return"])
@@ -134,61 +161,78 @@ class Sampler:
         return True
 
     def reseed(self, restart_seed: int) -> None:
-        """Fresh episodes on a seed of their own (a replacement for a worker that died)."""
-        self.rng = np.random.default_rng(_seed(self.cfg.seed, self.index, 3, restart_seed))
-        self._reset_envs(_seed(self.cfg.seed, self.index, 4, restart_seed))
+        """Fresh episodes on seeds of their own (a replacement for a worker that died)."""
+        self.rngs = [np.random.default_rng(_seed(s, self.index, 3, restart_seed)) for s in self.seeds]
+        self._reset_envs([_seed(s, self.index, 4, restart_seed) for s in self.seeds])
 
     def close(self) -> None:
-        """Closes the vector env."""
-        self.env.close()
+        """Closes the vector envs."""
+        for env in self.envs:
+            env.close()
 
 
 class Evaluator:
-    """Plays `evaluation.episodes` episodes, one per sub-env, on seeds drawn from the iteration."""
+    """Plays `evaluation.episodes` episodes per agent, one per sub-env, on seeds drawn from the agent's
+    seed and the iteration."""
 
     MAX_STEPS = 100_000  # for envs without a time limit
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
+        self.seeds = cfg.agent_seeds
         self.policy = NumpyPolicy(space_info(cfg.env), cfg.policy.activation)
-        self.env = make_vector_env(cfg.env, cfg.evaluation.episodes)
+        self.envs = []
+        try:
+            for _ in self.seeds:
+                self.envs.append(make_vector_env(cfg.env, cfg.evaluation.episodes))
+        except BaseException:
+            self.close()
+            raise
 
-    def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
-        """Plays one episode per sub-env to its end (or MAX_STEPS).
+    def evaluate(self, weights: Weights, obs_stats: list[RunningMeanStd] | None,
+                 iteration: int) -> dict[str, list[float]]:
+        """Plays one episode per sub-env to its end (or MAX_STEPS), for each agent.
 
         Args:
-            weights: the policy to play, as numpy arrays.
-            obs_stats: observation statistics to normalise with, or None.
+            weights: the agents' policies, as numpy arrays.
+            obs_stats: each agent's observation statistics to normalise with, or None.
             iteration: seeds the episodes, so an evaluation is repeatable and each iteration's differs.
 
         Returns:
-            `eval_return_mean`, `eval_return_std` and `eval_length_mean` over the episodes.
+            Per agent (lists of K): `eval_return_mean`, `eval_return_std` and `eval_length_mean` over
+            its episodes.
         """
-        n = self.cfg.evaluation.episodes
+        n, k = self.cfg.evaluation.episodes, len(self.seeds)
         self.policy.load(weights)
-        rng = np.random.default_rng(_seed(self.cfg.seed, _EVAL_STREAM, iteration, 1))
-        obs, _ = self.env.reset(seed=_seed(self.cfg.seed, _EVAL_STREAM, iteration, 0))
-        returns = np.zeros(n)
-        lengths = np.zeros(n, np.int64)
-        finished = np.zeros(n, bool)
+        rngs = [np.random.default_rng(_seed(s, _EVAL_STREAM, iteration, 1)) for s in self.seeds]
+        obs = np.stack([env.reset(seed=_seed(s, _EVAL_STREAM, iteration, 0))[0]
+                        for env, s in zip(self.envs, self.seeds, strict=True)])
+        returns = np.zeros((k, n))
+        lengths = np.zeros((k, n), np.int64)
+        finished = np.zeros((k, n), bool)
         for _ in range(self.MAX_STEPS):
-            x = obs.reshape(n, -1)
+            x = obs.reshape(k, n, -1)
             if obs_stats is not None:
-                x = obs_stats.normalize(x)
-            a = self.policy.greedy(x) if self.cfg.evaluation.deterministic else self.policy.act(x, rng)[0]
-            obs, r, term, trunc, _ = self.env.step(self.policy.to_env(a))
-            live = ~finished
-            returns[live] += r[live]
-            lengths[live] += 1
-            finished |= term | trunc
+                x = normalize_each(obs_stats, x)
+            a = self.policy.greedy(x) if self.cfg.evaluation.deterministic else self.policy.act(x, rngs)[0]
+            a = self.policy.to_env(a)
+            playing = [i for i in range(k) if not finished[i].all()]
+            for i in playing:  # an agent whose episodes all ended steps no more
+                o, r, term, trunc, _ = self.envs[i].step(a[i])
+                obs[i] = o
+                live = ~finished[i]
+                returns[i, live] += r[live]
+                lengths[i, live] += 1
+                finished[i] |= term | trunc
             if finished.all():
                 break
         return {
-            M.EVAL_RETURN_MEAN: float(returns.mean()),
-            M.EVAL_RETURN_STD: float(returns.std()),
-            M.EVAL_LENGTH_MEAN: float(lengths.mean()),
+            M.EVAL_RETURN_MEAN: returns.mean(axis=1).tolist(),
+            M.EVAL_RETURN_STD: returns.std(axis=1).tolist(),
+            M.EVAL_LENGTH_MEAN: lengths.mean(axis=1).tolist(),
         }
 
     def close(self) -> None:
-        """Closes the vector env."""
-        self.env.close()
+        """Closes the vector envs."""
+        for env in self.envs:
+            env.close()

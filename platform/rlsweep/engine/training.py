@@ -42,28 +42,34 @@ class NonFiniteError(RuntimeError):
         self.metrics = metrics or {}
 
 
-def check_rollouts(rollouts: list[Any], iteration: int) -> None:
-    """NonFiniteError naming the iteration, the worker and the quantity when the env returned a NaN or
-    an infinity (NaN flows through GAE and torch without an exception: nothing else would stop it)."""
+def check_rollouts(rollouts: list[Any], iteration: int, seeds: list[int]) -> None:
+    """NonFiniteError naming the iteration, the worker, the agent's seed and the quantity when the env
+    returned a NaN or an infinity (NaN flows through GAE and torch without an exception: nothing else
+    would stop it)."""
     for i, r in enumerate(rollouts):
-        for name, values in (("rewards", r.rewards[r.valid]), ("observations", r.obs)):
-            bad = ~np.isfinite(values)
-            if bad.any():
-                raise NonFiniteError(f"iteration {iteration}: the env returned non-finite {name} "
-                                     f"({int(bad.sum())} of {bad.size} on worker {i})")
+        for k, seed in enumerate(seeds):
+            for name, values in (("rewards", r.rewards[:, k][r.valid[:, k]]), ("observations", r.obs[:, k])):
+                bad = ~np.isfinite(values)
+                if bad.any():
+                    agent = f", agent seed {seed}" if len(seeds) > 1 else ""
+                    raise NonFiniteError(f"iteration {iteration}: the env returned non-finite {name} "
+                                         f"({int(bad.sum())} of {bad.size} on worker {i}{agent})")
 
 
-def check_update(stats: dict[str, float], parameters_finite: bool, iteration: int) -> None:
-    """NonFiniteError naming the iteration and the first loss term, the gradient norm or the parameters
-    that an update left non-finite."""
-    for key in (M.POLICY_LOSS, M.VALUE_LOSS, M.ENTROPY, M.APPROX_KL, M.GRAD_NORM):
-        v = stats.get(key)
-        if v is not None and not math.isfinite(v):
-            raise NonFiniteError(f"iteration {iteration}: {key} became {v} in the PPO update "
-                                 "(lr too high or a diverging loss)")
-    if not parameters_finite:
-        raise NonFiniteError(f"iteration {iteration}: the network's parameters became non-finite in the PPO update "
-                             "(lr too high or a diverging loss)")
+def check_update(stats: dict[str, list[float]], parameters_finite: list[bool], iteration: int,
+                 seeds: list[int]) -> None:
+    """NonFiniteError naming the iteration, the agent's seed and the first loss term, the gradient norm
+    or the parameters that an update left non-finite."""
+    for k, seed in enumerate(seeds):
+        agent = f" of agent seed {seed}" if len(seeds) > 1 else ""
+        for key in (M.POLICY_LOSS, M.VALUE_LOSS, M.ENTROPY, M.APPROX_KL, M.GRAD_NORM):
+            v = stats.get(key, [math.nan] * len(seeds))[k]
+            if key in stats and not math.isfinite(v):
+                raise NonFiniteError(f"iteration {iteration}: {key}{agent} became {v} in the PPO update "
+                                     "(lr too high or a diverging loss)")
+        if not parameters_finite[k]:
+            raise NonFiniteError(f"iteration {iteration}: the network's parameters{agent} became non-finite in the "
+                                 "PPO update (lr too high or a diverging loss)")
 
 
 def learning_rate(ppo: PPOConfig, env_steps: int, total_env_steps: int | None) -> float:
@@ -77,7 +83,11 @@ def learning_rate(ppo: PPOConfig, env_steps: int, total_env_steps: int | None) -
 
 
 class Training:
-    """A PPO run: `iterate()` for one sample-and-update iteration, `state()`/`load_state()` for checkpoints.
+    """A PPO run of the trial's K agents (one per seed in `cfg.agent_seeds`), trained side by side:
+    `iterate()` for one sample-and-update iteration, `state()`/`load_state()` for checkpoints.
+
+    Every agent is trained as a one-agent run on its seed would train it; what they share is the
+    batched work. Metrics are reported per agent and summarised over agents (`summary`).
 
     `workers` should be made before this (see `workers.make_workers`): building the learner imports
     torch, which remote workers' processes can overlap with their own start-up.
@@ -90,106 +100,127 @@ class Training:
         from rlsweep.ppo.learner import Learner
 
         self.cfg = cfg
+        self.seeds = cfg.agent_seeds
         self.workers = workers
         torch.set_num_threads(cfg.resources.torch_threads)
         space = space_info(cfg.env)
         if learner is None:
             device = "cuda" if cfg.resources.learner_gpus > 0 else "cpu"
-            learner = Learner(space, cfg.policy, cfg.ppo, cfg.seed, device)
+            learner = Learner(space, cfg.policy, cfg.ppo, self.seeds, device)
         self.learner = learner
-        self.obs_stats = RunningMeanStd.zeros(space.obs_dim) if cfg.policy.normalize_observations else None
+        k = len(self.seeds)
+        self.obs_stats = [RunningMeanStd.zeros(space.obs_dim) for _ in self.seeds] \
+            if cfg.policy.normalize_observations else None
         self.iterations = 0
-        self.env_steps = 0
-        self.episodes = 0
-        # means over the episodes that ended in the latest iteration that ended any (RLlib's sense)
-        self.episode_means = {M.EPISODE_RETURN_MEAN: math.nan, M.EPISODE_LENGTH_MEAN: math.nan}
-        self.last_eval = {M.EVAL_RETURN_MEAN: math.nan, M.EVAL_RETURN_STD: math.nan, M.EVAL_LENGTH_MEAN: math.nan}
+        self.env_steps = 0  # per agent
+        self.episodes = 0  # all agents'
+        # per agent: means over the episodes that ended in the latest iteration that ended any (RLlib's sense)
+        self.episode_means = {M.EPISODE_RETURN_MEAN: [math.nan] * k, M.EPISODE_LENGTH_MEAN: [math.nan] * k}
+        self.last_eval = {m: [math.nan] * k for m in (M.EVAL_RETURN_MEAN, M.EVAL_RETURN_STD, M.EVAL_LENGTH_MEAN)}
         self.last_rollout_pids: list[int] = []
         self.train_time_s = 0.0  # the iterations' own time, summed (restores continue it)
-        self.reached: dict[str, float] | None = None  # env steps and time when the target was first met
+        # per agent: env steps and time when its evaluation first met the target, else None
+        self.reached: list[dict[str, float] | None] = [None] * k
 
-    def target_metrics(self) -> dict[str, float]:
-        """`env_steps_to_target` and `time_to_target_s` (see metrics.py); {} without stop.target_return."""
+    def target_metrics(self) -> dict[str, list[float]]:
+        """Per agent, `env_steps_to_target` and `time_to_target_s` (see metrics.py), and `seeds_at_target`
+        (how many agents have reached it); {} without stop.target_return."""
         stop = self.cfg.stop
         if stop.target_return is None:
             return {}
-        if self.reached is not None:
-            return dict(self.reached)
-        return {M.ENV_STEPS_TO_TARGET: float(stop.env_steps if stop.env_steps is not None else self.env_steps),
-                M.TIME_TO_TARGET_S: float(stop.time_s if stop.time_s is not None else self.train_time_s)}
+        budget = {M.ENV_STEPS_TO_TARGET: float(stop.env_steps if stop.env_steps is not None else self.env_steps),
+                  M.TIME_TO_TARGET_S: float(stop.time_s if stop.time_s is not None else self.train_time_s)}
+        rows = [budget if r is None else r for r in self.reached]
+        return {key: [row[key] for row in rows] for key in budget}
+
+    def summary(self, per_agent: dict[str, list[float]]) -> dict[str, float]:
+        """Per-agent metrics as reported: with one agent its values; with K, `metrics.summarise` (the
+        score metrics' IQM with their interval, extremes and per-seed values; the mean of the rest)."""
+        return M.summarise(per_agent, self.seeds)
 
     def iterate(self) -> dict[str, float]:
-        """Samples one batch, updates the policy on it, evaluates when due; returns the metrics
-        (names from `metrics.py`)."""
+        """Samples one batch per agent, updates the policies on them, evaluates when due; returns the
+        metrics (names from `metrics.py`)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        # 1. collect: every worker steps its envs with the current policy
+        # 1. collect: every worker steps its envs with the current policies
         rollouts = self.workers.sample(self.learner.weights(), self.obs_stats)
         t1 = time.perf_counter()
         # 2. observation statistics: updated after sampling, so this batch was seen with the old ones
         if self.obs_stats is not None:
             for r in rollouts:
-                self.obs_stats = self.obs_stats.merge(RunningMeanStd.of(r.raw_obs))
+                self.obs_stats = [s.merge(RunningMeanStd.of(raw)) for s, raw in zip(self.obs_stats, r.raw_obs, strict=True)]
         # 3. advantages (GAE per worker) and 4. the PPO epochs, with NaN and infinities stopped on entry
         # and on exit, naming where they came from
-        stats: dict[str, float] = {}
+        stats: dict[str, list[float]] = {}
         try:
-            check_rollouts(rollouts, self.iterations + 1)
+            check_rollouts(rollouts, self.iterations + 1, self.seeds)
             batch = to_train_batch(rollouts, cfg.ppo.gamma, cfg.ppo.gae_lambda)
             stats = self.learner.update(batch, learning_rate(cfg.ppo, self.env_steps, cfg.stop.env_steps))
-            check_update(stats, self.learner.finite(), self.iterations + 1)
+            check_update(stats, self.learner.finite(), self.iterations + 1, self.seeds)
         except NonFiniteError as e:  # what this iteration saw goes with the error (the curve shows it)
-            returns = [x for r in rollouts for x in r.episode_returns]
             e.metrics = {M.ENV_STEPS: self.env_steps + cfg.ppo.train_batch_size,
-                         M.EPISODE_RETURN_MEAN: float(np.mean(returns)) if returns else math.nan, **stats}
+                         **self.summary({**self._episode_means(rollouts), **stats})}
             raise
         t2 = time.perf_counter()
         # 5. counters and episode means
         self.iterations += 1
         self.env_steps += cfg.ppo.train_batch_size
         self.last_rollout_pids = [r.pid for r in rollouts]
-        returns = [x for r in rollouts for x in r.episode_returns]
-        if returns:
-            self.episodes += len(returns)
-            self.episode_means = {
-                M.EPISODE_RETURN_MEAN: float(np.mean(returns)),
-                M.EPISODE_LENGTH_MEAN: float(np.mean([x for r in rollouts for x in r.episode_lengths])),
-            }
-        # 6. evaluation of the updated policy (the one a checkpoint after this iteration holds)
+        self.episodes += sum(len(x) for r in rollouts for x in r.episode_returns)
+        for key, values in self._episode_means(rollouts).items():  # an agent with no episode keeps its last
+            self.episode_means[key] = [old if v != v else v for old, v in zip(self.episode_means[key], values, strict=True)]
+        # 6. evaluation of the updated policies (the ones a checkpoint after this iteration holds)
         t_eval = 0.0
         evaluated = bool(cfg.evaluation.interval) and self.iterations % cfg.evaluation.interval == 0
         if evaluated:
             t3 = time.perf_counter()
             self.last_eval = self.workers.evaluate(self.learner.weights(), self.obs_stats, self.iterations)
-            if not math.isfinite(self.last_eval[M.EVAL_RETURN_MEAN]):
+            if not all(math.isfinite(v) for v in self.last_eval[M.EVAL_RETURN_MEAN]):
                 raise NonFiniteError(f"iteration {self.iterations}: the evaluation env returned non-finite rewards",
-                                     {M.ENV_STEPS: self.env_steps, **self.episode_means, **stats})
+                                     {M.ENV_STEPS: self.env_steps,
+                                      **self.summary({**self.episode_means, **stats})})
             t_eval = time.perf_counter() - t3
         total = time.perf_counter() - t0
         self.train_time_s += total
         target = cfg.stop.target_return
-        if evaluated and self.reached is None and target is not None and self.last_eval[M.EVAL_RETURN_MEAN] >= target:
-            self.reached = {M.ENV_STEPS_TO_TARGET: float(self.env_steps), M.TIME_TO_TARGET_S: self.train_time_s}
-        return {
+        if evaluated and target is not None:
+            for k, value in enumerate(self.last_eval[M.EVAL_RETURN_MEAN]):
+                if self.reached[k] is None and value >= target:
+                    self.reached[k] = {M.ENV_STEPS_TO_TARGET: float(self.env_steps),
+                                       M.TIME_TO_TARGET_S: self.train_time_s}
+        result = {
             M.ENV_STEPS: self.env_steps,
             M.EPISODES: self.episodes,
-            **self.episode_means,
-            **self.last_eval,
-            **stats,
+            **self.summary({**self.episode_means, **self.last_eval, **stats, **self.target_metrics()}),
             M.TIME_SAMPLE_S: t1 - t0,
             M.TIME_LEARN_S: t2 - t1,
             M.TIME_EVAL_S: t_eval,
             M.TIME_OTHER_S: total - (t2 - t0) - t_eval,
-            M.ENV_STEPS_PER_S: cfg.ppo.train_batch_size / total,
+            M.ENV_STEPS_PER_S: cfg.ppo.train_batch_size * len(self.seeds) / total,
             M.WORKERS_REPLACED: self.workers.replaced,
-            **self.target_metrics(),
         }
+        if target is not None:
+            result[M.SEEDS_AT_TARGET] = sum(r is not None for r in self.reached)
+        return result
+
+    def _episode_means(self, rollouts: list[Any]) -> dict[str, list[float]]:
+        """Per agent, the mean return and length of the episodes that ended in `rollouts` (NaN for an
+        agent none of whose episodes ended)."""
+        out: dict[str, list[float]] = {M.EPISODE_RETURN_MEAN: [], M.EPISODE_LENGTH_MEAN: []}
+        for k in range(len(self.seeds)):
+            returns = [x for r in rollouts for x in r.episode_returns[k]]
+            lengths = [x for r in rollouts for x in r.episode_lengths[k]]
+            out[M.EPISODE_RETURN_MEAN].append(float(np.mean(returns)) if returns else math.nan)
+            out[M.EPISODE_LENGTH_MEAN].append(float(np.mean(lengths)) if lengths else math.nan)
+        return out
 
     # -- checkpoint state ---------------------------------------------------------------------------
 
     def state(self) -> tuple[bytes, dict[str, Any]]:
         """(the learner's tensors as `torch.save` bytes, everything else as JSON-able data)."""
         return self.learner.state_bytes(), {
+            "seeds": self.seeds,
             "iterations": self.iterations,
             "env_steps": self.env_steps,
             "episodes": self.episodes,
@@ -197,7 +228,7 @@ class Training:
             "last_eval": self.last_eval,
             "train_time_s": self.train_time_s,
             "reached": self.reached,
-            "obs_stats": None if self.obs_stats is None else self.obs_stats.to_dict(),
+            "obs_stats": None if self.obs_stats is None else [s.to_dict() for s in self.obs_stats],
             "learner_rng": self.learner.rng_state(),
             "samplers": self.workers.get_states(),
             "config": self.cfg.model_dump(mode="json"),
@@ -205,21 +236,33 @@ class Training:
 
     def load_state(self, learner_state: bytes, state: dict[str, Any], source: str = "checkpoint") -> str | None:
         """Continues from a `state()`; returns a note when the run cannot continue exactly (the
-        workers' episodes restart), else None. A ConfigError when the network does not fit."""
+        workers' episodes restart), else None. A ConfigError when the network does not fit.
+
+        A one-agent checkpoint saved before the agent axis (scalars where lists are now) is read too."""
+        saved_seeds = state.get("seeds", [self.cfg.seed])
+        if len(saved_seeds) != len(self.seeds):
+            raise ConfigError(f"{source}: checkpoint holds {len(saved_seeds)} agent(s) (seeds {saved_seeds}), this "
+                              f"experiment trains {len(self.seeds)} (sweep.seeds_per_trial)")
         try:
             self.learner.load_state_bytes(learner_state)
         except RuntimeError as e:
             raise ConfigError(f"{source}: checkpoint does not fit this experiment's network ({e})") from None
         self.learner.set_rng_state(state["learner_rng"])
+
+        def per_agent(d: dict[str, Any]) -> dict[str, list[float]]:
+            return {key: v if isinstance(v, list) else [v] for key, v in d.items()}
+
         self.iterations = state["iterations"]
         self.env_steps = state["env_steps"]
         self.episodes = state["episodes"]
-        self.episode_means = state["episode_means"]
-        self.last_eval = state["last_eval"]
+        self.episode_means = per_agent(state["episode_means"])
+        self.last_eval = per_agent(state["last_eval"])
         self.train_time_s = state.get("train_time_s", 0.0)  # absent from older checkpoints
-        self.reached = state.get("reached")
-        if state["obs_stats"] is not None and self.obs_stats is not None:
-            self.obs_stats = RunningMeanStd.from_dict(state["obs_stats"])
+        reached = state.get("reached")
+        self.reached = reached if isinstance(reached, list) else [reached]
+        stats = state["obs_stats"]
+        if stats is not None and self.obs_stats is not None:
+            self.obs_stats = [RunningMeanStd.from_dict(d) for d in (stats if isinstance(stats, list) else [stats])]
         saved = state["samplers"]
         if len(saved) != self.workers.size:
             note = (f"restored onto {self.workers.size} sampler(s) from a checkpoint of {len(saved)}: "

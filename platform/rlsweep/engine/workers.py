@@ -40,10 +40,10 @@ class WorkerGroup(Protocol):
     size: int  # number of samplers
     replaced: int  # workers replaced after they died, so far
 
-    def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
+    def sample(self, weights: Weights, obs_stats: list[RunningMeanStd] | None) -> list[Rollout]:
         """One rollout per sampler, in sampler order."""
 
-    def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
+    def evaluate(self, weights: Weights, obs_stats: list[RunningMeanStd] | None, iteration: int) -> dict[str, list[float]]:
         """The evaluator's metrics for `weights` (see `Evaluator.evaluate`)."""
 
     def get_states(self) -> list[dict[str, Any]]:
@@ -95,12 +95,12 @@ class LocalWorkers:
             raise outcome["error"]
         return outcome["value"]
 
-    def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
+    def sample(self, weights: Weights, obs_stats: list[RunningMeanStd] | None) -> list[Rollout]:
         """The one sampler's rollout, as a one-item list; a `WorkerTimeout` after `rollouts.sample_timeout_s`."""
         return [self._within(lambda: self.sampler.sample(weights, obs_stats), "the in-process sampler",
                              "rollouts.sample_timeout_s", self.cfg.rollouts.sample_timeout_s)]
 
-    def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
+    def evaluate(self, weights: Weights, obs_stats: list[RunningMeanStd] | None, iteration: int) -> dict[str, list[float]]:
         """The evaluator's metrics for `weights` (see `Evaluator.evaluate`); a `WorkerTimeout` after
         `evaluation.timeout_s`."""
         return self._within(lambda: self.evaluator.evaluate(weights, obs_stats, iteration), "the in-process evaluator",
@@ -197,7 +197,7 @@ class RemoteWorkers:
                 deadline = max(deadline, time.monotonic())
         return out
 
-    def sample(self, weights: Weights, obs_stats: RunningMeanStd | None) -> list[Rollout]:
+    def sample(self, weights: Weights, obs_stats: list[RunningMeanStd] | None) -> list[Rollout]:
         """One rollout per sampler actor, in sampler order; a sampler that died, or did not answer within
         `rollouts.sample_timeout_s`, is replaced and samples anew."""
         ref = self._ray.put(weights)  # one copy in the object store, however many samplers read it
@@ -205,7 +205,7 @@ class RemoteWorkers:
         return self._get_each(refs, lambda i, e: self._replace(i, e).sample.remote(ref, obs_stats),
                               ("rollouts.sample_timeout_s", self.cfg.rollouts.sample_timeout_s))
 
-    def evaluate(self, weights: Weights, obs_stats: RunningMeanStd | None, iteration: int) -> dict[str, float]:
+    def evaluate(self, weights: Weights, obs_stats: list[RunningMeanStd] | None, iteration: int) -> dict[str, list[float]]:
         """The evaluator actor's metrics for `weights`; an evaluator that died, or did not answer within
         `evaluation.timeout_s`, is replaced and evaluates anew."""
         ref = self.evaluator.evaluate.remote(weights, obs_stats, iteration)

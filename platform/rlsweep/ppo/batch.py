@@ -10,7 +10,8 @@ from rlsweep.ppo.gae import compute_gae
 
 
 class Rollout(NamedTuple):
-    """T steps of N envs from one worker (arrays are (T, N, ...)), plus what it saw along the way."""
+    """T steps of K agents' N envs each from one worker (arrays are (T, K, N, ...)), plus what it saw
+    along the way."""
 
     obs: np.ndarray  # observations as the policy saw them (normalised when normalisation is on)
     actions: np.ndarray  # unclipped actions
@@ -20,15 +21,16 @@ class Rollout(NamedTuple):
     terminated: np.ndarray
     truncated: np.ndarray
     valid: np.ndarray  # False on the autoreset step after an episode ended
-    last_value: np.ndarray  # (N,) value of the observation after the last step
-    episode_returns: list[float]  # episodes completed during these T steps
-    episode_lengths: list[int]
-    raw_obs: np.ndarray | None  # (T*N, D) raw observations, for the normaliser; None when it is off
+    last_value: np.ndarray  # (K, N) value of the observation after the last step
+    episode_returns: list[list[float]]  # per agent, the episodes completed during these T steps
+    episode_lengths: list[list[int]]
+    raw_obs: np.ndarray | None  # (K, T*N, D) raw observations, for the normaliser; None when it is off
     pid: int  # the process that sampled it
 
 
 class TrainBatch(NamedTuple):
-    """Flat valid samples, ready for minibatching."""
+    """Each agent's valid samples, flat and in sampling order, padded to the longest agent's count:
+    arrays are (K, n, ...), and agent k's samples are the first counts[k]."""
 
     obs: np.ndarray
     actions: np.ndarray
@@ -36,16 +38,29 @@ class TrainBatch(NamedTuple):
     values: np.ndarray
     advantages: np.ndarray
     returns: np.ndarray
+    counts: np.ndarray  # (K,) int
 
 
 def to_train_batch(rollouts: list[Rollout], gamma: float, lam: float) -> TrainBatch:
-    """GAE on each worker's rollout, then the valid samples of all of them, in worker order."""
-    parts = []
+    """GAE on each worker's rollout, then each agent's valid samples of all of them, in worker order."""
+    k = rollouts[0].valid.shape[1]
+    agents: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(k)]
     for r in rollouts:
         adv, ret = compute_gae(r.rewards, r.values, r.terminated, r.truncated, r.valid, r.last_value, gamma, lam)
-        m = r.valid
-        parts.append((r.obs[m], r.actions[m], r.logp[m], r.values[m], adv[m], ret[m]))
-    return TrainBatch(*(np.concatenate(cols) for cols in zip(*parts, strict=True)))
+        for i in range(k):
+            m = r.valid[:, i]
+            agents[i].append(tuple(x[:, i][m] for x in (r.obs, r.actions, r.logp, r.values, adv, ret)))
+    columns = [[np.concatenate(cols) for cols in zip(*parts, strict=True)] for parts in agents]
+    counts = np.array([len(cols[0]) for cols in columns])
+    n = int(counts.max())
+    padded = []
+    for j in range(6):
+        first = columns[0][j]
+        out = np.zeros((k, n, *first.shape[1:]), first.dtype)
+        for i, cols in enumerate(columns):
+            out[i, : counts[i]] = cols[j]
+        padded.append(out)
+    return TrainBatch(*padded, counts)
 
 
 def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:

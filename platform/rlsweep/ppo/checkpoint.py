@@ -109,20 +109,21 @@ _MUST_MATCH = [("env", "id"), ("policy", "hidden_sizes"), ("policy", "activation
 
 
 def load_policy(directory: str | Path) -> tuple[Any, Any, Any]:
-    """(experiment config, numpy policy weights, observation statistics or None) of a checkpoint,
-    for acting without a learner or Ray."""
+    """(experiment config, numpy policy weights of its K agents, their observation statistics or None)
+    of a checkpoint, for acting without a learner or Ray."""
     import io
 
     import torch
 
     from rlsweep.config import ExperimentConfig
     from rlsweep.envs import space_info
-    from rlsweep.ppo.networks import ActorCritic
+    from rlsweep.ppo.networks import ActorCritic, upgrade_state_dict
     from rlsweep.ppo.normalization import RunningMeanStd
 
     learner, state = read(directory)
     cfg = ExperimentConfig.model_validate(state["config"])
-    net = ActorCritic(space_info(cfg.env), cfg.policy)
-    net.load_state_dict(torch.load(io.BytesIO(learner), map_location="cpu", weights_only=True)["model"])
-    stats = RunningMeanStd.from_dict(state["obs_stats"]) if state["obs_stats"] else None
+    net = ActorCritic(space_info(cfg.env), cfg.policy, state.get("seeds", [cfg.seed]))
+    net.load_state_dict(upgrade_state_dict(torch.load(io.BytesIO(learner), map_location="cpu", weights_only=True)["model"]))
+    saved = state["obs_stats"]
+    stats = None if not saved else [RunningMeanStd.from_dict(d) for d in (saved if isinstance(saved, list) else [saved])]
     return cfg, net.export_weights(), stats

@@ -54,3 +54,8 @@ class RunningMeanStd:
     def from_dict(cls, d: dict) -> RunningMeanStd:
         """Inverse of `to_dict`."""
         return cls(mean=np.asarray(d["mean"], np.float64), var=np.asarray(d["var"], np.float64), count=d["count"])
+
+
+def normalize_each(stats: list[RunningMeanStd], x: np.ndarray) -> np.ndarray:
+    """(K, ..., dim) observations, agent k's standardised by `stats[k]` (see `RunningMeanStd.normalize`)."""
+    return np.stack([s.normalize(xk) for s, xk in zip(stats, x, strict=True)])

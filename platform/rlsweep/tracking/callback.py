@@ -264,7 +264,7 @@ class MlflowCallback(tune.Callback):
         # the iteration that met a NaN: its values go to MLflow as they are (NaN included); the trial's
         # next step fails it, for good (tuning.stopper.NoRetryAfterDivergence)
         values = {k: v for k, v in result.items()
-                  if k in M.REPORTED and (numeric(v) or diverged and isinstance(v, float))}
+                  if M.is_reported(k) and (numeric(v) or diverged and isinstance(v, float))}
         self._journal.append(tid, (step, ts, values))
         if result.get(M.RESTORE_NOTE):
             self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_RESTORE_NOTE,

@@ -15,9 +15,11 @@ from typing import Any
 from rlsweep import metrics as M
 from rlsweep.tracking import report
 from rlsweep.tracking.runs import (
+    TAG_CONFIRMS,
     TAG_DESCRIPTION,
     TAG_DIR,
     TAG_KIND,
+    TAG_PHASE,
     TAG_SEARCHED,
     TAG_STATUS,
     TAG_TRIAL,
@@ -68,6 +70,10 @@ class SweepParent:
         params: the parent run's params.
         study: Optuna (storage URL, study name), for parameter importance.
         time_budget_s: the sweep's time budget (trials it cuts short stopped early).
+        confirm: a confirmation round follows the search (`sweep.confirm`): the search's end leaves
+            the parent running, marked (`rlsweep.phase`) for it.
+        confirms: in the confirmation round, the search trial ids (and numbers) its trials retrain, in
+            its trials' order; empty in the search.
     """
 
     name: str
@@ -79,6 +85,13 @@ class SweepParent:
     study: tuple[str, str] | None = None
     time_budget_s: float | None = None
     kind: str = "trial"
+    confirm: bool = False
+    confirms: tuple[tuple[str, str], ...] = ()  # (a class default: parents pickled before rounds have none)
+
+    @property
+    def confirming(self) -> bool:
+        """This is the confirmation round's parent (its trials retrain the search's best)."""
+        return bool(self.confirms)
 
     def open(self, tracker: Callable[[], Tracker]) -> tuple[str | None, bool]:
         """The parent run's id, and whether it already existed (a resumed sweep).
@@ -98,10 +111,19 @@ class SweepParent:
         return run_id, False
 
     def trial_run(self, config: dict[str, Any], number: str) -> tuple[str, dict[str, str]]:
-        """A trial run's name (`003 lr=0.000312 ...`) and its tags: searched values, description."""
+        """A trial run's name (`003 lr=0.000312 ...`, a confirmation's `confirm 003 lr=...` after the
+        search trial it retrains) and its tags: searched values, description (and what it confirms)."""
         values = ", ".join(f"{k}={v}" for k, v in searched_values(config, self.searched).items())
         tags = {TAG_SEARCHED: values, TAG_DESCRIPTION: f"Trial {number} of sweep {self.name}: {values}"}
-        return trial_run_name(number, config, self.searched), tags
+        if not self.confirming:
+            return trial_run_name(number, config, self.searched), tags
+        i = int(number) - 1 if number.isdigit() else -1
+        trial_id, search_number = self.confirms[i] if 0 <= i < len(self.confirms) else ("?", "?")
+        seeds = config["sweep"]["seeds_per_trial"]
+        tags.update({TAG_PHASE: "confirm", TAG_CONFIRMS: trial_id,
+                     TAG_DESCRIPTION: f"Confirmation of trial {search_number} of sweep {self.name} on {seeds} "
+                                      f"fresh seeds (from {config['seed']}): {values}"})
+        return "confirm " + trial_run_name(search_number, config, self.searched), tags
 
     @staticmethod
     def warm_up() -> None:
@@ -126,13 +148,21 @@ class SweepParent:
         if tracking:
             tracker.log_metrics(run_id, tracking, step=0)
         kind = {TAG_KIND: "trial", TAG_DIR: self.run_dir}
-        all_runs = {t.trial_id: runs.get(t.trial_id) or tracker.find(**kind, **{TAG_TRIAL: t.trial_id})
-                    for t in trials}
+        if self.confirming:  # the summary's rows are the search's trials (with their confirmations)
+            all_runs = {r.tags.get(TAG_TRIAL): r.run_id for r in tracker.search(**kind)}
+        else:
+            all_runs = {t.trial_id: runs.get(t.trial_id) or tracker.find(**kind, **{TAG_TRIAL: t.trial_id})
+                        for t in trials}
         best = report.sweep_summary(tracker, run_id, self.run_dir, all_runs, metric=self.metric, mode=self.mode,
                                     params=self.searched, name=self.name, study=self.study)
+        if self.confirm and not self.confirming:  # the search is done; the confirmation round follows
+            tracker.set_tag(run_id, TAG_PHASE, "confirm")
+            return
         if best is not None:  # the parent's row in the runs table reads as the sweep's answer
             logged = tracker.params(run_id)  # params are write-once: a summary written again keeps the first
             tracker.log_params(run_id, {k: v for k, v in searched_values(best["config"], self.searched).items()
                                         if k not in logged})
             tracker.log_metrics(run_id, {self.metric: best[self.metric], M.ENV_STEPS: best[M.ENV_STEPS]}, step=0)
+        if self.confirming:
+            report.confirmation_summary(tracker, run_id, self.run_dir, metric=self.metric, mode=self.mode)
         tracker.set_status(run_id, Outcome(RunStatus.FINISHED))

@@ -12,7 +12,7 @@ import yaml
 
 from rlsweep import metrics as M
 from rlsweep.config import flatten
-from rlsweep.ranking import better, rank, sweep_rows
+from rlsweep.ranking import CONFIRMED, better, rank, sweep_rows
 from rlsweep.tracking.runs import TAG_BEST_RUN, TAG_BEST_TRIAL, TAG_STATUS, run_config_dict
 from rlsweep.tracking.tracker import Tracker
 
@@ -25,8 +25,46 @@ def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
     # its runs go to the sweep's MLflow experiment, next to the trials, named apart from them
     exp["tracking"]["experiment"] = exp["tracking"].get("experiment") or exp["name"]
     exp["name"] = f"{sweep}-best"
-    return (f"# best trial {row['trial_id']} of sweep {sweep}: {metric} = {row[metric]}\n"
+    confirmed = row.get(CONFIRMED + metric)
+    also = "" if confirmed is None else \
+        f"; confirmed on fresh seeds (trial {row.get(CONFIRMED + 'trial_id')}): {metric} = {confirmed}"
+    return (f"# best trial {row['trial_id']} of sweep {sweep}: {metric} = {row[metric]}{also}\n"
             + yaml.safe_dump(exp, sort_keys=False))
+
+
+def confirmation_summary(tracker: Tracker, parent_run_id: str, run_dir: str, *, metric: str, mode: str) -> None:
+    """The confirmation round on the parent run: confirmation.csv (each confirmed configuration's search
+    score against its confirmed score, with their intervals), a plot of the two, the winner's confirmed
+    score as `confirmed_<metric>`, and `search_optimism`: the median of how much better the search
+    scored the confirmed configurations than their fresh seeds did (the sweep's optimism)."""
+    rows = [r for r in rank(sweep_rows(run_dir), metric, mode) if isinstance(r.get(CONFIRMED + metric), (int, float))]
+    if not rows:
+        return
+    sign = 1.0 if mode == "max" else -1.0
+    table = []
+    for place, r in enumerate(rows, 1):
+        entry = {"rank": place, "trial": r["number"], "trial_id": r["trial_id"], f"search_{metric}": r[metric]}
+        for x in M.SCORE_SUFFIXES[:2]:
+            entry[f"search_{metric}{x}"] = r.get(metric + x, "")
+        entry[CONFIRMED + metric] = r[CONFIRMED + metric]
+        for x in M.SCORE_SUFFIXES[:2]:
+            entry[f"{CONFIRMED}{metric}{x}"] = r.get(f"{CONFIRMED}{metric}{x}", "")
+        entry["optimism"] = sign * (r[metric] - r[CONFIRMED + metric])
+        entry["confirmation_trial_id"] = r.get(CONFIRMED + "trial_id")
+        table.append(entry)
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d)
+        with open(out / "confirmation.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(table[0]))
+            w.writeheader()
+            w.writerows(table)
+        _plot_confirmation(table, metric, out / "search_vs_confirmed.png")
+        tracker.log_artifacts(parent_run_id, out)
+    optimism = sorted(e["optimism"] for e in table)
+    middle = len(optimism) // 2
+    median = optimism[middle] if len(optimism) % 2 else (optimism[middle - 1] + optimism[middle]) / 2
+    tracker.log_metrics(parent_run_id, {CONFIRMED + metric: rows[0][CONFIRMED + metric], "search_optimism": median},
+                        step=0)
 
 
 def warm_up() -> None:
@@ -52,14 +90,19 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
         run_id = runs.get(row["trial_id"])
         rows.append({
             "trial_id": row["trial_id"], "status": tracker.tags(run_id).get(TAG_STATUS, "") if run_id else "",
-            metric: row.get(metric, math.nan), M.ENV_STEPS: row.get(M.ENV_STEPS), M.TIME_TOTAL_S: row.get(M.TIME_TOTAL_S),
+            metric: row.get(metric, math.nan),
+            **{metric + x: row[metric + x] for x in M.SCORE_SUFFIXES if metric + x in row},  # several seeds
+            **{k: row[k] for k in (CONFIRMED + metric, *(CONFIRMED + metric + x for x in M.SCORE_SUFFIXES),
+                                   CONFIRMED + "trial_id") if k in row},  # its confirmation round
+            M.ENV_STEPS: row.get(M.ENV_STEPS), M.TIME_TOTAL_S: row.get(M.TIME_TOTAL_S),
             **{p: flat.get(p) for p in params}, "mlflow_run_id": run_id, "config": row["config"],
         })
     ranked = rank(rows, metric, mode)
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
         with open(out / "results.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "config"] if rows else ["trial_id"])
+            fields = list(dict.fromkeys(k for row in rows for k in row if k != "config")) or ["trial_id"]
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
             w.writeheader()
             for row in rows:
                 w.writerow({k: v for k, v in row.items() if k != "config"})
@@ -162,6 +205,32 @@ def _plot_curves(tracker: Tracker, top: list[dict[str, Any]], metric: str, path:
     ax.set_title(f"Learning curves of the top {len(top)} trials")
     if top:
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_confirmation(table: list[dict[str, Any]], metric: str, path: Path) -> None:
+    plt, fig, ax = _figure()
+
+    def errors(prefix: str) -> list[list[float]]:
+        lows, highs = [], []
+        for e in table:
+            v, lo, hi = e[prefix + metric], e[f"{prefix}{metric}_ci_low"], e[f"{prefix}{metric}_ci_high"]
+            lows.append(v - lo if lo != "" else 0.0)
+            highs.append(hi - v if hi != "" else 0.0)
+        return [lows, highs]
+
+    xs, ys = [e[f"search_{metric}"] for e in table], [e[CONFIRMED + metric] for e in table]
+    ax.errorbar(xs, ys, xerr=errors("search_"), yerr=errors(CONFIRMED), fmt="o", capsize=3)
+    for e, x, y in zip(table, xs, ys, strict=True):
+        ax.annotate(f"{e['trial']}", (x, y), textcoords="offset points", xytext=(4, 4))
+    lo, hi = min(xs + ys), max(xs + ys)
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", label="confirmed = search")
+    ax.set_xlabel(f"search {metric} (IQM, 95% interval)")
+    ax.set_ylabel(f"confirmed {metric} on fresh seeds")
+    ax.set_title("Search score against confirmed score")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -31,6 +31,8 @@ TAG_SEARCHED = "rlsweep.searched"  # on a trial: its searched values, `key=value
 TAG_RESTORED_FROM = "rlsweep.restored_from"  # a `train --restore` run: the checkpoint it continued
 TAG_RESTORED_RUN = "rlsweep.restored_from_run"  # ... the MLflow run that checkpoint came from, if any
 TAG_RESTORED_STEP = "rlsweep.restored_from_env_steps"  # ... and the env steps it held
+TAG_PHASE = "rlsweep.phase"  # a confirmation trial: "confirm"; its sweep's parent, once the search is done: "confirm"
+TAG_CONFIRMS = "rlsweep.confirms_trial_id"  # a confirmation trial: the search trial whose configuration it retrains
 TAG_PARENT = "mlflow.parentRunId"
 TAG_DESCRIPTION = "mlflow.note.content"  # the run's description in the MLflow UI
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from rlsweep.config import ConfigError
+from rlsweep.ranking import CONFIRM_DIR
 
 MANIFEST = ".rlsweep_manifest.json"
 SIGNED = ".rlsweep_signed"
@@ -83,7 +84,9 @@ def _mac(key: bytes, files: dict[str, str]) -> str:
 
 
 def _scan(directory: Path, patterns: tuple[str, ...]) -> list[Path]:
-    return sorted({p for pattern in patterns for p in directory.glob(pattern) if p.is_file()})
+    # a sweep's confirmation round is a Tune run of its own inside the sweep directory, signed apart
+    return sorted({p for pattern in patterns for p in directory.glob(pattern)
+                   if p.is_file() and p.relative_to(directory).parts[0] != CONFIRM_DIR})
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

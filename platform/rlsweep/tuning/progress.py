@@ -29,8 +29,11 @@ class ProgressLine(tune.Callback):
 
     def __init__(self, sweep_trials: int | None = None, metric: str = M.EVAL_RETURN_MEAN, mode: str = "max",
                  every_s: float = 5.0, searched: list[str] | None = None,
-                 stop_reason: Callable[[dict[str, Any]], str | None] | None = None):
+                 stop_reason: Callable[[dict[str, Any]], str | None] | None = None, title: str = "",
+                 confirms: list[str] | None = None):
         self.sweep_trials, self.metric, self.mode = sweep_trials, metric, mode
+        self.title = title  # what the line is about, before it ("confirmation")
+        self.confirms = confirms  # a confirmation round's: the search trial numbers its trials retrain
         self.searched, self.stop_reason = list(searched or []), stop_reason
         self.every_s = every_s
         self._best: float | None = None  # the best value any trial has reported (it never goes back)
@@ -41,9 +44,14 @@ class ProgressLine(tune.Callback):
     @staticmethod
     def trial_line(trial_id: str, r: dict[str, Any]) -> str:
         """One trial's live line: iteration, env steps, returns, speed, time."""
+        def value(name: str) -> str:  # with several seeds, their IQM and its interval
+            if name + M.SCORE_SUFFIXES[0] in r:
+                return f"{M.shown(r, name)} (IQM)"
+            return f"{r.get(name, math.nan):8.2f}"
+
         return (
             f"[{trial_id}] iter {r.get(M.TRAINING_ITERATION, 0):>4} | {r.get(M.ENV_STEPS, 0):>9,} steps | "
-            f"return {r.get(M.EPISODE_RETURN_MEAN, math.nan):8.2f} | eval {r.get(M.EVAL_RETURN_MEAN, math.nan):8.2f} | "
+            f"return {value(M.EPISODE_RETURN_MEAN)} | eval {value(M.EVAL_RETURN_MEAN)} | "
             f"{r.get(M.ENV_STEPS_PER_S, 0):>8,.0f} steps/s | {r.get(M.TIME_TOTAL_S, 0):6.1f} s"
         )
 
@@ -55,7 +63,8 @@ class ProgressLine(tune.Callback):
         pending = sum(t.status == "PENDING" for t in trials)
         waiting = f", {pending} {_pending_word()}" if pending else ""
         best = "-" if self._best is None else M.text(self._best)
-        return (f"trials {done}/{self.sweep_trials} done, {running} running{waiting} | best {self.metric} so far "
+        title = f"{self.title}: " if getattr(self, "title", "") else ""  # (a line pickled before titles has none)
+        return (f"{title}trials {done}/{self.sweep_trials} done, {running} running{waiting} | best {self.metric} so far "
                 f"({self.mode}) {best} | "
                 f"{time.monotonic() - self._start:6.1f} s")
 
@@ -96,11 +105,15 @@ class ProgressLine(tune.Callback):
     def finished_line(self, trial: Any, error: str | None = None) -> str:
         """One line per finished trial: its number and searched values, the metric, env steps, why it stopped."""
         r = trial.last_result or {}
-        name = trial_run_name(trial_number(getattr(trial, "experiment_tag", None), trial.trial_id), trial.config,
-                              self.searched)
+        number = trial_number(getattr(trial, "experiment_tag", None), trial.trial_id)
+        confirms = getattr(self, "confirms", None)  # (a line pickled before confirmation rounds has none)
+        if confirms and number.isdigit() and 0 < int(number) <= len(confirms):
+            name = "confirm " + trial_run_name(confirms[int(number) - 1], trial.config, self.searched)
+        else:
+            name = trial_run_name(number, trial.config, self.searched)
         why = f"failed: {error}" if error is not None else \
             (self.stop_reason(r) if self.stop_reason else None) or "stopped before its stop criteria"
-        return (f"trial {name} | {self.metric} {M.text(r.get(self.metric, math.nan))} | "
+        return (f"trial {name} | {self.metric} {M.shown(r, self.metric)} | "
                 f"{r.get(M.ENV_STEPS, 0):,} env steps | {why}")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -83,3 +84,37 @@ def searcher_class() -> type:
             return None
 
     return ResumableOptunaSearch
+
+
+def fixed_configs_searcher(configs: list[dict], metric: str, mode: str) -> Any:
+    """A Tune searcher that suggests `configs`, one trial each, in order, and then no more: the
+    confirmation round's (`commands.sweep`). Its state (which trial got which config) is saved and
+    restored with Tune's, so a resumed round neither repeats nor skips one."""
+    from ray.tune.search import Searcher
+
+    class FixedConfigs(Searcher):
+        def __init__(self) -> None:
+            super().__init__(metric=metric, mode=mode)
+            self.configs = configs
+            self.given: dict[str, int] = {}  # trial id -> index into configs
+
+        def suggest(self, trial_id: str) -> dict | None:
+            if trial_id not in self.given:
+                if len(self.given) >= len(self.configs):
+                    return Searcher.FINISHED
+                self.given[trial_id] = len(self.given)
+            return self.configs[self.given[trial_id]]
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            """Nothing to learn: the configurations are fixed."""
+
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "w") as f:
+                json.dump({"configs": self.configs, "given": self.given}, f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path) as f:
+                state = json.load(f)
+            self.configs, self.given = state["configs"], state["given"]
+
+    return FixedConfigs()

@@ -14,18 +14,26 @@ from rlsweep.config import StopConfig
 
 
 class TrialStopper(tune.Stopper):
-    """Stops a trial at the first of: evaluation mean >= target, training return >= its target,
-    env-step budget, training time."""
+    """Stops a trial at the first of: evaluation mean >= target (for every one of its `agents`, each
+    at its own time), training return >= its target, env-step budget, training time."""
 
-    def __init__(self, stop: StopConfig):
+    agents = 1  # (stoppers pickled with a sweep before there were agents have no attribute of their own)
+
+    def __init__(self, stop: StopConfig, agents: int = 1):
         self.stop = stop
+        self.agents = agents
 
     def reason(self, result: dict[str, Any]) -> str | None:
         """Why a trial with this result stops (the first criterion it meets), or None."""
         s = self.stop
-        ev = result.get(M.EVAL_RETURN_MEAN, math.nan)
-        if s.target_return is not None and ev == ev and ev >= s.target_return:
-            return f"reached target return {s.target_return:g}"
+        if s.target_return is not None:
+            at = result.get(M.SEEDS_AT_TARGET)
+            if at is None and self.agents == 1:  # (a result from before the count: its evaluation decides)
+                ev = result.get(M.EVAL_RETURN_MEAN, math.nan)
+                at = int(ev == ev and ev >= s.target_return)
+            if at is not None and at >= self.agents:
+                return (f"every seed reached target return {s.target_return:g}" if self.agents > 1
+                        else f"reached target return {s.target_return:g}")
         tr = result.get(M.EPISODE_RETURN_MEAN, math.nan)
         if s.episode_return is not None and tr == tr and tr >= s.episode_return:
             return f"reached training episode return {s.episode_return:g}"
