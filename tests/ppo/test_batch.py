@@ -52,7 +52,7 @@ def test_advantages_are_each_workers_own_gae():
 
 def test_each_agent_keeps_its_own_valid_steps_padded_to_the_longest():
     """With K agents, agent k's row holds its valid steps only (in worker, then time-major order), its
-    count in `counts`, and zeros after them; its GAE is the one of its own steps."""
+    count in `counts`, and its first sample repeated after them; its GAE is the one of its own steps."""
     a = rollout(0, K=3, invalid=[(1, 0, 0), (3, 1, 2), (2, 0, 2)])
     b = rollout(1, K=3, invalid=[(0, 1, 2)])
     batch = to_train_batch([a, b], gamma=0.95, lam=0.9)
@@ -60,7 +60,7 @@ def test_each_agent_keeps_its_own_valid_steps_padded_to_the_longest():
     assert batch.obs.shape == (3, 16, 4) and batch.advantages.shape == (3, 16)
     for k, n in enumerate(batch.counts):
         assert (batch.obs[k, :n, 3] == k).all()  # only this agent's steps
-        assert (batch.obs[k, n:] == 0).all() and (batch.advantages[k, n:] == 0).all()  # padding
+        assert (batch.obs[k, n:] == batch.obs[k, 0]).all() and (batch.advantages[k, n:] == batch.advantages[k, 0]).all()
         adv = [compute_gae(r.rewards[:, k], r.values[:, k], r.terminated[:, k], r.truncated[:, k], r.valid[:, k],
                            r.last_value[k], 0.95, 0.9)[0][r.valid[:, k]] for r in (a, b)]
         np.testing.assert_allclose(batch.advantages[k, :n], np.concatenate(adv), rtol=1e-6)

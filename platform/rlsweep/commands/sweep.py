@@ -159,18 +159,15 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
                                             searched=list(p.space.params), stop_reason=stopper.reason)),
     )
     try:
-        tuner.fit()
-    finally:
-        signer.signer.sign()  # Tune's last snapshot
-        if cfg.sweep.confirm is None:
-            lock.release()
-    record = SweepRecord.read(p.directory, full=True)
-    if cfg.sweep.confirm is not None:
         try:
-            if search_done(record):
-                run_confirmation(record)
+            tuner.fit()
         finally:
-            lock.release()
+            signer.signer.sign()  # Tune's last snapshot
+        record = SweepRecord.read(p.directory, full=True)
+        if cfg.sweep.confirm is not None and search_done(record):
+            run_confirmation(record)
+    finally:
+        lock.release()
     return outcome(record)
 
 
@@ -196,8 +193,9 @@ def _run_config(cfg: ExperimentConfig, name: str, storage_path: Path, stopper: A
 
 
 def search_done(record: SweepRecord) -> bool:
-    """Whether the sweep's search ended with every trial run (not interrupted), as its parent run says:
-    then its confirmation round (`sweep.confirm`) is due, or under way."""
+    """Whether the sweep's search ended with every trial run (not interrupted) and a winner to confirm,
+    as its parent run says, and the sweep has not finished: then its confirmation round
+    (`sweep.confirm`) is due, under way or interrupted."""
     from rlsweep.tracking.runs import TAG_DIR, TAG_KIND, TAG_PHASE, TAG_STATUS
     from rlsweep.tracking.status import RunStatus
 
@@ -207,7 +205,7 @@ def search_done(record: SweepRecord) -> bool:
         tags = tracker.tags(parent) if parent else {}
     except Exception:  # noqa: BLE001 - the store went away: `outcome` says so
         return False
-    return tags.get(TAG_PHASE) == "confirm" and tags.get(TAG_STATUS) == RunStatus.RUNNING
+    return tags.get(TAG_PHASE) == "confirm" and tags.get(TAG_STATUS) != RunStatus.FINISHED
 
 
 def confirmation_configs(record: SweepRecord) -> tuple[list[str], list[str], list[dict[str, Any]]]:
@@ -265,7 +263,10 @@ def run_confirmation(record: SweepRecord) -> None:
     if confirmation_order(directory) not in ([], ids):
         raise ConfigError(f"{confirm_dir}: holds another confirmation round's order (edited?)")
     confirm_dir.mkdir(exist_ok=True)
-    (confirm_dir / CONFIRM_ORDER).write_text(json.dumps(ids))
+    order = confirm_dir / CONFIRM_ORDER  # whole or not at all: every ranking reads it
+    tmp = order.with_name(f".{order.name}.tmp")
+    tmp.write_text(json.dumps(ids))
+    tmp.replace(order)
     print(f"confirming the best {len(configs)} configuration(s) on {cfg.sweep.confirm.seeds} fresh seeds each "
           f"(from {cfg.confirmation_seed()})", file=sys.stderr, flush=True)
     s = cfg.sweep
@@ -339,10 +340,9 @@ def resume_sweep(p: ResumePlan) -> SweepOutcome:
     # the cluster resumed on may be another one, or smaller than the one the sweep started on
     check_cluster(p.record.cfg, directory)
     accept_moved_names()  # a sweep started before the package took its folders
-    from rlsweep.ranking import CONFIRM_DIR
 
     try:
-        if not (directory / CONFIRM_DIR / "tuner.pkl").is_file():  # the search has not finished
+        if not search_done(p.record):  # the search was cut off: it goes on
             tuner = tune.Tuner.restore(str(directory), trainable=trainable_for(), resume_unfinished=True,
                                        resume_errored=False)
             try:

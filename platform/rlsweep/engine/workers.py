@@ -23,6 +23,7 @@ from rlsweep.ppo.policy import Weights
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+REPLACEMENT_START_S = 120.0  # how long a replacement worker may take to start (its process, its envs)
 
 
 class WorkerTimeout(RuntimeError):
@@ -160,12 +161,19 @@ class RemoteWorkers:
         self.replaced += 1
         self._ray.kill(self.evaluator if index is None else self.samplers[index])
         if index is None:
-            self.evaluator = self._new_evaluator()
-            return self.evaluator
-        self.samplers[index] = self._new_sampler(index)
-        # its envs start new episodes on a seed of their own (the dead actor's state is gone)
-        self.samplers[index].reseed.remote(self.replaced)
-        return self.samplers[index]
+            self.evaluator = new = self._new_evaluator()
+        else:
+            self.samplers[index] = new = self._new_sampler(index)
+            # its envs start new episodes on a seed of their own (the dead actor's state is gone)
+            new.reseed.remote(self.replaced)
+        # the replacement's time to answer counts from when it stands (a process start takes seconds on
+        # a busy machine), not from its launch
+        try:
+            self._ray.get(compat.actor_ready(new), timeout=REPLACEMENT_START_S)
+        except self._ray.exceptions.GetTimeoutError:
+            raise WorkerTimeout(f"the replacement for {what} (env {self.cfg.env.id}) did not start within "
+                                f"{REPLACEMENT_START_S:g} s") from None
+        return new
 
     def _get_each(self, refs: list[Any], again: Any, timeout: tuple[str, float] | None = None,
                   evaluator: bool = False) -> list[Any]:

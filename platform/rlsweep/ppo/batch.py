@@ -30,7 +30,8 @@ class Rollout(NamedTuple):
 
 class TrainBatch(NamedTuple):
     """Each agent's valid samples, flat and in sampling order, padded to the longest agent's count:
-    arrays are (K, n, ...), and agent k's samples are the first counts[k]."""
+    arrays are (K, n, ...), and agent k's samples are the first counts[k] (the padding repeats its first
+    sample: finite values wherever they are computed with, at weight 0)."""
 
     obs: np.ndarray
     actions: np.ndarray
@@ -57,8 +58,9 @@ def to_train_batch(rollouts: list[Rollout], gamma: float, lam: float) -> TrainBa
     for j in range(6):
         first = columns[0][j]
         out = np.zeros((k, n, *first.shape[1:]), first.dtype)
-        for i, cols in enumerate(columns):
+        for i, cols in enumerate(columns):  # padded with the agent's first sample: real values, weight 0
             out[i, : counts[i]] = cols[j]
+            out[i, counts[i] :] = cols[j][0]
         padded.append(out)
     return TrainBatch(*padded, counts)
 

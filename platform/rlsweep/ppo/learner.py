@@ -60,10 +60,12 @@ class Learner:
         return self.net.export_weights()
 
     def _minibatches(self, counts: np.ndarray,
-                     active: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                     active: np.ndarray | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One epoch's shuffled minibatches of every agent, as slots: (indices, weights), both
-        (num_minibatches, K, S), and the (M, K, 1) factor that makes a weighted variance unbiased (None
-        when some minibatch holds a single sample: its advantages are left as they are).
+        (num_minibatches, K, S), the (M, K, 1) factor that makes a weighted variance unbiased, and
+        where an agent's minibatch holds a single sample (M, K, 1) (its advantages are left as they
+        are, as a one-agent learner leaves them; None when there is no such minibatch).
 
         Agent k draws its own permutation of its counts[k] samples and cuts it into num_minibatches
         contiguous minibatches, as a one-agent learner does; S is the largest of them. A slot beyond an
@@ -83,9 +85,11 @@ class Learner:
             inside = s[None, :] < sizes[:, i, None]
             index[:, i] = np.where(inside, perm[np.minimum(b[:-1, None] + s[None, :], max(int(n) - 1, 0))], 0)
             weight[:, i] = inside / np.maximum(sizes[:, i, None], 1)
-        unbias = None if sizes.min() < 2 else torch.as_tensor(sizes / (sizes - 1.0), dtype=torch.float32,
-                                                              device=self.device).unsqueeze(-1)
-        return (torch.as_tensor(index, device=self.device), torch.as_tensor(weight, device=self.device), unbias)
+        unbias = torch.as_tensor(np.where(sizes > 1, sizes / np.maximum(sizes - 1.0, 1.0), 1.0), dtype=torch.float32,
+                                 device=self.device).unsqueeze(-1)
+        alone = None if sizes.min() > 1 else torch.as_tensor(sizes < 2, device=self.device).unsqueeze(-1)
+        return (torch.as_tensor(index, device=self.device), torch.as_tensor(weight, device=self.device), unbias,
+                alone)
 
     def update(self, batch: TrainBatch, lr: float) -> dict[str, list[float]]:
         """The PPO epochs over one batch: `num_epochs` passes of shuffled minibatches, each a clipped
@@ -114,15 +118,16 @@ class Learner:
         stats: dict[str, np.ndarray] = {}
         for _ in range(cfg.num_epochs):
             epochs += 1 if active is None else active
-            index, weights, unbias = self._minibatches(counts, active)
+            index, weights, unbias, alone = self._minibatches(counts, active)
             # one gather per epoch; each minibatch is then a contiguous (K, S, ...) view
             mb_obs, mb_act, mb_logp, mb_val, mb_adv, mb_ret = (x[agents, index] for x in data)
             for j in range(cfg.num_minibatches):
                 adv, w = mb_adv[j], weights[j]
-                if cfg.normalize_advantages and unbias is not None:  # over each agent's whole minibatch
+                if cfg.normalize_advantages:  # over each agent's whole minibatch
                     mean = (adv * w).sum(-1, keepdim=True)
                     std = (((adv - mean).pow(2) * w).sum(-1, keepdim=True) * unbias[j]).sqrt()
-                    adv = (adv - mean) / (std + 1e-8)
+                    normalized = (adv - mean) / (std + 1e-8)
+                    adv = normalized if alone is None else torch.where(alone[j], adv, normalized)
                 a, b = self._share(w.shape[1])
                 self.grad.zero_()
                 if b > a:

@@ -155,7 +155,7 @@ class SweepParent:
                         for t in trials}
         best = report.sweep_summary(tracker, run_id, self.run_dir, all_runs, metric=self.metric, mode=self.mode,
                                     params=self.searched, name=self.name, study=self.study)
-        if self.confirm and not self.confirming:  # the search is done; the confirmation round follows
+        if self.confirm and not self.confirming and best is not None:  # the confirmation round follows
             tracker.set_tag(run_id, TAG_PHASE, "confirm")
             return
         if best is not None:  # the parent's row in the runs table reads as the sweep's answer

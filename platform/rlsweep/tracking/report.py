@@ -37,7 +37,8 @@ def confirmation_summary(tracker: Tracker, parent_run_id: str, run_dir: str, *, 
     score against its confirmed score, with their intervals), a plot of the two, the winner's confirmed
     score as `confirmed_<metric>`, and `search_optimism`: the median of how much better the search
     scored the confirmed configurations than their fresh seeds did (the sweep's optimism)."""
-    rows = [r for r in rank(sweep_rows(run_dir), metric, mode) if isinstance(r.get(CONFIRMED + metric), (int, float))]
+    rows = [r for r in rank(sweep_rows(run_dir), metric, mode)
+            if isinstance(r.get(CONFIRMED + metric), (int, float)) and math.isfinite(r[CONFIRMED + metric])]
     if not rows:
         return
     sign = 1.0 if mode == "max" else -1.0
