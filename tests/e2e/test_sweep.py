@@ -608,3 +608,49 @@ def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     b = rlsweep("best", sweep_dir, "-o", out)
     assert b.returncode == 0 and "confirmed on fresh seeds" in b.stdout, b.stdout + b.stderr
     assert out.read_text().startswith(f"# best trial {winner['trial_id']} of sweep conf: ")
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_confirmation_round_then_resume(tmp_path):
+    """Ctrl-C while the confirmation round runs: exit 130 with the resume command, the parent and the cut
+    confirmation trial interrupted; `resume` finishes the round (the search is not run again)."""
+    per_trial = 4096
+    exp = experiment(tmp_path, steps=per_trial, concurrent=1)
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    proc = _sweep_process(exp, tmp_path / "space.yaml", "cc", "--trials", "2",
+                          "--set", "sweep.confirm.top=1", "--set", "sweep.confirm.seeds=2")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.time() + 300
+    while True:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the confirmation round never started"
+        try:
+            started = [r for r in runs_of(client) if r.data.tags.get("rlsweep.phase") == "confirm"
+                       and r.data.tags.get("rlsweep.kind") == "trial"
+                       and len(client.get_metric_history(r.info.run_id, "env_steps")) >= 2]
+        except Exception:  # the store is made by the sweep
+            started = []
+        if started:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "rlsweep resume" in err, err[-3000:]
+    runs = runs_of(client)
+    [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
+    assert parent.data.tags["rlsweep.status"] == "interrupted" and parent.data.tags["rlsweep.phase"] == "confirm"
+    [cut] = [x for x in runs if x.data.tags.get("rlsweep.phase") == "confirm" and x.data.tags.get("rlsweep.kind") == "trial"]
+    assert cut.data.tags["rlsweep.status"] == "interrupted"
+    search_dir = tmp_path / "results" / "cc"
+    search_state = sorted((p.name, p.stat().st_mtime) for p in search_dir.glob("experiment_state-*.json"))
+
+    r = rlsweep("resume", "cc", "--results-dir", tmp_path / "results")
+    assert r.returncode == 0 and "confirmed:   eval_return_mean = " in r.stdout, r.stderr[-3000:]
+    assert sorted((p.name, p.stat().st_mtime) for p in search_dir.glob("experiment_state-*.json")) == search_state
+    runs = runs_of(client)
+    [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
+    children = [x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"]
+    assert parent.info.status == "FINISHED" and len(children) == 3
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "env_steps")]
+        assert steps == list(range(512, per_trial + 1, 512)) and c.info.status == "FINISHED", (c.info.run_name, steps)
