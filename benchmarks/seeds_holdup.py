@@ -59,6 +59,7 @@ def sweep(name: str, sampler_seed: int, extra: list[str]) -> dict:
     from rlsweep.ranking import ranked_rows, sweep_rows
 
     d = WORK / name
+    d.mkdir(parents=True, exist_ok=True)
     exe = ROOT / ".venv/bin/rlsweep"
     cmd = [str(exe) if exe.exists() else "rlsweep", "sweep", EXPERIMENT, "--space", SPACE, "--name", name,
            "--set", f"sweep.seed={sampler_seed}", "--set", f"results_dir={d}", "--set", f"tracking.local_dir={d}"]
@@ -108,7 +109,8 @@ def key(config: dict) -> str:
 def report(state: dict, args: argparse.Namespace) -> str:
     lines = [MARK_BEGIN, "",
              f"Run {time.strftime('%Y-%m-%d %H:%M')} on {stdlib_platform.machine()}, {os.cpu_count()} CPUs: "
-             f"`python benchmarks/seeds_holdup.py --sweeps {args.sweeps}`. Metric: {METRIC} (lower is better; "
+             f"`python benchmarks/seeds_holdup.py --sweeps {args.sweeps}`"
+             f"{' (report of the sweeps fully scored so far)' if args.report_only else ''}. Metric: {METRIC} (lower is better; "
              f"the budget, 100000, when never reached). Test score: IQM over {TEST_SEEDS} test seeds from {TEST_SEED}.",
              "", "| mode | sweeps | trials per sweep (median) | wall s per sweep (median) | winner in its sweep's top "
              "quartile on test seeds | median gap, winner's test - search score | median gap, test - confirmed |",
@@ -150,8 +152,16 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="test-scoring processes at once")
     ap.add_argument("--startup-s", type=float, default=12.0,
                     help="the sweep command's fixed cost outside Tune's run (Ray start, summary, exit)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the report of what benchmarks/out/holdup.json holds (sweeps whose every "
+                         "configuration is scored), running nothing")
     args = ap.parse_args()
     state = load()
+    if args.report_only:
+        block = report(state, args)
+        write_section("seeds-holdup", "Winners that hold up: one seed per trial against seeds with confirmation", block)
+        print(block)
+        return
     for s in range(args.sweeps):  # the sweeps first: their wall times are what the modes compare
         if f"robust-{s}" not in state["sweeps"]:
             state["sweeps"][f"robust-{s}"] = sweep(f"robust-{s}", s, [])

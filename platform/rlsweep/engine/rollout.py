@@ -25,6 +25,16 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
+def _step(envs: list[Any], actions: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Steps agent k's vector env with actions[k]: (observations, rewards, terminated, truncated),
+    each with the agent axis in front."""
+    if len(envs) == 1:  # the common case, without the stacking
+        obs, r, term, trunc, _ = envs[0].step(actions[0])
+        return obs[None], r[None], term[None], trunc[None]
+    steps = [env.step(a) for env, a in zip(envs, actions, strict=True)]
+    return tuple(np.stack([s[i] for s in steps]) for i in range(4))
+
+
 class Sampler:
     """One worker's envs for each of the trial's K agents (a vector env of N per agent), stepped
     `rollout_length` times per `sample` call, every agent's policy in one batched forward pass.
@@ -92,10 +102,8 @@ class Sampler:
             obs_buf[t], actions[t], logp[t], values[t] = obs, a, lp, v
             valid[t] = ~self.prev_done
             to_env = self.policy.to_env(a)
-            steps = [env.step(to_env[k]) for k, env in enumerate(self.envs)]
-            self.obs = np.stack([s[0] for s in steps])
-            r = np.stack([s[1] for s in steps])
-            rewards[t], terminated[t], truncated[t] = r, [s[2] for s in steps], [s[3] for s in steps]
+            self.obs, r, terminated[t], truncated[t] = _step(self.envs, to_env)
+            rewards[t] = r
 
             live = valid[t]
             self.ep_return[live] += r[live]
