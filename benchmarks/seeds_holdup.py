@@ -10,7 +10,8 @@ budget, and every configuration they tried scored again on test seeds no sweep u
 Test score of a configuration: it trains 10 agents on seeds 7,000,000..7,000,009 (search agents use
 0-3, confirmation agents 1,000,000-1,000,007) for at most the experiment's budget, and scores the IQM of
 their env steps to the target (the sweep's own metric). For each mode: how often the sweep's winner is
-in the top quartile, by test score, of the configurations that sweep tried, and the median gap between
+in the top quartile, by test score, of the configurations that sweep tried (all of them, or for a sweep
+of many trials a seeded random sample of them: `--sample`), and the median gap between
 the winner's search score and its test score. Raw per-sweep numbers go to BENCHMARKS.md too.
 
 Results are kept in benchmarks/out/holdup.json as they come (a rerun picks up where it stopped).
@@ -102,6 +103,18 @@ def test_score(config: dict) -> dict:
     return {"iqm": scores.iqm(np.asarray(steps)), "each": steps}
 
 
+def scored_trials(v: dict, sample: int) -> list[str]:
+    """The trials of a sweep scored on the test seeds: its winner and, of the others, all of them or a
+    seeded random sample of `sample` (a sweep of many one-seed trials), whose test scores place the
+    winner among them."""
+    import random
+
+    others = sorted(t for t in v["configs"] if t != v["winner"])
+    if sample and len(others) > sample:
+        others = sorted(random.Random(f"{v['winner']}").sample(others, sample))
+    return [v["winner"], *others]
+
+
 def key(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
@@ -111,7 +124,10 @@ def report(state: dict, args: argparse.Namespace) -> str:
              f"Run {time.strftime('%Y-%m-%d %H:%M')} on {stdlib_platform.machine()}, {os.cpu_count()} CPUs: "
              f"`python benchmarks/seeds_holdup.py --sweeps {args.sweeps}`"
              f"{' (report of the sweeps fully scored so far)' if args.report_only else ''}. Metric: {METRIC} (lower is better; "
-             f"the budget, 100000, when never reached). Test score: IQM over {TEST_SEEDS} test seeds from {TEST_SEED}.",
+             f"the budget, 100000, when never reached). Test score: IQM over {TEST_SEEDS} test seeds from {TEST_SEED}. "
+             + ("Every configuration of a sweep is scored." if not args.sample else
+                f"A sweep's winner is placed among its other configurations, all of them or (a sweep of more) "
+                f"a seeded random sample of {args.sample}: its quartile is estimated from that sample."),
              "", "| mode | sweeps | trials per sweep (median) | wall s per sweep (median) | winner in its sweep's top "
              "quartile on test seeds | median gap, winner's test - search score | median gap, test - confirmed |",
              "|---|---|---|---|---|---|---|"]
@@ -121,7 +137,8 @@ def report(state: dict, args: argparse.Namespace) -> str:
         done = [(s, v) for s, v in sorted(state["sweeps"].items()) if s.startswith(mode + "-")]
         scored = []
         for name, v in done:
-            tests = {tid: state["scores"].get(key(c), {}).get("iqm") for tid, c in v["configs"].items()}
+            tests = {tid: state["scores"].get(key(v["configs"][tid]), {}).get("iqm")
+                     for tid in scored_trials(v, args.sample)}
             if any(t is None for t in tests.values()):
                 continue
             ordered = sorted(tests.values())
@@ -152,6 +169,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="test-scoring processes at once")
     ap.add_argument("--startup-s", type=float, default=12.0,
                     help="the sweep command's fixed cost outside Tune's run (Ray start, summary, exit)")
+    ap.add_argument("--sample", type=int, default=11,
+                    help="score the winner and at most this many of a sweep's other trials (0: all of them)")
     ap.add_argument("--report-only", action="store_true",
                     help="write the report of what benchmarks/out/holdup.json holds (sweeps whose every "
                          "configuration is scored), running nothing")
@@ -172,8 +191,8 @@ def main() -> None:
                                                                 "sweep.trials=200", f"sweep.time_budget_s={budget:.1f}"])
             save(state)
         print(f"sweeps of sampler seed {s} done", flush=True)
-    todo = {key(c): c for v in state["sweeps"].values() for c in v["configs"].values()
-            if key(c) not in state["scores"]}
+    todo = {key(v["configs"][tid]): v["configs"][tid] for v in state["sweeps"].values()
+            for tid in scored_trials(v, args.sample) if key(v["configs"][tid]) not in state["scores"]}
     print(f"scoring {len(todo)} configurations on {TEST_SEEDS} test seeds", flush=True)
     with ProcessPoolExecutor(args.workers) as pool:
         futures = {k: pool.submit(test_score, c) for k, c in todo.items()}

@@ -178,6 +178,28 @@ def printed(out: str, key: str) -> float:
     return float(re.search(rf"^\s+{key}\s+(\S+)$", out, re.M).group(1))
 
 
+def store_client(directory: Path, experiment: str, proc: subprocess.Popen, timeout: float = 300) -> Any:
+    """An MlflowClient on the SQLite store that the running rlsweep `proc` makes in `directory`, once the
+    process has made it and its experiment: a client opened earlier would run the store's migrations
+    beside the process's own (two migrations of one new SQLite file fail)."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    db = Path(directory) / "mlflow.db"
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, f"the process ended (exit {proc.returncode}) before it made its store"
+        assert time.time() < deadline, f"{db}: no experiment {experiment!r} after {timeout} s"
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+                if con.execute("SELECT count(*) FROM experiments WHERE name = ?", (experiment,)).fetchone()[0]:
+                    return MlflowClient(f"sqlite:///{db}")
+        except sqlite3.Error:  # not there yet, or half made
+            pass
+        time.sleep(0.05)
+
+
 def runs_of(client: Any, experiment: str = "sweeptest") -> list[Any]:
     """Every run of an MLflow experiment."""
     exp = client.get_experiment_by_name(experiment)

@@ -26,6 +26,7 @@ from tests.conftest import (
     runs_of,
     start_mlflow_server,
     stop_mlflow_server,
+    store_client,
     wait_http,
 )
 
@@ -207,7 +208,7 @@ def _wait_mid_sweep(tmp_path, proc, per_trial, finished_before=1, timeout=240):
     MLflow is watched because the driver logs every iteration at once; Tune's own result files only
     reach the results folder when a checkpoint is synced.
     """
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store_client(tmp_path, "sweeptest", proc)
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
@@ -551,7 +552,7 @@ def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     (tmp_path / "space.yaml").write_text(LR_ONLY)
     proc = _sweep_process(exp, tmp_path / "space.yaml", "conf", "--trials", "2", "--set", "sweep.seeds_per_trial=2",
                           "--set", "sweep.confirm.top=2", "--set", "sweep.confirm.seeds=2")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store_client(tmp_path, "sweeptest", proc)
     try:
         deadline = time.time() + 300
         while True:
@@ -619,7 +620,7 @@ def test_ctrl_c_in_the_confirmation_round_then_resume(tmp_path):
     (tmp_path / "space.yaml").write_text(LR_ONLY)
     proc = _sweep_process(exp, tmp_path / "space.yaml", "cc", "--trials", "2",
                           "--set", "sweep.confirm.top=1", "--set", "sweep.confirm.seeds=2")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store_client(tmp_path, "sweeptest", proc)
     deadline = time.time() + 300
     while True:
         assert proc.poll() is None, proc.stderr.read()[-3000:]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RLSWEEP, ROOT, cli_env, printed, rlsweep, rlsweep_process
+from tests.conftest import RLSWEEP, ROOT, cli_env, printed, rlsweep, rlsweep_process, store_client
 
 EXP = """\
 name: clitest
@@ -242,12 +242,11 @@ def test_a_killed_learner_actor_fails_the_trial_and_tune_restarts_it_from_its_ch
     import signal
     import time
 
-    from mlflow.tracking import MlflowClient
 
     proc = rlsweep_process("train", exp, "--set", "learners.num_learners=1", "--set", "learners.cpus_per_learner=0.25",
                            "--set", "checkpoint_frequency=2", "--set", "stop.env_steps=5120", "--set", "ppo.num_epochs=30",
                            "--set", "tracking.flush_s=0")
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store_client(tmp_path, "clitest", proc)
     deadline, victim = time.time() + 180, None
     while victim is None:
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]

@@ -33,7 +33,11 @@ class SignTuneState(tune.Callback):
         `integrity.Signer`; `compat.tune_staging_dirs`). Fenced by tests/e2e/test_sweep.py's SIGKILL test."""
         if self.signer.staging is not None:
             return
-        found = compat.tune_staging_dirs(self.signer.directory.name)
+        # another Tune run of the same name on this Ray cluster (a sweep's confirmation round is always
+        # "confirm") has a folder of the same name: ours is the one that stages our trials
+        ours = {p.name for p in self.signer.directory.glob("trial_*")}
+        found = [d for d in compat.tune_staging_dirs(self.signer.directory.name)
+                 if ours & {p.name for p in d.glob("trial_*")}]
         if found:
             self.signer.staging = found[-1]
 
