@@ -233,8 +233,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rlsweep.commands.evaluate import evaluate
 
     out = evaluate(args.checkpoint, args.episodes, args.seed, args.tracking_uri)
-    print(f"{out.env_id}: {out.episodes} episodes, {'deterministic' if out.deterministic else 'sampled'} actions, "
-          f"seed {out.seed}")
+    agents = f"{out.agents} agents (seeds {out.seed}..{out.seed + out.agents - 1}) x " if out.agents > 1 else ""
+    print(f"{out.env_id}: {agents}{out.episodes} episodes, {'deterministic' if out.deterministic else 'sampled'} "
+          f"actions, seed {out.seed}")
     for k, v in out.metrics.items():
         print(f"  {k:<22} {_fmt(v)}")
     return 0

@@ -40,6 +40,23 @@ def test_evaluate_a_checkpoint_without_ray(tmp_path):
                                                "2147483647"], r.stderr
 
 
+def test_evaluate_a_checkpoint_of_three_agents(tmp_path):
+    """A trial's checkpoint of 3 agents: each plays the episodes on its own seed; the IQM (here the mean),
+    its interval, extremes and each agent's value are printed."""
+    cfg = validate(small_config(workers=0, seed=5, sweep={"seeds_per_trial": 3}))
+    t = Training(cfg, LocalWorkers(cfg))
+    t.iterate()
+    checkpoint.write(tmp_path / "ckpt", *t.state())
+    t.close()
+    r = run(["evaluate", tmp_path / "ckpt", "--episodes", "3", "--seed", "7"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "CartPole-v1: 3 agents (seeds 7..9) x 3 episodes, deterministic actions, seed 7" in r.stdout
+    values = dict(line.split() for line in r.stdout.splitlines()[1:])
+    each = [float(values[f"eval_return_mean/seed_{s}"]) for s in (7, 8, 9)]
+    assert abs(float(values["eval_return_mean"]) - sum(each) / 3) < 1e-3 * max(1.0, abs(sum(each)))
+    assert float(values["eval_return_mean_min"]) == min(each) and float(values["eval_return_mean_max"]) == max(each)
+
+
 def test_best_of_a_sweep_directory_without_ray(tmp_path):
     sweep = tmp_path / "results" / "s1"
     sweep.mkdir(parents=True)

@@ -24,6 +24,7 @@ class EvaluateOutcome:
     deterministic: bool
     seed: int
     metrics: dict[str, Any]
+    agents: int = 1  # a checkpoint of K agents (sweep.seeds_per_trial): each plays the episodes, agent k on seed + k
 
 
 def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri: str | None = None) -> EvaluateOutcome:
@@ -58,4 +59,5 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
         result = M.summarise(evaluator.evaluate(weights, stats, iteration=0), evaluator.seeds)
     finally:
         evaluator.close()
-    return EvaluateOutcome(cfg.env.id, cfg.evaluation.episodes, cfg.evaluation.deterministic, seed, result)
+    return EvaluateOutcome(cfg.env.id, cfg.evaluation.episodes, cfg.evaluation.deterministic, seed, result,
+                           len(evaluator.seeds))
