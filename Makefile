@@ -46,6 +46,8 @@ bench: venv bench-rllib-venv
 	$(BIN)/python benchmarks/cartpole_time_to_solve.py
 	$(BIN)/python benchmarks/sweep_vs_rllib.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/seeds_cost.py
+	$(BIN)/python benchmarks/seeds_holdup.py
 
 # RLlib pins an older gymnasium than rlsweep allows: its peer runs in a virtualenv of its own.
 bench-rllib-venv: .venv-rllib/.installed
