@@ -129,8 +129,9 @@ def report(state: dict, args: argparse.Namespace) -> str:
                 f"A sweep's winner is placed among its other configurations, all of them or (a sweep of more) "
                 f"a seeded random sample of {args.sample}: its quartile is estimated from that sample."),
              "", "| mode | sweeps | trials per sweep (median) | wall s per sweep (median) | winner in its sweep's top "
-             "quartile on test seeds | median gap, winner's test - search score | median gap, test - confirmed |",
-             "|---|---|---|---|---|---|---|"]
+             "quartile on test seeds | winner's test score (median) | median gap, winner's test - search score | "
+             "median gap, test - confirmed |",
+             "|---|---|---|---|---|---|---|---|"]
     raw = ["", "Per sweep (sampler seed: trials, wall s, winner's search / confirmed / test score, its test rank "
            "among the sweep's configurations):", ""]
     for mode in ("one", "robust"):
@@ -154,7 +155,8 @@ def report(state: dict, args: argparse.Namespace) -> str:
         lines.append(
             f"| {label} | {len(scored)} | {statistics.median(v['trials'] for _, v, *_ in scored):g} | "
             f"{statistics.median(v['wall_s'] for _, v, *_ in scored):.1f} | "
-            f"{sum(t[-1] for t in scored)}/{len(scored)} | {statistics.median(gaps):+.0f} | "
+            f"{sum(t[-1] for t in scored)}/{len(scored)} | {statistics.median(t[2] for t in scored):.0f} | "
+            f"{statistics.median(gaps):+.0f} | "
             f"{f'{statistics.median(cgaps):+.0f}' if cgaps else '-'} |")
         for name, v, mine, rank, n, _ in scored:
             confirmed = "-" if v["winner_confirmed"] is None else f"{v['winner_confirmed']:.0f}"
