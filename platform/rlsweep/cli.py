@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     experiment_args(t)
     t.add_argument("--seed", type=int, default=None, help="override the experiment's seed")
     t.add_argument("--seeds", type=int, default=None, metavar="K",
-                   help="train K agents side by side on seeds seed..seed+K-1 (sweep.seeds_per_trial)")
+                   help="train K agents side by side on seeds seed..seed+K-1 (default 1: the experiment's "
+                        "sweep.seeds_per_trial is for sweeps)")
     t.add_argument("--restore", metavar="CHECKPOINT", default=None,
                    help="continue from a checkpoint directory or an MLflow artifact URI (runs:/<id>/...)")
 
@@ -112,8 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rlsweep.commands.train import train
     from rlsweep.tracking.store import redact
 
-    overrides = args.overrides + ([] if args.seeds is None else [f"sweep.seeds_per_trial={args.seeds}"])
-    out = train(args.experiment, overrides, seed=args.seed, restore=args.restore)
+    out = train(args.experiment, args.overrides, seed=args.seed, restore=args.restore, seeds=args.seeds)
     if out.interrupted:
         then = (f"continue it with: {_self_command()} train {args.experiment} --restore {out.checkpoint}"
                 if out.checkpoint else "it saved no checkpoint yet (see checkpoint_frequency)"

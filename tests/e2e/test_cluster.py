@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import LR_ONLY, cli_env, rlsweep, rlsweep_process, runs_of
+from tests.conftest import LR_ONLY, cli_env, rlsweep, rlsweep_process, runs_of, store_client
 
 # one pytest-xdist worker runs them all, so that the module's cluster is started once
 pytestmark = pytest.mark.xdist_group("cluster")
@@ -106,7 +106,7 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
     env = cli_env()
     proc = rlsweep_process("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "two-nodes",
                            "--address", cluster.address, env=env)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store_client(tmp_path, "sweeptest", proc)
     deadline = time.time() + 300
     # Ctrl-C once a trial is part-way through (the other may not have started yet, or be done: on a
     # loaded machine the two start seconds apart and take ~4 s each). A trial's placement tag is

@@ -45,6 +45,7 @@ def exp(tmp_path):
     (["--set", "policy.hidden_sizes=[100000000]"], "layer widths up to 65536"),
     (["--set", "results_dir=s3://bucket/runs"], "key 'results_dir': a filesystem path, not a URI (s3://bucket/runs)"),
     (["--seed", "-1"], "--seed -1: expected a whole number from 0 to 2147483647"),
+    (["--seeds", "0"], "--seeds 0: expected a whole number from 1 to 64"),
     (["--set", "seed=2147483648"], "key 'seed': Input should be less than or equal to 2147483647"),
     (["--set", "resources.learner_cpus=100000"],
      "a trial asks for 100000.5 CPUs (resources.learner_cpus 100000 + rollouts.num_rollout_workers 1 x "
@@ -57,6 +58,32 @@ def test_bad_input_is_one_line_and_exit_2_before_ray(exp, tmp_path, args, fragme
     assert len(lines) == 1 and lines[0].startswith("rlsweep: error: ") and fragment in lines[0], r.stderr
     assert not (tmp_path / "results").exists()  # nothing was created: Ray never started
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_checkpoint_of_three_agents_restores_with_seeds_3_only(exp, tmp_path):
+    """`train` trains one agent whatever the file's sweep section says; a checkpoint of 3 agents is refused
+    without `--seeds 3` (one line, before Ray), and with it the three agents go on from it."""
+    from rlsweep.config import load_experiment
+    from rlsweep.engine.training import Training
+    from rlsweep.engine.workers import LocalWorkers
+    from rlsweep.ppo import checkpoint
+
+    exp.write_text(exp.read_text() + "sweep: {seeds_per_trial: 3}\n")  # for sweeps only
+    cfg = load_experiment(exp, ["rollouts.num_rollout_workers=0"])
+    assert cfg.agent_seeds == [1, 2, 3]
+    t = Training(cfg, LocalWorkers(cfg))
+    t.iterate()
+    checkpoint.write(tmp_path / "ckpt", *t.state())
+    t.close()
+    r = rlsweep("train", exp, "--restore", tmp_path / "ckpt", timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"rlsweep: error: --restore {tmp_path / 'ckpt'}: checkpoint holds 3 agent(s) (seeds [1, 2, 3]), this "
+        "run would train 1: add --seeds 3"], r.stderr
+    assert not (tmp_path / "results").exists()
+    r = rlsweep("train", exp, "--restore", tmp_path / "ckpt", "--seeds", "3", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "eval_return_mean/seed_3" not in r.stdout and re.search(r"eval_return_mean\s+\S+ \[", r.stdout), r.stdout
+    assert printed(r.stdout, "env_steps") == 1024
 
 
 def test_a_results_dir_that_cannot_hold_results_is_one_line_before_anything_starts(exp, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsweep.commands import inputs
-from rlsweep.config import ExperimentConfig
+from rlsweep.config import ConfigError, ExperimentConfig
 
 
 @dataclass
@@ -46,7 +46,8 @@ class TrainOutcome:
     started: bool = True
 
 
-def train(experiment: str, overrides: list[str], seed: int | None = None, restore: str | None = None) -> TrainOutcome:
+def train(experiment: str, overrides: list[str], seed: int | None = None, restore: str | None = None,
+          seeds: int | None = None) -> TrainOutcome:
     """Runs `rlsweep train`.
 
     Args:
@@ -54,10 +55,18 @@ def train(experiment: str, overrides: list[str], seed: int | None = None, restor
         overrides: `--set KEY=VALUE` strings.
         seed: replaces the experiment's seed.
         restore: a checkpoint folder or MLflow artifact URI to continue from.
+        seeds: train this many agents side by side (seeds `seed`, `seed` + 1, ...). By default one:
+            the experiment's `sweep.seeds_per_trial` is for its sweeps (a `--set` of it counts).
 
     Returns:
         How the run ended.
     """
+    if seeds is not None:
+        if not 1 <= seeds <= 64:
+            raise ConfigError(f"--seeds {seeds}: expected a whole number from 1 to 64")
+        overrides = [*overrides, f"sweep.seeds_per_trial={seeds}"]
+    elif not any(o.split("=", 1)[0].strip() == "sweep.seeds_per_trial" for o in overrides):
+        overrides = [*overrides, "sweep.seeds_per_trial=1"]
     cfg = inputs.experiment(experiment, overrides, seed=seed)
     local = None
     if restore and not inputs.is_mlflow_uri(restore):  # a bad local checkpoint is refused before the store opens

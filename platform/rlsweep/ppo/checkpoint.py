@@ -101,6 +101,11 @@ def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> tu
                 raise ConfigError(
                     f"--restore {directory}: checkpoint has {section}.{key}={old!r}, the experiment {new!r}"
                 )
+        agents = len(state.get("seeds") or [0])  # (a checkpoint from before the agent axis holds one)
+        wanted = ((experiment.get("sweep") or {}).get("seeds_per_trial")) or 1
+        if agents != wanted:
+            raise ConfigError(f"--restore {directory}: checkpoint holds {agents} agent(s) (seeds "
+                              f"{state.get('seeds')}), this run would train {wanted}: add --seeds {agents}")
     return d, state
 
 
