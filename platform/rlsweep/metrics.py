@@ -76,9 +76,8 @@ def is_reported(name: str) -> bool:
     extreme or per-seed value."""
     if name in REPORTED:
         return True
-    base = name.split("/seed_")[0] if "/seed_" in name else next(
-        (name[: -len(x)] for x in SCORE_SUFFIXES if name.endswith(x)), None)
-    return base in SCORED
+    base = name.partition("/seed_")[0]
+    return next((base[: -len(x)] for x in SCORE_SUFFIXES if base.endswith(x)), base) in SCORED
 
 
 def summarise(per_agent: dict[str, list[float]], seeds: list[int]) -> dict[str, float]:

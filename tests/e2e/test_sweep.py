@@ -539,6 +539,19 @@ def test_two_sweeps_started_together_on_a_fresh_store_both_finish(tmp_path):
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
+def _wait_for_confirmation(client, proc, ready, timeout=300):
+    """Until a confirmation trial's run is `ready(run, env_steps points logged)`."""
+    deadline = time.time() + timeout
+    while True:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the confirmation round never got that far"
+        runs = [r for r in runs_of(client) if r.data.tags.get("rlsweep.phase") == "confirm"
+                and r.data.tags.get("rlsweep.kind") == "trial"]
+        if any(ready(r, len(client.get_metric_history(r.info.run_id, "env_steps"))) for r in runs):
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     """A sweep with two seeds per trial and a confirmation round (its best two on two fresh seeds):
@@ -553,21 +566,9 @@ def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     proc = _sweep_process(exp, tmp_path / "space.yaml", "conf", "--trials", "2", "--set", "sweep.seeds_per_trial=2",
                           "--set", "sweep.confirm.top=2", "--set", "sweep.confirm.seeds=2")
     client = store_client(tmp_path, "sweeptest", proc)
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.time() < deadline, "the confirmation round never got part-way"
-            try:
-                mid = [r for r in runs_of(client) if r.data.tags.get("rlsweep.phase") == "confirm"
-                       and r.data.tags.get("rlsweep.kind") == "trial" and r.data.tags.get("rlsweep.status") == "running"
-                       and 4 <= (n := len(client.get_metric_history(r.info.run_id, "env_steps"))) and n % 3
-                       and n * 512 < per_trial - 512]
-            except Exception:  # the store is made by the sweep
-                mid = []
-            if mid:
-                break
-            time.sleep(0.05)
+    try:  # part-way, past its last checkpoint (every 3 iterations), so that resuming replays iterations
+        _wait_for_confirmation(client, proc, lambda run, n: run.data.tags.get("rlsweep.status") == "running"
+                               and 4 <= n and n % 3 and n * 512 < per_trial - 512)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -621,19 +622,7 @@ def test_ctrl_c_in_the_confirmation_round_then_resume(tmp_path):
     proc = _sweep_process(exp, tmp_path / "space.yaml", "cc", "--trials", "2",
                           "--set", "sweep.confirm.top=1", "--set", "sweep.confirm.seeds=2")
     client = store_client(tmp_path, "sweeptest", proc)
-    deadline = time.time() + 300
-    while True:
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.time() < deadline, "the confirmation round never started"
-        try:
-            started = [r for r in runs_of(client) if r.data.tags.get("rlsweep.phase") == "confirm"
-                       and r.data.tags.get("rlsweep.kind") == "trial"
-                       and len(client.get_metric_history(r.info.run_id, "env_steps")) >= 2]
-        except Exception:  # the store is made by the sweep
-            started = []
-        if started:
-            break
-        time.sleep(0.05)
+    _wait_for_confirmation(client, proc, lambda run, n: n >= 2)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "rlsweep resume" in err, err[-3000:]

@@ -59,13 +59,9 @@ def test_episode_accounting_adds_up():
     s.close()
 
 
-def test_sampler_state_round_trip_continues_exactly():
-    cfg, w = setup()
-    a = Sampler(cfg, 0)
-    a.sample(w, None)
-    state = a.get_state()
+def assert_continues_exactly(cfg, w, a, state):
+    """A fresh sampler set to `state` samples what `a` (whose state it is) samples next."""
     expected = a.sample(w, None)
-
     b = Sampler(cfg, 0)
     assert b.set_state(state, restart_seed=1) is True
     got = b.sample(w, None)
@@ -75,6 +71,14 @@ def test_sampler_state_round_trip_continues_exactly():
     assert expected.episode_returns == got.episode_returns
     a.close()
     b.close()
+
+
+def test_sampler_state_round_trip_continues_exactly():
+    cfg, w = setup()
+    a = Sampler(cfg, 0)
+    a.sample(w, None)
+    state = a.get_state()
+    assert_continues_exactly(cfg, w, a, state)
 
 
 def test_samplers_differ_by_worker_index():
@@ -158,16 +162,7 @@ def test_a_k_agent_sampler_state_round_trip_continues_exactly():
     a.sample(w, None)
     state = a.get_state()
     assert len(state["envs"]) == len(state["rngs"]) == 3
-    expected = a.sample(w, None)
-    b = Sampler(cfg, 0)
-    assert b.set_state(state, restart_seed=1) is True
-    got = b.sample(w, None)
-    for x, y in zip(expected, got, strict=True):
-        if isinstance(x, np.ndarray):
-            np.testing.assert_array_equal(x, y)
-    assert expected.episode_returns == got.episode_returns
-    a.close()
-    b.close()
+    assert_continues_exactly(cfg, w, a, state)
 
 
 def test_a_sampler_state_from_before_the_agent_axis_is_read():
@@ -180,13 +175,4 @@ def test_a_sampler_state_from_before_the_agent_axis_is_read():
     new = a.get_state()
     old = {"env": new["envs"][0], "rng": new["rngs"][0],
            **{key: encode_value(decode_value(new[key])[0]) for key in ("obs", "prev_done", "ep_return", "ep_length")}}
-    expected = a.sample(w, None)
-    b = Sampler(cfg, 0)
-    assert b.set_state(old, restart_seed=1) is True
-    got = b.sample(w, None)
-    for x, y in zip(expected, got, strict=True):
-        if isinstance(x, np.ndarray):
-            np.testing.assert_array_equal(x, y)
-    assert expected.episode_returns == got.episode_returns
-    a.close()
-    b.close()
+    assert_continues_exactly(cfg, w, a, old)

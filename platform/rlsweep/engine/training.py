@@ -63,8 +63,7 @@ def check_update(stats: dict[str, list[float]], parameters_finite: list[bool], i
     for k, seed in enumerate(seeds):
         agent = f" of agent seed {seed}" if len(seeds) > 1 else ""
         for key in (M.POLICY_LOSS, M.VALUE_LOSS, M.ENTROPY, M.APPROX_KL, M.GRAD_NORM):
-            v = stats.get(key, [math.nan] * len(seeds))[k]
-            if key in stats and not math.isfinite(v):
+            if key in stats and not math.isfinite(v := stats[key][k]):
                 raise NonFiniteError(f"iteration {iteration}: {key}{agent} became {v} in the PPO update "
                                      "(lr too high or a diverging loss)")
         if not parameters_finite[k]:
@@ -87,7 +86,7 @@ class Training:
     `iterate()` for one sample-and-update iteration, `state()`/`load_state()` for checkpoints.
 
     Every agent is trained as a one-agent run on its seed would train it; what they share is the
-    batched work. Metrics are reported per agent and summarised over agents (`summary`).
+    batched work. Metrics are reported per agent and summarised over agents (`metrics.summarise`).
 
     `workers` should be made before this (see `workers.make_workers`): building the learner imports
     torch, which remote workers' processes can overlap with their own start-up.
@@ -133,11 +132,6 @@ class Training:
         rows = [budget if r is None else r for r in self.reached]
         return {key: [row[key] for row in rows] for key in budget}
 
-    def summary(self, per_agent: dict[str, list[float]]) -> dict[str, float]:
-        """Per-agent metrics as reported: with one agent its values; with K, `metrics.summarise` (the
-        score metrics' IQM with their interval, extremes and per-seed values; the mean of the rest)."""
-        return M.summarise(per_agent, self.seeds)
-
     def iterate(self) -> dict[str, float]:
         """Samples one batch per agent, updates the policies on them, evaluates when due; returns the
         metrics (names from `metrics.py`)."""
@@ -160,7 +154,7 @@ class Training:
             check_update(stats, self.learner.finite(), self.iterations + 1, self.seeds)
         except NonFiniteError as e:  # what this iteration saw goes with the error (the curve shows it)
             e.metrics = {M.ENV_STEPS: self.env_steps + cfg.ppo.train_batch_size,
-                         **self.summary({**self._episode_means(rollouts), **stats})}
+                         **M.summarise({**self._episode_means(rollouts), **stats}, self.seeds)}
             raise
         t2 = time.perf_counter()
         # 5. counters and episode means
@@ -179,7 +173,7 @@ class Training:
             if not all(math.isfinite(v) for v in self.last_eval[M.EVAL_RETURN_MEAN]):
                 raise NonFiniteError(f"iteration {self.iterations}: the evaluation env returned non-finite rewards",
                                      {M.ENV_STEPS: self.env_steps,
-                                      **self.summary({**self.episode_means, **stats})})
+                                      **M.summarise({**self.episode_means, **stats}, self.seeds)})
             t_eval = time.perf_counter() - t3
         total = time.perf_counter() - t0
         self.train_time_s += total
@@ -192,7 +186,7 @@ class Training:
         result = {
             M.ENV_STEPS: self.env_steps,
             M.EPISODES: self.episodes,
-            **self.summary({**self.episode_means, **self.last_eval, **stats, **self.target_metrics()}),
+            **M.summarise({**self.episode_means, **self.last_eval, **stats, **self.target_metrics()}, self.seeds),
             M.TIME_SAMPLE_S: t1 - t0,
             M.TIME_LEARN_S: t2 - t1,
             M.TIME_EVAL_S: t_eval,
