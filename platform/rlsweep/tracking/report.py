@@ -226,8 +226,11 @@ def _plot_confirmation(table: list[dict[str, Any]], metric: str, path: Path) -> 
     ax.errorbar(xs, ys, xerr=errors("search_"), yerr=errors(CONFIRMED), fmt="o", capsize=3)
     for e, x, y in zip(table, xs, ys, strict=True):
         ax.annotate(f"{e['trial']}", (x, y), textcoords="offset points", xytext=(4, 4))
-    lo, hi = min(xs + ys), max(xs + ys)
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()  # across the whole plot, intervals included
+    lo, hi = min(x0, y0), max(x1, y1)
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", label="confirmed = search")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
     ax.set_xlabel(f"search {metric} (IQM, 95% interval)")
     ax.set_ylabel(f"confirmed {metric} on fresh seeds")
     ax.set_title("Search score against confirmed score")
