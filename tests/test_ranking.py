@@ -40,8 +40,10 @@ def trial_folder(sweep, tid, tag=None, results=(), checkpoints=(), params=None):
     lines = [json.dumps({**r, "trial_id": tid, "experiment_tag": tag, "config": config}) for r in results]
     if lines:
         (d / "result.json").write_text("\n".join(lines) + "\n")
-    for i in checkpoints:
-        (d / f"checkpoint_{i:06d}").mkdir()
+    from rlsweep.ppo import checkpoint
+
+    for i in checkpoints:  # whole, as rankings pick only those
+        checkpoint.write(d / f"checkpoint_{i:06d}", b"learner", {"iterations": i})
     return d
 
 

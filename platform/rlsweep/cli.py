@@ -308,6 +308,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rlsweep: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as e:  # a full disk where rlsweep or Tune writes, outside a trial (see tuning/full_disk.py)
+        from rlsweep.tuning.full_disk import no_space
+
+        if not no_space(str(e)):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"rlsweep: error: no space left on device{where}; what was written before is kept: free space, "
+              "then run the command again", file=sys.stderr)
+        return 1
 
 
 def entry() -> None:

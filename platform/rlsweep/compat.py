@@ -12,6 +12,7 @@ installed, when an upgrade moves what the function relies on.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -78,6 +79,7 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"
 
 # Tune's on-disk layout of a trial folder (what `rlsweep best` and the ranked rows read)
 TRIAL_RESULT_FILE = "result.json"  # JsonLoggerCallback: one JSON line per reported result
+TRIAL_ERROR_PICKLE = "error.pkl"  # Trial.handle_error: the trial's latest error, pickled (error.txt: its text)
 CHECKPOINT_PREFIX = "checkpoint_"  # checkpoint_000012: the trial's checkpoints, by index
 
 
@@ -86,26 +88,41 @@ def trial_result_file(trial_dir: Path) -> Path:
     return trial_dir / TRIAL_RESULT_FILE
 
 
-def latest_checkpoint(trial_dir: Path) -> Path | None:
-    """The trial's newest checkpoint folder (Tune always keeps the newest), or None."""
-    found = [p for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()
-             and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()]
-    return max(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), default=None)
+def latest_checkpoint(trial_dir: Path, usable: Callable[[Path], bool] = Path.is_dir) -> Path | None:
+    """The trial's newest checkpoint folder that is `usable` (Tune always keeps the newest), or None."""
+    found = sorted((p for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()
+                    and p.name.removeprefix(CHECKPOINT_PREFIX).isdigit()),
+                   key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)), reverse=True)
+    return next((p for p in found if usable(p)), None)
 
 
 TUNE_RUN_LOGGER = "ray.tune.tune"
 TUNE_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 
 
+TUNE_STATE_LOGGER = "ray.tune.execution.experiment_state"
+TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+
+
 def _tune_interrupt_recipe(record: logging.LogRecord) -> bool:
     text = str(record.msg)
-    return not (text.startswith("Stop signal received") or text.startswith("Experiment has been interrupted"))
+    return not (text.startswith("Stop signal received") or text.startswith("Experiment has been interrupted")
+                or text.startswith("Trials did not complete"))
+
+
+def _not_a_full_disk(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, OSError) and (error.errno == errno.ENOSPC or "No space left" in str(error)))
 
 
 def quiet_tune_logs() -> None:
     """Drop what Tune logs over rlsweep's own lines: its resume recipe (`Tuner.restore(...)`) on
-    Ctrl-C, and the warning with a whole config for a trial stopped before its first result."""
+    Ctrl-C, its list of trials that did not complete (rlsweep says how each ended), the tracebacks of
+    the trial and experiment-state saves that a full disk failed (rlsweep names the disk once, see
+    `tuning.full_disk`), and the warning with a whole config for a trial stopped before its first result."""
     logging.getLogger(TUNE_RUN_LOGGER).addFilter(_tune_interrupt_recipe)
+    for name in (TUNE_STATE_LOGGER, TUNE_CONTROLLER_LOGGER):
+        logging.getLogger(name).addFilter(_not_a_full_disk)
     logging.getLogger(TUNE_ANALYSIS_LOGGER).setLevel(logging.ERROR)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from rlsweep import compat
 from rlsweep import metrics as M
 from rlsweep.config import ConfigError
+from rlsweep.ppo.checkpoint import is_whole
 
 TRIAL_GLOB = "trial_*"  # `tuning.trainable.trial_dirname`
 PARAMS_FILE = "params.json"  # Tune's JSON logger: the trial's config, written when it starts
@@ -68,7 +69,7 @@ def trial_row(trial_dir: Path) -> dict[str, Any] | None:
             config, trial_id = values.pop("config"), values["trial_id"]
         except (ValueError, KeyError, TypeError, AttributeError):
             raise ConfigError(f"{results}: the last result is not valid (corrupt or truncated)") from None
-    checkpoint = compat.latest_checkpoint(trial_dir)
+    checkpoint = compat.latest_checkpoint(trial_dir, usable=is_whole)  # not one a full disk cut short
     return {**values, "trial_id": trial_id, "number": trial_number(values.get("experiment_tag"), trial_id),
             "config": config, "checkpoint": str(checkpoint) if checkpoint else None}
 

@@ -98,6 +98,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     from rlsweep import metrics as M
     from rlsweep.tracking.callback import MlflowCallback
     from rlsweep.tracking.parents import SweepParent
+    from rlsweep.tuning.full_disk import StopOnFullDisk, fit
     from rlsweep.tuning.progress import ProgressLine
     from rlsweep.tuning.ray_session import check_cluster, init_ray
     from rlsweep.tuning.searcher import make_sampler, searcher_class
@@ -113,7 +114,8 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     parent = SweepParent(name=p.name, run_dir=str(p.directory), metric=s.metric, mode=s.mode,
                          searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
                          time_budget_s=s.time_budget_s, confirm=s.confirm is not None)
-    tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, parent)
+    full_disk = StopOnFullDisk(p.directory.parent)
+    tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(p.directory)
     # Ray first: a trial that can never fit is bad input, refused before the sweep's folder exists
     init_ray(tracker.open)
@@ -154,13 +156,13 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
             scheduler=scheduler, reuse_actors=s.reuse_actors, trial_dirname_creator=trial_dirname,
             time_budget_s=s.time_budget_s,
         ),
-        run_config=_run_config(cfg, p.name, p.directory.parent, stopper, tracker, signer,
+        run_config=_run_config(cfg, p.name, p.directory.parent, stopper, tracker, signer, full_disk,
                                ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode,
                                             searched=list(p.space.params), stop_reason=stopper.reason)),
     )
     try:
         try:
-            tuner.fit()
+            fit(tuner, p.directory)
         finally:
             signer.signer.sign()  # Tune's last snapshot
         record = SweepRecord.read(p.directory, full=True)
@@ -172,7 +174,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
 
 
 def _run_config(cfg: ExperimentConfig, name: str, storage_path: Path, stopper: Any, tracker: Any, signer: Any,
-                progress: Any) -> Any:
+                full_disk: Any, progress: Any) -> Any:
     """Tune's RunConfig of a sweep's Tune run (its search, or its confirmation round)."""
     from ray import tune
 
@@ -186,7 +188,7 @@ def _run_config(cfg: ExperimentConfig, name: str, storage_path: Path, stopper: A
             checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True,
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
         ),
-        callbacks=[TrialResultLog(), tracker, signer, NoRetryAfterDivergence(), progress],
+        callbacks=[TrialResultLog(), tracker, signer, NoRetryAfterDivergence(), full_disk, progress],
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         verbose=verbosity.tune_verbosity(),
     )
@@ -238,6 +240,7 @@ def run_confirmation(record: SweepRecord) -> None:
     from rlsweep.ranking import CONFIRM_DIR, CONFIRM_ORDER, confirmation_order
     from rlsweep.tracking.callback import MlflowCallback
     from rlsweep.tracking.parents import SweepParent
+    from rlsweep.tuning.full_disk import StopOnFullDisk, fit
     from rlsweep.tuning.integrity import verify
     from rlsweep.tuning.progress import ProgressLine
     from rlsweep.tuning.searcher import fixed_configs_searcher
@@ -255,7 +258,7 @@ def run_confirmation(record: SweepRecord) -> None:
         tuner = tune.Tuner.restore(str(confirm_dir), trainable=trainable_for(), resume_unfinished=True,
                                    resume_errored=False)
         try:
-            tuner.fit()
+            fit(tuner, confirm_dir)
         finally:
             SignTuneState(confirm_dir).signer.sign()
         return
@@ -274,7 +277,8 @@ def run_confirmation(record: SweepRecord) -> None:
     parent = SweepParent(name=record.name, run_dir=str(directory), metric=s.metric, mode=s.mode,
                          searched=list(record.params), time_budget_s=None, confirm=True,
                          confirms=tuple(zip(ids, numbers, strict=True)))
-    tracker = MlflowCallback(record.store(), str(confirm_dir), cfg, stopper.reason, parent)
+    full_disk = StopOnFullDisk(directory.parent)
+    tracker = MlflowCallback(record.store(), str(confirm_dir), cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(confirm_dir)
     progress = ProgressLine(sweep_trials=len(configs), metric=s.metric, mode=s.mode, searched=list(record.params),
                             stop_reason=stopper.reason, title="confirmation", confirms=numbers)
@@ -287,10 +291,10 @@ def run_confirmation(record: SweepRecord) -> None:
             max_concurrent_trials=max_concurrent(cfg.model_copy(update={"sweep": s.model_copy(
                 update={"seeds_per_trial": s.confirm.seeds})})),
         ),
-        run_config=_run_config(cfg, CONFIRM_DIR, directory, stopper, tracker, signer, progress),
+        run_config=_run_config(cfg, CONFIRM_DIR, directory, stopper, tracker, signer, full_disk, progress),
     )
     try:
-        tuner.fit()
+        fit(tuner, confirm_dir)
     finally:
         signer.signer.sign()
 
@@ -328,6 +332,7 @@ def resume_sweep(p: ResumePlan) -> SweepOutcome:
 
     from rlsweep.commands.legacy import accept_moved_names
     from rlsweep.tuning import retention
+    from rlsweep.tuning.full_disk import fit
     from rlsweep.tuning.integrity import Signer, verify
     from rlsweep.tuning.ray_session import check_cluster, init_ray
     from rlsweep.tuning.trainable import trainable_for
@@ -346,7 +351,7 @@ def resume_sweep(p: ResumePlan) -> SweepOutcome:
             tuner = tune.Tuner.restore(str(directory), trainable=trainable_for(), resume_unfinished=True,
                                        resume_errored=False)
             try:
-                tuner.fit()
+                fit(tuner, directory)
             finally:
                 Signer(directory).sign()
         if p.record.cfg.sweep.confirm is not None and search_done(p.record):

@@ -95,6 +95,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
     from rlsweep.tracking.parents import SingleRun
     from rlsweep.tracking.runs import error_line
     from rlsweep.tracking.store import Store
+    from rlsweep.tuning.full_disk import StopOnFullDisk, fit
     from rlsweep.tuning.progress import ProgressLine
     from rlsweep.tuning.ray_session import check_cluster, init_ray
     from rlsweep.tuning.result_log import TrialResultLog
@@ -104,7 +105,9 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
     storage = Path(cfg.results_dir).resolve()
     name = f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     stopper = TrialStopper(cfg.stop, cfg.sweep.seeds_per_trial)
-    tracker = MlflowCallback(Store.of(cfg), str(storage / name), cfg, stopper.reason, SingleRun(dict(tags or {})))
+    full_disk = StopOnFullDisk(storage)
+    tracker = MlflowCallback(Store.of(cfg), str(storage / name), cfg, stopper.reason, SingleRun(dict(tags or {})),
+                             full_disk.reason)
     init_ray(tracker.open)
     check_cluster(cfg)
     tuner = tune.Tuner(
@@ -118,12 +121,12 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True
             ),
-            callbacks=[TrialResultLog(), tracker, NoRetryAfterDivergence(), ProgressLine()],
+            callbacks=[TrialResultLog(), tracker, NoRetryAfterDivergence(), full_disk, ProgressLine()],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
             verbose=verbosity.tune_verbosity(),
         ),
     )
-    result = tuner.fit()[0]
+    result = fit(tuner, storage / name)[0]
     metrics = dict(result.metrics or {})
     return TrainOutcome(
         run_id=next(iter(tracker.runs.values()), None),
@@ -133,6 +136,6 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
         error=None if result.error is None else error_line(str(result.error)) or type(result.error).__name__,
         trial_dir=str(result.path),
         interrupted=tracker.interrupted,
-        why_interrupted=None if tracker.tracking_lost is None else str(tracker.tracking_lost),
+        why_interrupted=str(tracker.tracking_lost) if tracker.tracking_lost is not None else full_disk.why,
         started=tracker.started,
     )

@@ -69,6 +69,16 @@ def read(directory: str | Path) -> tuple[bytes, dict[str, Any]]:
     return data, state
 
 
+def is_whole(directory: str | Path) -> bool:
+    """Whether `directory` holds a checkpoint whose files are all there and match their checksum (a
+    copy cut short, by a full disk or a crash, is not)."""
+    try:
+        _load(directory)
+    except (ConfigError, OSError):
+        return False
+    return True
+
+
 def _load(directory: str | Path) -> tuple[Path, bytes, dict[str, Any]]:
     d = Path(directory)
     if not d.is_dir():

@@ -16,6 +16,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +84,17 @@ class MlflowCallback(tune.Callback):
             section whether checkpoints are uploaded and how often metrics are written.
         stop_reason: result -> why the trial stopped (None: stopped before its criteria).
         parent: what the trial runs hang under: a sweep's parent run, or `SingleRun` (`rlsweep train`).
+        why_stopped: () -> why rlsweep itself stopped the run (e.g. `full_disk.StopOnFullDisk.why`), the
+            reason of each run it interrupted; None when it did not.
 
     A checkpoint waits until every metric of the iterations before it is written, so a resume from
     that checkpoint leaves no gap.
     """
 
     def __init__(self, store: Store, run_dir: str, cfg: ExperimentConfig, stop_reason: Any,
-                 parent: SweepParent | SingleRun):
+                 parent: SweepParent | SingleRun, why_stopped: Callable[[], str | None] | None = None):
         self.store, self.run_dir, self.stop_reason, self.parent = store, run_dir, stop_reason, parent
+        self.why_stopped = why_stopped
         self.metric, self.mode = cfg.sweep.metric, cfg.sweep.mode
         self.log_checkpoints = cfg.tracking.log_checkpoints
         # a trial's metric rows are written every flush_s, at its checkpoints and at its end (one
@@ -129,6 +133,7 @@ class MlflowCallback(tune.Callback):
             sweep, tags = state.pop("sweep", None), state.pop("tags", None) or {}
             state["parent"] = sweep if sweep is not None else SingleRun(dict(tags))
             state["_settings"] = tuple(k for k in state["_settings"] if k not in ("sweep", "tags")) + ("parent",)
+        state.setdefault("why_stopped", None)  # pickled before rlsweep stopped runs itself
         self.__dict__.update(state)
         self._reset()
 
@@ -353,7 +358,8 @@ class MlflowCallback(tune.Callback):
                 tune_status=trial.status, started_here=trial.trial_id in self._opened,
                 ended_here=trial.trial_id in self._closed,
                 has_result=bool((trial.last_result or {}).get(M.TRAINING_ITERATION)),
-                time_budget_s=self.parent.time_budget_s, elapsed_s=elapsed)
+                time_budget_s=self.parent.time_budget_s, elapsed_s=elapsed,
+                why=self.why_stopped() if self.why_stopped else None)
             if outcome is None:
                 continue
             interrupted |= outcome.status is RunStatus.INTERRUPTED

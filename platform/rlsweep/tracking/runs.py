@@ -50,16 +50,18 @@ def error_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def trial_error_line(trial: Any) -> str:
-    """The trial's latest error, in one line, for the run's reason tag. Read from the trial's local
-    error file: the copy `get_error` reads is synced to storage only later."""
-    text = ""
+def trial_error_text(trial: Any) -> str:
+    """The text of the trial's errors so far. Read from the trial's local error file: the copy
+    `get_error` reads is synced to storage only later."""
     local = getattr(trial, "error_file", None)
     if local and Path(local).is_file():
-        text = Path(local).read_text(errors="replace")
-    elif hasattr(trial, "get_error"):
-        text = str(trial.get_error() or "")
-    return error_line(text) or "see the trial's error file"
+        return Path(local).read_text(errors="replace")
+    return str(trial.get_error() or "") if hasattr(trial, "get_error") else ""
+
+
+def trial_error_line(trial: Any) -> str:
+    """The trial's latest error, in one line, for the run's reason tag."""
+    return error_line(trial_error_text(trial)) or "see the trial's error file"
 
 
 def numeric(v: Any) -> bool:

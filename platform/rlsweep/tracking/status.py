@@ -65,7 +65,7 @@ def failed(error: str) -> Outcome:
 
 
 def at_experiment_end(*, tune_status: str, started_here: bool, ended_here: bool, has_result: bool,
-                      time_budget_s: float | None, elapsed_s: float) -> Outcome | None:
+                      time_budget_s: float | None, elapsed_s: float, why: str | None = None) -> Outcome | None:
     """How a trial stands once the Tune run ends, where Tune cut it short; None where it had ended
     already (completed or failed here, or before a resume).
 
@@ -82,6 +82,7 @@ def at_experiment_end(*, tune_status: str, started_here: bool, ended_here: bool,
         has_result: it reported at least one training iteration (in this process or before).
         time_budget_s: the sweep's time budget, if any.
         elapsed_s: how long this Tune run has gone on.
+        why: what stopped the run, where rlsweep stopped it (a full disk); None for Ctrl-C and SIGTERM.
 
     Returns:
         The outcome to record, or None.
@@ -92,4 +93,4 @@ def at_experiment_end(*, tune_status: str, started_here: bool, ended_here: bool,
         return None
     if tune_status == TUNE_TERMINATED and time_budget_s is not None and elapsed_s >= time_budget_s:
         return Outcome(RunStatus.STOPPED_EARLY, f"the sweep's time budget of {time_budget_s:g} s ended")
-    return Outcome(RunStatus.INTERRUPTED)
+    return Outcome(RunStatus.INTERRUPTED, why)

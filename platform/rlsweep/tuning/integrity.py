@@ -91,7 +91,11 @@ def _scan(directory: Path, patterns: tuple[str, ...]) -> list[Path]:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
+    try:
+        tmp.write_bytes(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: the part written is freed again
+        raise
     tmp.replace(path)
 
 
@@ -114,7 +118,19 @@ class Signer:
         self._manifest: tuple[bytes, tuple[int, int]] | None = None  # as last written, and its stat
 
     def sign(self, trials: bool = True) -> None:
-        """Signs what changed; trials' files are scanned at most once a second unless `trials` is forced."""
+        """Signs what changed; trials' files are scanned at most once a second unless `trials` is forced.
+
+        On a full disk the manifest stays as last signed (a resume goes on from that state; rlsweep
+        names the full disk where a trial fails, `full_disk.StopOnFullDisk`)."""
+        try:
+            self._sign(trials)
+        except OSError as e:
+            from rlsweep.tuning.full_disk import no_space
+
+            if not no_space(str(e)):
+                raise
+
+    def _sign(self, trials: bool) -> None:
         if self._key is None:
             self._key = load_key(create=True)
         d = self.directory
