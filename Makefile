@@ -48,6 +48,8 @@ bench: venv bench-rllib-venv
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/seeds_cost.py
 	$(BIN)/python benchmarks/seeds_holdup.py
+	$(BIN)/python benchmarks/mujoco_parity.py
+	$(BIN)/python benchmarks/start_time.py
 
 # RLlib pins an older gymnasium than rlsweep allows: its peer runs in a virtualenv of its own.
 bench-rllib-venv: .venv-rllib/.installed

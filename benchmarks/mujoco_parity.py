@@ -18,6 +18,7 @@ table to BENCHMARKS.md and the plot to benchmarks/plots/mujoco_parity.png.
 
     python benchmarks/mujoco_parity.py [--envs Hopper-v5 Walker2d-v5 HalfCheetah-v5] [--seeds 0 1 2]
     python benchmarks/mujoco_parity.py --report-only     # table and plot from parity.json
+    (a run of some --envs replaces their results in parity.json and keeps the other envs')
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from report import markers, write_section
@@ -176,6 +178,11 @@ def final(run: dict) -> float:
     return run["eval"][-1][1]
 
 
+def last3(run: dict) -> float:
+    """The mean of the last three evaluations: less at the mercy of one evaluation's 5 episodes."""
+    return statistics.mean(v for _, v in run["eval"][-3:])
+
+
 def verdict(ours: list[float], peer: list[float]) -> str:
     mean = statistics.mean(ours)
     if mean >= max(peer):
@@ -201,7 +208,9 @@ def plot(results: dict) -> None:
                 steps = np.array([s for s, _ in runs[0][key]])
                 ys = np.array([[v for _, v in r[key]] for r in runs], dtype=float)
                 label = f"{'rlsweep' if name == 'rlsweep' else 'SB3'} {'deterministic eval' if key == 'eval' else 'training episodes'}"
-                ax.plot(steps, np.nanmean(ys, axis=0), style, color=colour, label=label)
+                with warnings.catch_warnings():  # an iteration in which no seed ended an episode is a gap
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    ax.plot(steps, np.nanmean(ys, axis=0), style, color=colour, label=label)
                 if key == "eval":
                     ax.fill_between(steps, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), color=colour, alpha=0.15)
         ax.set_title(f"{env_id} ({len(runs)} seeds: mean, min-max)")
@@ -226,8 +235,8 @@ def report(data: dict) -> str:
         "mean with min-max band; dotted: training episodes).",
         "",
         "| env | rlsweep final eval per seed | rlsweep mean | SB3 final eval per seed | SB3 mean | rlsweep vs SB3's spread | "
-        "rlsweep wall s (median) | SB3 wall s (median) |",
-        "|---|---|---|---|---|---|---|---|",
+        "last 3 evaluations, mean over seeds: rlsweep / SB3 | rlsweep wall s (median) | SB3 wall s (median) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for env_id, seeds in results.items():
         ours = [final(r["rlsweep"]) for r in seeds.values()]
@@ -236,7 +245,8 @@ def report(data: dict) -> str:
         lines.append(
             f"| {env_id} | {', '.join(f'{v:.0f}' for v in ours)} | {statistics.mean(ours):.0f} | "
             f"{', '.join(f'{v:.0f}' for v in peer)} | {statistics.mean(peer):.0f} | {verdict(ours, peer)} | "
-            f"{walls[0]:.0f} | {walls[1]:.0f} |"
+            f"{statistics.mean(last3(r['rlsweep']) for r in seeds.values()):.0f} / "
+            f"{statistics.mean(last3(r['sb3']) for r in seeds.values()):.0f} | {walls[0]:.0f} | {walls[1]:.0f} |"
         )
     lines += ["", "Evaluation curves (env steps: rlsweep mean / SB3 mean over seeds):", ""]
     for env_id, seeds in results.items():
@@ -270,7 +280,9 @@ def main() -> None:
         import stable_baselines3
         import torch
 
-        results: dict = {}
+        # a run of some envs replaces theirs in an earlier run's results and keeps the others
+        earlier = json.loads(OUT.read_text())["results"] if OUT.is_file() else {}
+        results: dict = {env_id: earlier[env_id] for env_id in earlier if env_id not in args.envs}
         for env_id in args.envs:
             for seed in args.seeds:
                 results.setdefault(env_id, {})[str(seed)] = pair(env_id, seed)
@@ -282,9 +294,13 @@ def main() -> None:
             "versions": f"Python {sys.version.split()[0]} ({stdlib_platform.machine()}), torch {torch.__version__}, "
                         f"ray {ray.__version__}, gymnasium {gymnasium.__version__}, "
                         f"stable-baselines3 {stable_baselines3.__version__}",
-            "command": "python benchmarks/mujoco_parity.py " + " ".join(sys.argv[1:])}}
+            "command": "python benchmarks/mujoco_parity.py " + " ".join(sys.argv[1:])
+                       + (f" (after an earlier run of {', '.join(e for e in results if e not in args.envs)})"
+                          if any(e not in args.envs for e in results) else "")}}
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(data))
+    order = sorted(data["results"], key=lambda e: ENVS.index(e) if e in ENVS else len(ENVS))
+    data["results"] = {e: data["results"][e] for e in order}
     plot(data["results"])
     block = report(data)
     print(block)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlsweep import metrics as M
-from rlsweep import verbosity
+from rlsweep import timeline, verbosity
 from rlsweep.config import ConfigError, flatten
 from rlsweep.interrupts import interrupt_on_termination
 
@@ -274,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit code: 0, 1 (the command failed), 2 (bad input: one line on stderr) or 130
         (interrupted).
     """
+    timeline.mark("imported")
     args = _parser().parse_args(argv)
     interrupt_on_termination()
     verbosity.set_verbose(getattr(args, "verbose", False))
@@ -326,6 +327,7 @@ def entry() -> None:
     teardown of what a sweep imports (Ray, MLflow, Optuna, scikit-learn, matplotlib) takes seconds.
     """
     code = main()
+    timeline.mark("command_done")
     if "ray" in sys.modules:
         import ray
 
@@ -334,6 +336,8 @@ def entry() -> None:
             # actor's last lines (its final checkpoint) would otherwise be lost with the exit
             time.sleep(VERBOSE_LOG_DRAIN_S)
         ray.shutdown()
+    timeline.mark("ray_shut_down")
+    timeline.write()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -90,7 +90,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
     """
     from ray import tune
 
-    from rlsweep import verbosity
+    from rlsweep import timeline, verbosity
     from rlsweep.tracking.callback import MlflowCallback
     from rlsweep.tracking.parents import SingleRun
     from rlsweep.tracking.runs import error_line
@@ -126,7 +126,9 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
             verbose=verbosity.tune_verbosity(),
         ),
     )
+    timeline.mark("fit_starting")
     result = fit(tuner, storage / name)[0]
+    timeline.mark("fit_done")
     metrics = dict(result.metrics or {})
     return TrainOutcome(
         run_id=next(iter(tracker.runs.values()), None),

@@ -11,6 +11,7 @@ from typing import Any
 from ray import tune
 
 from rlsweep import metrics as M
+from rlsweep import timeline
 from rlsweep.ranking import better, trial_number
 from rlsweep.tracking.runs import trial_error_line, trial_run_name
 from rlsweep.tuning.ray_session import short_of_resources
@@ -91,8 +92,13 @@ class ProgressLine(tune.Callback):
         elif trials and all(t.status == "PENDING" for t in trials):
             self._show(f"[{trials[0].trial_id}] {_pending_word()} | {time.monotonic() - self._start:6.1f} s", force=True)
 
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        """A trial's actor is up (its setup done): a moment of the timeline."""
+        timeline.mark("trial_started")
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         """A result: the best so far, and the live line."""
+        timeline.mark("first_result")
         v = result.get(self.metric)
         if isinstance(v, (int, float)) and math.isfinite(v) and (self._best is None or better(v, self._best, self.mode)):
             self._best = float(v)

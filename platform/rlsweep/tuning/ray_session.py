@@ -13,7 +13,7 @@ from pathlib import Path
 
 import ray
 
-from rlsweep import compat, verbosity
+from rlsweep import compat, timeline, verbosity
 from rlsweep.config import ConfigError, ExperimentConfig
 from rlsweep.interrupts import interrupt_on_termination
 from rlsweep.tuning.storage import check_shared_storage
@@ -163,9 +163,12 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     # latest cluster started on this machine (`ray start`, /tmp/ray/ray_current_cluster) unasked, and
     # every check here would take that cluster for the local Ray.
     address = None if os.environ.get("RAY_ADDRESS") else "local"
+    timeline.mark("ray_starting")
     with _secrets_kept_from_ray():
         ray.init(address=address, include_dashboard=False, logging_level=verbosity.level(), log_to_driver=True,
                  configure_logging=True)
     interrupt_on_termination()
+    timeline.mark("ray_started")
     warm.join()
+    timeline.mark("warmed_up")
 
