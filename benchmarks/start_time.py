@@ -47,6 +47,7 @@ PHASES = [
 
 
 def run_rlsweep(seed: int, work: Path) -> dict:
+    work.mkdir(parents=True)
     exe = ROOT / ".venv/bin/rlsweep"
     cmd = [str(exe) if exe.exists() else "rlsweep", "train", "experiments/cartpole_ppo.yaml", "--seed", str(seed),
            "--set", f"results_dir={work / 'results'}", "--set", f"tracking.local_dir={work}"]
