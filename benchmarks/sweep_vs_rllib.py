@@ -49,6 +49,8 @@ def run_rlsweep(out: Path, trials: int, concurrent: int) -> dict:
            "--set", f"stop.env_steps={MAX_STEPS}", "--set", f"sweep.max_concurrent={concurrent}",
            "--set", "sweep.metric=episode_return_mean", "--set", "sweep.mode=max", "--set", "sweep.seed=0", "--set", "sweep.n_startup_trials=5",
            "--set", "evaluation.interval=0",
+           # one seed per trial and no confirmation round, as each RLlib trial is one seed
+           "--set", "sweep.seeds_per_trial=1", "--set", "sweep.confirm=null",
            "--set", f"results_dir={out / 'results'}", "--set", f"tracking.local_dir={out}"]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
