@@ -113,6 +113,6 @@ def test_a_confirmation_that_disagrees_with_the_search_decides_the_winner_and_be
     out = best_command(str(sweep), output=str(tmp_path / "best.yaml"))
     assert out.row["trial_id"] == "s_00002"
     text = (tmp_path / "best.yaml").read_text()
-    assert text.startswith("# best trial s_00002 of sweep s: m = 450.0; confirmed on fresh seeds (trial c_00002): "
+    assert text.startswith(f"# best trial {out.row['number']} (trial id s_00002) of sweep s: m = 450.0; confirmed on fresh seeds (trial c_00002): "
                            "m = 440.0\n")
     assert "lr: 0.2" in text and "seed: 0" in text  # B's configuration, on the experiment's own seed

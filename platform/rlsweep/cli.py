@@ -45,26 +45,31 @@ def _parser() -> argparse.ArgumentParser:
                         help="on a joined cluster, let trials bigger than it is now wait for nodes (an autoscaler "
                              "that Ray does not report); default: refused, exit 2")
 
-    def experiment_args(sp: argparse.ArgumentParser) -> None:
+    def experiment_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("experiment", help="experiment YAML, e.g. experiments/cartpole_ppo.yaml")
+
+    def set_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set stop.env_steps=20000 (repeatable)")
-        address_arg(sp)
 
     t = sub.add_parser("train", parents=[common], help="train one trial of an experiment through Ray Tune")
-    experiment_args(t)
+    experiment_arg(t)
     t.add_argument("--seed", type=int, default=None, help="override the experiment's seed")
     t.add_argument("--seeds", type=int, default=None, metavar="K",
                    help="train K agents side by side on seeds seed..seed+K-1 (default 1: the experiment's "
                         "sweep.seeds_per_trial is for sweeps)")
     t.add_argument("--restore", metavar="CHECKPOINT", default=None,
                    help="continue from a checkpoint directory or an MLflow artifact URI (runs:/<id>/...)")
+    set_arg(t)
+    address_arg(t)  # (flags in the order people need them: the cluster's last)
 
     s = sub.add_parser("sweep", parents=[common], help="search hyperparameters with Optuna through Ray Tune, tracked in MLflow")
-    experiment_args(s)
-    s.add_argument("--space", default=None, help="search space YAML (default: the experiment's sweep.search_space)")
+    experiment_arg(s)
     s.add_argument("--trials", type=int, default=None, help="number of trials (default: sweep.trials)")
     s.add_argument("--name", default=None, help="sweep name (default: <experiment>-<date>-<time>)")
+    s.add_argument("--space", default=None, help="search space YAML (default: the experiment's sweep.search_space)")
+    set_arg(s)
+    address_arg(s)
 
     r = sub.add_parser("resume", parents=[common], help="continue an interrupted sweep")
     r.add_argument("sweep", metavar="NAME_OR_PATH", help="a sweep name under --results-dir, or its directory")
@@ -160,7 +165,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def _print_sweep(out: SweepOutcome) -> int:
     """The sweep's closing lines: interrupted (and how to go on), or its top trials and best trial."""
     from rlsweep.tracking.runs import trial_run_name
-    from rlsweep.tracking.store import redact, ui_link
+    from rlsweep.tracking.store import redact, trials_link, ui_link
 
     r, me = out.record, _self_command()
     store = r.store()
@@ -205,8 +210,11 @@ def _print_sweep(out: SweepOutcome) -> int:
     server = store.uri.startswith(("http://", "https://"))
     base = store.uri if server else "http://127.0.0.1:5000"
     ui = "" if server else f" (after `{me} ui`)"
-    print(f"in MLflow{ui}: the trials {ui_link(base, out.experiment_id)}")
-    print(f"               the sweep  {ui_link(base, out.experiment_id, out.parent_run_id)}")
+    print(f"in MLflow{ui}:")
+    print(f"  its trials, best first   {trials_link(base, out.experiment_id, out.parent_run_id, r.metric, r.mode)}")
+    print(f"  their curves, overlaid   "
+          f"{trials_link(base, out.experiment_id, out.parent_run_id, r.metric, r.mode, charts=True)}")
+    print(f"  the sweep (its summary)  {ui_link(base, out.experiment_id, out.parent_run_id)}")
     print(f"next: {me} best {r.directory} -o best.yaml   |   {me} ui   (compare the runs in MLflow)")
     return 0
 
@@ -214,17 +222,22 @@ def _print_sweep(out: SweepOutcome) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     """`rlsweep best`: prints the best trial's experiment file, or says where `-o` wrote it."""
     from rlsweep.commands.best import best
+    from rlsweep.ranking import CONFIRMED
 
     out = best(args.sweep, args.results_dir, args.output)
+    me, row = _self_command(), out.row
+    checkpoint = row.get("confirmed_checkpoint") or row.get("checkpoint")
     if out.written_to:
-        from rlsweep.ranking import CONFIRMED
-
-        confirmed = out.row.get(CONFIRMED + out.record.metric)
+        confirmed = row.get(CONFIRMED + out.record.metric)
         also = "" if confirmed is None else f", confirmed on fresh seeds: {_fmt(confirmed)}"
-        print(f"wrote {out.written_to} (trial {out.row['trial_id']}, {out.record.metric} = "
-              f"{_fmt(out.row[out.record.metric])}{also}); run it with: rlsweep train {out.written_to}")
+        print(f"wrote {out.written_to} (trial {row['number']}, trial id {row['trial_id']}, {out.record.metric} = "
+              f"{_fmt(row[out.record.metric])}{also}); run it with: {me} train {out.written_to}")
+        where = sys.stdout
     else:
         print(out.text, end="")
+        where = sys.stderr  # stdout is the experiment file alone
+    if checkpoint:
+        print(f"its checkpoint: {checkpoint}; play it with: {me} evaluate {checkpoint}", file=where)
     return 0
 
 
@@ -238,6 +251,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"actions, seed {out.seed}")
     for k, v in out.metrics.items():
         print(f"  {k:<22} {_fmt(v)}")
+    if out.target is not None:
+        mean = _fmt(out.metrics[M.EVAL_RETURN_MEAN])
+        if out.agents > 1:
+            print(f"target: {out.at_target} of {out.agents} agents meet the experiment's target return "
+                  f"{_fmt(out.target)} on these episodes")
+        elif out.at_target:
+            print(f"target: meets the experiment's target return {_fmt(out.target)} ({M.EVAL_RETURN_MEAN} {mean})")
+        else:
+            print(f"target: below the experiment's target return {_fmt(out.target)} on these episodes "
+                  f"({M.EVAL_RETURN_MEAN} {mean}); a trial stops at the first evaluation that reaches it")
     return 0
 
 
@@ -283,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "wait_for_resources", False):
         os.environ["RLSWEEP_WAIT_FOR_RESOURCES"] = "1"  # ray_session.WAIT_ENV (importing it here would import Ray)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(verbosity.level()))  # not a line per migration
+    if not verbosity.verbose():  # rlsweep's own lines only: no download progress bars (evaluate runs:/...)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # rlsweep's writer retries failed MLflow calls itself (tracking.outage_s), without holding up
     # training: MLflow's own retries (7, about two minutes per call) would only block it
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

@@ -40,6 +40,25 @@ def test_evaluate_a_checkpoint_without_ray(tmp_path):
                                                "2147483647"], r.stderr
 
 
+def test_evaluate_says_whether_the_policy_meets_the_experiments_target(tmp_path):
+    """The verdict against stop.target_return, on the episodes just played (a trial stops at the first
+    evaluation that reaches its target: fresh episodes can fall short of it)."""
+    for target in (1.0, 10_000.0):
+        cfg = validate(small_config(workers=0, stop={"target_return": target, "env_steps": 1024}))
+        t = Training(cfg, LocalWorkers(cfg))
+        t.iterate()
+        checkpoint.write(tmp_path / f"ckpt{target:g}", *t.state())
+        t.close()
+        r = run(["evaluate", tmp_path / f"ckpt{target:g}", "--episodes", "3"], tmp_path)
+        assert r.returncode == 0, r.stderr
+        verdict = r.stdout.strip().splitlines()[-1]
+        if target == 1.0:
+            assert verdict.startswith("target: meets the experiment's target return 1 (eval_return_mean "), verdict
+        else:
+            assert verdict.startswith("target: below the experiment's target return 10000 on these episodes "
+                                      "(eval_return_mean "), verdict
+
+
 def test_evaluate_a_checkpoint_of_three_agents(tmp_path):
     """A trial's checkpoint of 3 agents: each plays the episodes on its own seed; the IQM (here the mean),
     its interval, extremes and each agent's value are printed."""

@@ -91,8 +91,9 @@ def assert_one_best_trial(stdout, sweep_dir, client, tmp_path, metric="eval_retu
     out = tmp_path / f"best-{sweep_dir.name}.yaml"
     r = rlsweep("best", sweep_dir, "-o", out)
     assert r.returncode == 0, r.stderr
-    assert out.read_text().startswith(f"# best trial {top['trial_id']} of sweep {sweep_dir.name}: ")
-    assert f"(trial {top['trial_id']}, {metric} = " in r.stdout
+    assert out.read_text().startswith(f"# best trial {top['number']} (trial id {top['trial_id']}) of sweep {sweep_dir.name}: ")
+    assert f"(trial {top['number']}, trial id {top['trial_id']}, {metric} = " in r.stdout
+    assert f"its checkpoint: {top['checkpoint']}; play it with: " in r.stdout and " evaluate " in r.stdout
 
 
 @pytest.mark.slow
@@ -147,7 +148,9 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     assert parent.info.run_name == "s1"
     for key in ("ppo.lr", "ppo.gamma", "ppo.train_batch_size"):
         assert parent.data.params[key] == best_child.data.params[key]
-    assert parent.data.metrics["eval_return_mean"] == best_child.data.metrics["eval_return_mean"]
+    assert parent.data.metrics["best_eval_return_mean"] == best_child.data.metrics["eval_return_mean"]
+    assert "eval_return_mean" not in parent.data.metrics  # not a ninth row in a sort by the trials' metric
+    assert parent.data.tags["mlflow.note.content"].startswith(f"**Winner: trial {best_child.info.run_name}**")
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "results.csv", "optimization_history.png", "param_importance.png",
             "learning_curves.png"} <= parent_arts
@@ -428,15 +431,22 @@ def test_ui_links_resolve_on_a_real_sweep_and_sigterm_stops_every_server_process
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
-        lines = [proc.stdout.readline() for _ in range(3)]
+        lines = [proc.stdout.readline() for _ in range(4)]
         base = f"http://127.0.0.1:{port}"
         runs_link = re.search(rf"runs of sweeptest: ({base}/#/experiments/(\d+)/runs\?workflowType=machine_learning)$",
                               lines[1].rstrip())
-        sweep_link = re.search(rf"its latest sweep, linked: {base}/#/experiments/(\d+)/runs/(\w+)$", lines[2].rstrip())
-        assert runs_link and sweep_link, lines
-        # the sweep's own last lines gave the same two links
-        assert runs_link.group(1).replace(base, "http://127.0.0.1:5000") in r.stdout
-        assert sweep_link.group(0).split(": ", 1)[1].replace(base, "http://127.0.0.1:5000") in r.stdout
+        sweep_link = re.search(rf"its latest sweep, linked: {base}/#/experiments/(\d+)/runs/(\w+)"
+                               r"\?workflowType=machine_learning$", lines[2].rstrip())
+        trials_link = re.search(r"its trials, best first: (\S+)$", lines[3].rstrip())
+        assert runs_link and sweep_link and trials_link, lines
+        # in model-training mode, the parent's children, best first (eval_return_mean: descending)
+        assert trials_link.group(1) == (f"{runs_link.group(1)}&searchFilter=tags.mlflow.parentRunId%20%3D%20"
+                                        f"'{sweep_link.group(2)}'&orderByKey=metrics.%60eval_return_mean%60"
+                                        "&orderByAsc=false")
+        # the sweep's own last lines gave the same links, and the trials' curves overlaid
+        for link in (sweep_link.group(0).split(": ", 1)[1], trials_link.group(1),
+                     trials_link.group(1) + "&compareRunsMode=CHART"):
+            assert link.replace(base, "http://127.0.0.1:5000") in r.stdout, r.stdout
         wait_http(base + "/health", proc)
         page = urllib.request.urlopen(base + "/", timeout=10).read().decode()
         assert "<html" in page.lower() and "mlflow" in page.lower()  # the UI's app; the #/ route is client-side
@@ -609,7 +619,7 @@ def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     out = tmp_path / "best.yaml"
     b = rlsweep("best", sweep_dir, "-o", out)
     assert b.returncode == 0 and "confirmed on fresh seeds" in b.stdout, b.stdout + b.stderr
-    assert out.read_text().startswith(f"# best trial {winner['trial_id']} of sweep conf: ")
+    assert out.read_text().startswith(f"# best trial {winner['number']} (trial id {winner['trial_id']}) of sweep conf: ")
 
 
 @pytest.mark.slow

@@ -168,6 +168,7 @@ def test_train_then_restore_continues(exp, tmp_path):
     ref = f"runs:/{runs[0].info.run_id}/checkpoints/final"
     r = rlsweep("evaluate", ref, "--tracking-uri", store, "--episodes", "2", timeout=120, env=cli_env(TMPDIR=str(scratch)))
     assert r.returncode == 0 and "2 episodes" in r.stdout, r.stderr[-2000:]
+    assert "Downloading artifacts" not in r.stderr, r.stderr  # no MLflow progress bar without -v
     assert list(scratch.iterdir()) == []
     # a store that is not there is not created by reading from it
     r = rlsweep("evaluate", ref, "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}", timeout=60)

@@ -117,9 +117,11 @@ def test_sweep_nests_trials_under_a_parent_with_a_summary(store, tmp_path):
     assert children["a_00001"].data.tags["rlsweep.reason"] == "ValueError: loss is nan"
     assert children["a_00000"].info.run_name == "001 lr=0.01" and children["a_00001"].info.run_name.startswith("002 lr=")
     assert children["a_00000"].data.tags["rlsweep.searched"] == "ppo.lr=0.01"
-    # the parent's row reads as the answer: the sweep's params, then the best trial's searched values and metric
+    # the parent's row reads as the answer: the sweep's params, then the best trial's searched values; its
+    # metrics are best_*, so that a sort by the trials' metric never lists it among them
     assert parent.info.status == "FINISHED" and parent.data.params == {"trials": "2", "ppo.lr": "0.01"}
-    assert parent.data.metrics[M.EVAL_RETURN_MEAN] == 60.0 and parent.data.metrics[M.ENV_STEPS] == 128
+    assert M.EVAL_RETURN_MEAN not in parent.data.metrics and parent.data.metrics[f"best_{M.ENV_STEPS}"] == 128
+    assert parent.data.tags["mlflow.note.content"].startswith("**Winner: trial 001 lr=0.01**, eval_return_mean 60")
     assert parent.data.tags["rlsweep.best_trial_id"] == "a_00000"
     assert parent.data.tags["rlsweep.best_run_id"] == children["a_00000"].info.run_id
     assert parent.data.metrics[f"best_{M.EVAL_RETURN_MEAN}"] == 60.0

@@ -25,6 +25,8 @@ class EvaluateOutcome:
     seed: int
     metrics: dict[str, Any]
     agents: int = 1  # a checkpoint of K agents (sweep.seeds_per_trial): each plays the episodes, agent k on seed + k
+    target: float | None = None  # the experiment's stop.target_return
+    at_target: int = 0  # agents whose mean return over these episodes meets it
 
 
 def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri: str | None = None) -> EvaluateOutcome:
@@ -56,8 +58,10 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
 
     evaluator = Evaluator(cfg.model_copy(update={"seed": seed}))
     try:
-        result = M.summarise(evaluator.evaluate(weights, stats, iteration=0), evaluator.seeds)
+        per_agent = evaluator.evaluate(weights, stats, iteration=0)
     finally:
         evaluator.close()
-    return EvaluateOutcome(cfg.env.id, cfg.evaluation.episodes, cfg.evaluation.deterministic, seed, result,
-                           len(evaluator.seeds))
+    target = cfg.stop.target_return
+    at_target = 0 if target is None else sum(v >= target for v in per_agent[M.EVAL_RETURN_MEAN])
+    return EvaluateOutcome(cfg.env.id, cfg.evaluation.episodes, cfg.evaluation.deterministic, seed,
+                           M.summarise(per_agent, evaluator.seeds), len(evaluator.seeds), target, at_target)

@@ -113,7 +113,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
                     "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
     parent = SweepParent(name=p.name, run_dir=str(p.directory), metric=s.metric, mode=s.mode,
                          searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
-                         time_budget_s=s.time_budget_s, confirm=s.confirm is not None)
+                         time_budget_s=s.time_budget_s, confirm=s.confirm is not None, target=cfg.stop.target_return)
     full_disk = StopOnFullDisk(p.directory.parent)
     tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(p.directory)
@@ -276,7 +276,7 @@ def run_confirmation(record: SweepRecord) -> None:
     stopper = TrialStopper(cfg.stop, s.confirm.seeds)
     parent = SweepParent(name=record.name, run_dir=str(directory), metric=s.metric, mode=s.mode,
                          searched=list(record.params), time_budget_s=None, confirm=True,
-                         confirms=tuple(zip(ids, numbers, strict=True)))
+                         confirms=tuple(zip(ids, numbers, strict=True)), target=cfg.stop.target_return)
     full_disk = StopOnFullDisk(directory.parent)
     tracker = MlflowCallback(record.store(), str(confirm_dir), cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(confirm_dir)

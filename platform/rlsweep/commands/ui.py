@@ -65,10 +65,10 @@ def plan(experiment: str | None, host: str = "127.0.0.1", port: int = 5000, crea
 
 
 def _links(uri: str, base: str, experiment: str | None) -> list[str]:
-    """Links to the Runs page of `experiment` (else of every experiment with runs) and to its latest
-    sweep's parent run."""
+    """Links to the Runs page of `experiment` (else of every experiment with runs), to its latest
+    sweep's parent run and to that sweep's trials, best first."""
     from rlsweep.tracking.runs import TAG_KIND
-    from rlsweep.tracking.store import ui_link
+    from rlsweep.tracking.store import trials_link, ui_link
     from rlsweep.tracking.tracker import Tracker
 
     lines = []
@@ -82,8 +82,12 @@ def _links(uri: str, base: str, experiment: str | None) -> list[str]:
         lines.append(f"  runs of {name}: {ui_link(base, tracker.experiment_id)}")
         sweeps = tracker.search(max_results=1, **{TAG_KIND: "sweep"})
         if sweeps:
-            lines.append(f"    its latest sweep, {sweeps[0].name}: "
-                         f"{ui_link(base, tracker.experiment_id, sweeps[0].run_id)}")
+            latest = sweeps[0]
+            lines.append(f"    its latest sweep, {latest.name}: {ui_link(base, tracker.experiment_id, latest.run_id)}")
+            params = tracker.params(latest.run_id)  # the sweep's metric and mode are among them
+            if params.get("metric") and params.get("mode") in ("min", "max"):
+                lines.append(f"    its trials, best first: "
+                             f"{trials_link(base, tracker.experiment_id, latest.run_id, params['metric'], params['mode'])}")
     return lines
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlsweep import metrics as M
 from rlsweep.tracking import report
 from rlsweep.tracking.runs import (
     TAG_CONFIRMS,
@@ -74,6 +73,7 @@ class SweepParent:
             the parent running, marked (`rlsweep.phase`) for it.
         confirms: in the confirmation round, the search trial ids (and numbers) its trials retrain, in
             its trials' order; empty in the search.
+        target: the experiment's stop.target_return, drawn on the learning curves.
     """
 
     name: str
@@ -87,6 +87,7 @@ class SweepParent:
     kind: str = "trial"
     confirm: bool = False
     confirms: tuple[tuple[str, str], ...] = ()  # (a class default: parents pickled before rounds have none)
+    target: float | None = None  # stop.target_return, drawn on the learning curves (a class default likewise)
 
     @property
     def confirming(self) -> bool:
@@ -106,7 +107,7 @@ class SweepParent:
             return run_id, True
         run_id = tracker.start(self.name, {TAG_KIND: "sweep", TAG_DIR: self.run_dir, TAG_STATUS: RunStatus.RUNNING.value,
                                            TAG_DESCRIPTION: f"Sweep {self.name} over {', '.join(self.searched)}: "
-                                           f"{self.mode} {self.metric}. Its params and metrics are its best trial's."})
+                                           f"{self.mode} {self.metric}. Once it ends, this says which trial won and by how much."})
         tracker.log_params(run_id, self.params)
         return run_id, False
 
@@ -154,15 +155,14 @@ class SweepParent:
             all_runs = {t.trial_id: runs.get(t.trial_id) or tracker.find(**kind, **{TAG_TRIAL: t.trial_id})
                         for t in trials}
         best = report.sweep_summary(tracker, run_id, self.run_dir, all_runs, metric=self.metric, mode=self.mode,
-                                    params=self.searched, name=self.name, study=self.study)
+                                    params=self.searched, name=self.name, study=self.study, target=self.target)
         if self.confirm and not self.confirming and best is not None:  # the confirmation round follows
             tracker.set_tag(run_id, TAG_PHASE, "confirm")
             return
-        if best is not None:  # the parent's row in the runs table reads as the sweep's answer
+        if best is not None:  # the parent's params are its winner's (its metrics: best_*, see report.py)
             logged = tracker.params(run_id)  # params are write-once: a summary written again keeps the first
             tracker.log_params(run_id, {k: v for k, v in searched_values(best["config"], self.searched).items()
                                         if k not in logged})
-            tracker.log_metrics(run_id, {self.metric: best[self.metric], M.ENV_STEPS: best[M.ENV_STEPS]}, step=0)
         if self.confirming:
             report.confirmation_summary(tracker, run_id, self.run_dir, metric=self.metric, mode=self.mode)
         tracker.set_status(run_id, Outcome(RunStatus.FINISHED))

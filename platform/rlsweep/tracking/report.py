@@ -13,10 +13,15 @@ import yaml
 from rlsweep import metrics as M
 from rlsweep.config import flatten
 from rlsweep.ranking import CONFIRMED, better, rank, sweep_rows
-from rlsweep.tracking.runs import TAG_BEST_RUN, TAG_BEST_TRIAL, TAG_STATUS, run_config_dict
+from rlsweep.tracking.runs import (
+    TAG_BEST_RUN,
+    TAG_BEST_TRIAL,
+    TAG_DESCRIPTION,
+    TAG_STATUS,
+    run_config_dict,
+    trial_run_name,
+)
 from rlsweep.tracking.tracker import Tracker
-
-TOP_CURVES = 5
 
 
 def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
@@ -25,10 +30,11 @@ def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
     # its runs go to the sweep's MLflow experiment, next to the trials, named apart from them
     exp["tracking"]["experiment"] = exp["tracking"].get("experiment") or exp["name"]
     exp["name"] = f"{sweep}-best"
+    number = row.get("number", row.get("trial"))
     confirmed = row.get(CONFIRMED + metric)
     also = "" if confirmed is None else \
         f"; confirmed on fresh seeds (trial {row.get(CONFIRMED + 'trial_id')}): {metric} = {confirmed}"
-    return (f"# best trial {row['trial_id']} of sweep {sweep}: {metric} = {row[metric]}{also}\n"
+    return (f"# best trial {number} (trial id {row['trial_id']}) of sweep {sweep}: {metric} = {row[metric]}{also}\n"
             + yaml.safe_dump(exp, sort_keys=False))
 
 
@@ -77,20 +83,23 @@ def warm_up() -> None:
 
 def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict[str, str | None], *,
                   metric: str, mode: str, params: list[str], name: str,
-                  study: tuple[str, str] | None = None) -> dict[str, Any] | None:
-    """Writes results.csv, best_config.yaml and the PNG plots to the parent run; returns the best row.
+                  study: tuple[str, str] | None = None, target: float | None = None) -> dict[str, Any] | None:
+    """Writes results.csv (best first), best_config.yaml and the PNG plots to the parent run; returns the
+    best row.
 
     Args:
         run_dir: the sweep directory, whose trials are the rows (`ranking.sweep_rows`).
         runs: trial id -> its MLflow run id (for its status and learning curve).
         study: the Optuna (storage URL, study name), for parameter importance.
+        target: the experiment's `stop.target_return`, drawn on the learning curves.
     """
     rows = []
     for row in sweep_rows(run_dir):
         flat = flatten(row["config"])
         run_id = runs.get(row["trial_id"])
         rows.append({
-            "trial_id": row["trial_id"], "status": tracker.tags(run_id).get(TAG_STATUS, "") if run_id else "",
+            "trial": row["number"], "trial_id": row["trial_id"],
+            "status": tracker.tags(run_id).get(TAG_STATUS, "") if run_id else "",
             metric: row.get(metric, math.nan),
             **{metric + x: row[metric + x] for x in M.SCORE_SUFFIXES if metric + x in row},  # several seeds
             **{k: row[k] for k in (CONFIRMED + metric, *(CONFIRMED + metric + x for x in M.SCORE_SUFFIXES),
@@ -101,26 +110,60 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
     ranked = rank(rows, metric, mode)
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
-        with open(out / "results.csv", "w", newline="") as f:
-            fields = list(dict.fromkeys(k for row in rows for k in row if k != "config")) or ["trial_id"]
+        with open(out / "results.csv", "w", newline="") as f:  # ranked; then the trials without the metric
+            fields = ["rank", *dict.fromkeys(k for row in rows for k in row if k != "config")]
             w = csv.DictWriter(f, fieldnames=fields, restval="")
             w.writeheader()
-            for row in rows:
-                w.writerow({k: v for k, v in row.items() if k != "config"})
+            unranked = [row for row in rows if all(row is not r for r in ranked)]
+            for place, row in enumerate([*ranked, *unranked], 1):
+                w.writerow({"rank": place if place <= len(ranked) else "", **{k: v for k, v in row.items() if k != "config"}})
         if ranked:
             (out / "best_config.yaml").write_text(best_config_yaml(ranked[0], name, metric))
         _plot_history(rows, metric, mode, out / "optimization_history.png")
-        _plot_importance(load_study(*study) if study else None, out / "param_importance.png")
-        _plot_curves(tracker, ranked[:TOP_CURVES], metric, out / "learning_curves.png")
+        _plot_importance(load_study(*study) if study else None, len(ranked), out / "param_importance.png")
+        _plot_curves(curve_series(tracker, ranked, metric), target, out / "learning_curves.png")
         tracker.log_artifacts(parent_run_id, out)
+    tracker.set_tag(parent_run_id, TAG_DESCRIPTION, answer(ranked, metric, params, name))
     if ranked:
         best = ranked[0]
-        tracker.log_metrics(parent_run_id, {f"best_{metric}": best[metric]}, step=0)
+        # the parent's own metrics are named best_*, so that it never sorts among its trials
+        tracker.log_metrics(parent_run_id, {f"best_{metric}": best[metric],
+                                            f"best_{M.ENV_STEPS}": float(best.get(M.ENV_STEPS) or 0)}, step=0)
         tracker.set_tag(parent_run_id, TAG_BEST_TRIAL, best["trial_id"])
         if best["mlflow_run_id"]:
             tracker.set_tag(parent_run_id, TAG_BEST_RUN, best["mlflow_run_id"])
         return best
     return None
+
+
+def answer(ranked: list[dict[str, Any]], metric: str, params: list[str], sweep: str) -> str:
+    """The parent run's description: the winner by name with its values and score, its margin over the
+    runner-up, its confirmed score when there was a confirmation round, and where the plots are."""
+    if not ranked:
+        return f"Sweep {sweep}: no trial reported {metric}; nothing to recommend."
+
+    def shown(row: dict[str, Any], key: str) -> str:
+        v, low, high = row.get(key), row.get(key + "_ci_low"), row.get(key + "_ci_high")
+        text = f"{v:.6g}" if isinstance(v, (int, float)) else str(v)
+        return text + (f" (95% interval {low:.6g} to {high:.6g})" if isinstance(low, (int, float)) and
+                       isinstance(high, (int, float)) else "")
+
+    best = ranked[0]
+    key = CONFIRMED + metric if isinstance(best.get(CONFIRMED + metric), (int, float)) else metric
+    lines = [f"**Winner: trial {trial_run_name(best['trial'], best['config'], params)}**, {metric} {shown(best, metric)}"
+             f" in the search."]
+    if key != metric:
+        lines.append(f"Confirmed on fresh seeds: {shown(best, key)}.")
+    if len(ranked) > 1:
+        second = ranked[1]
+        a, b = best.get(key), second.get(key)
+        margin = f"by {abs(a - b):.6g} " if isinstance(a, (int, float)) and isinstance(b, (int, float)) else ""
+        lines.append(f"It leads the runner-up, trial {second['trial']} ({shown(second, key)}), {margin}"
+                     f"({'confirmed' if key != metric else 'search'} scores).")
+    lines.append("Plots (Artifacts): learning_curves.png, optimization_history.png, param_importance.png"
+                 + (", search_vs_confirmed.png" if key != metric else "")
+                 + "; every trial ranked in results.csv; the winner's experiment in best_config.yaml.")
+    return "\n\n".join(lines)
 
 
 def load_study(storage: str, name: str) -> Any:
@@ -150,16 +193,17 @@ def _figure():
 def _plot_history(rows: list[dict[str, Any]], metric: str, mode: str, path: Path) -> None:
     plt, fig, ax = _figure()
     xs, ys, best, best_line = [], [], None, []
-    for i, r in enumerate(rows):
+    numbers = [int(r["trial"]) if str(r["trial"]).isdigit() else i + 1 for i, r in enumerate(rows)]
+    for number, r in zip(numbers, rows, strict=True):
         v = r[metric]
         if isinstance(v, (int, float)) and math.isfinite(v):
-            xs.append(i)
+            xs.append(number)
             ys.append(v)
             best = v if best is None or better(v, best, mode) else best
         best_line.append(best if best is not None else math.nan)
     ax.scatter(xs, ys, label=f"trial {metric}")
-    ax.plot(range(len(rows)), best_line, color="C1", label="best so far")
-    ax.set_xlabel("trial (in start order)")
+    ax.step(numbers, best_line, where="post", color="C1", label="best so far")
+    ax.set_xlabel("trial (its number: the MLflow run name's)")
     ax.set_ylabel(metric)
     ax.set_title("Optimisation history")
     ax.legend()
@@ -168,7 +212,10 @@ def _plot_history(rows: list[dict[str, Any]], metric: str, mode: str, path: Path
     plt.close(fig)
 
 
-def _plot_importance(study: Any, path: Path) -> None:
+FEW_TRIALS = 10  # below this, fANOVA's importances say little
+
+
+def _plot_importance(study: Any, trials: int, path: Path) -> None:
     plt, fig, ax = _figure()
     importances: dict[str, float] = {}
     note = ""
@@ -188,24 +235,41 @@ def _plot_importance(study: Any, path: Path) -> None:
     else:
         ax.text(0.5, 0.5, f"Parameter importance {note}", ha="center", va="center", wrap=True)
         ax.set_axis_off()
-    ax.set_title("Parameter importance")
+    ax.set_title("Parameter importance" + (f" (only {trials} trials: a rough guide)" if importances and trials < FEW_TRIALS
+                                           else ""))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def _plot_curves(tracker: Tracker, top: list[dict[str, Any]], metric: str, path: Path) -> None:
-    plt, fig, ax = _figure()
-    for row in top:
+def curve_series(tracker: Tracker, ranked: list[dict[str, Any]], metric: str) -> list[tuple[str, list[int], list[float]]]:
+    """What learning_curves.png draws, best trial first: per trial with a run, (its legend: number and
+    score, its env steps, its deterministic evaluation return at each of them)."""
+    series = []
+    for row in ranked:
         if not row["mlflow_run_id"]:
             continue
-        hist = tracker.history(row["mlflow_run_id"], metric)
-        ax.plot([s for s, _ in hist], [v for _, v in hist], label=f"{row['trial_id']} ({row[metric]:.4g})")
+        hist = tracker.history(row["mlflow_run_id"], M.EVAL_RETURN_MEAN)
+        score = row[metric]
+        label = f"{row['trial']} ({metric} {score:.4g})" if isinstance(score, (int, float)) else str(row["trial"])
+        series.append((label, [s for s, _ in hist], [v for _, v in hist]))
+    return series
+
+
+def _plot_curves(series: list[tuple[str, list[int], list[float]]], target: float | None, path: Path) -> None:
+    plt, fig, ax = _figure()
+    cmap = plt.get_cmap("tab20")
+    for i, (label, steps, values) in enumerate(series):  # the best drawn last, on top, thicker
+        best = i == 0
+        ax.plot(steps, values, label=label + (" best" if best else ""), color=cmap(i % 20),
+                linewidth=2.2 if best else 1.0, zorder=3 if best else 2)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", label=f"target {target:g}")
     ax.set_xlabel(M.ENV_STEPS)
-    ax.set_ylabel(metric)
-    ax.set_title(f"Learning curves of the top {len(top)} trials")
-    if top:
-        ax.legend()
+    ax.set_ylabel(f"{M.EVAL_RETURN_MEAN} (deterministic evaluation)")
+    ax.set_title(f"Learning curves of the {len(series)} trials (legend: trial, score; best first)")
+    if series or target is not None:
+        ax.legend(fontsize=7, ncol=2 if len(series) > 10 else 1)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -93,13 +93,27 @@ def redact(text: str) -> str:
     return _USERINFO.sub(r"\1:***@", text)
 
 
+_TRAINING_MODE = "workflowType=machine_learning"
+
+
 def ui_link(base_url: str, experiment_id: str, run_id: str | None = None) -> str:
-    """A link into the MLflow UI at `base_url`: the experiment's Runs page in model-training mode (MLflow 3
-    opens experiments in its GenAI view, which has no Runs tab), or one run's page."""
+    """A link into the MLflow UI at `base_url`, in model-training mode (MLflow 3 opens experiments and
+    runs in its GenAI view, which has no Runs tab): the experiment's Runs page, or one run's page."""
     base = redact(base_url).rstrip("/")
     if run_id is not None:
-        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{_TRAINING_MODE}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{_TRAINING_MODE}"
+
+
+def trials_link(base_url: str, experiment_id: str, parent_run_id: str, metric: str, mode: str,
+                charts: bool = False) -> str:
+    """The Runs page listing a sweep's trials (the parent run's children) best first by `metric`
+    (`mode` min: ascending); `charts`: their curves overlaid instead of the table."""
+    from urllib.parse import quote
+
+    link = (f"{ui_link(base_url, experiment_id)}&searchFilter={quote(f'tags.mlflow.parentRunId = {parent_run_id!r}', safe=chr(39))}"
+            f"&orderByKey={quote(f'metrics.`{metric}`')}&orderByAsc={'true' if mode == 'min' else 'false'}")
+    return link + "&compareRunsMode=CHART" if charts else link
 
 
 def check_store(uri: str, must_exist: bool = False) -> None:
