@@ -19,9 +19,11 @@ from rlsweep.tracking.runs import (
     TAG_DIR,
     TAG_KIND,
     TAG_PHASE,
+    TAG_RUN_COLOR,
     TAG_SEARCHED,
     TAG_STATUS,
     TAG_TRIAL,
+    run_color,
     searched_values,
     trial_run_name,
 )
@@ -115,7 +117,8 @@ class SweepParent:
         """A trial run's name (`003 lr=0.000312 ...`, a confirmation's `confirm 003 lr=...` after the
         search trial it retrains) and its tags: searched values, description (and what it confirms)."""
         values = ", ".join(f"{k}={v}" for k, v in searched_values(config, self.searched).items())
-        tags = {TAG_SEARCHED: values, TAG_DESCRIPTION: f"Trial {number} of sweep {self.name}: {values}"}
+        tags = {TAG_SEARCHED: values, TAG_DESCRIPTION: f"Trial {number} of sweep {self.name}: {values}",
+                TAG_RUN_COLOR: run_color(number)}
         if not self.confirming:
             return trial_run_name(number, config, self.searched), tags
         i = int(number) - 1 if number.isdigit() else -1

@@ -35,6 +35,17 @@ TAG_PHASE = "rlsweep.phase"  # a confirmation trial: "confirm"; its sweep's pare
 TAG_CONFIRMS = "rlsweep.confirms_trial_id"  # a confirmation trial: the search trial whose configuration it retrains
 TAG_PARENT = "mlflow.parentRunId"
 TAG_DESCRIPTION = "mlflow.note.content"  # the run's description in the MLflow UI
+TAG_RUN_COLOR = "mlflow.runColor"  # the run's colour in the UI's charts and table
+
+# matplotlib's tab20, dark shades first: twenty trials in a row get twenty colours
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+           "#dbdb8d", "#9edae5")
+
+
+def run_color(number: str) -> str:
+    """A trial run's colour, by its number: consecutive trials never share one (twenty in a row)."""
+    return _COLORS[(int(number) - 1) % len(_COLORS) if number.isdigit() else 0]
 
 # short names for searched keys in run names (the last part of the key otherwise)
 _SHORT = {"train_batch_size": "batch", "minibatch_size": "minibatch", "num_epochs": "epochs",
