@@ -149,8 +149,6 @@ class SweepParent:
         if interrupted:
             tracker.set_status(run_id, Outcome(RunStatus.INTERRUPTED))
             return
-        if tracking:
-            tracker.log_metrics(run_id, tracking, step=0)
         kind = {TAG_KIND: "trial", TAG_DIR: self.run_dir}
         if self.confirming:  # the summary's rows are the search's trials (with their confirmations)
             all_runs = {r.tags.get(TAG_TRIAL): r.run_id for r in tracker.search(**kind)}
@@ -159,6 +157,8 @@ class SweepParent:
                         for t in trials}
         best = report.sweep_summary(tracker, run_id, self.run_dir, all_runs, metric=self.metric, mode=self.mode,
                                     params=self.searched, name=self.name, study=self.study, target=self.target)
+        if tracking:  # after the answer (best_*), so that the run page lists it first; 3 significant digits
+            tracker.log_metrics(run_id, {k: float(f"{v:.3g}") for k, v in tracking.items()}, step=0)
         if self.confirm and not self.confirming and best is not None:  # the confirmation round follows
             tracker.set_tag(run_id, TAG_PHASE, "confirm")
             return
