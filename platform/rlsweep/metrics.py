@@ -74,10 +74,23 @@ def per_seed(name: str, seed: int) -> str:
 def is_reported(name: str) -> bool:
     """Whether `name` is a metric a trainable reports: one of REPORTED, or a scored metric's interval,
     extreme or per-seed value."""
-    if name in REPORTED:
-        return True
+    return name in REPORTED or scored_base(name) in SCORED
+
+
+def scored_base(name: str) -> str:
+    """The scored metric a name belongs to (`env_steps_to_target_ci_low/...` -> `env_steps_to_target`), or
+    the name itself."""
     base = name.partition("/seed_")[0]
-    return next((base[: -len(x)] for x in SCORE_SUFFIXES if base.endswith(x)), base) in SCORED
+    return next((base[: -len(x)] for x in SCORE_SUFFIXES if base.endswith(x)), base)
+
+
+COST = (ENV_STEPS_TO_TARGET, TIME_TO_TARGET_S)  # the budget stands in until every agent reached the target
+
+
+def is_cost(name: str) -> bool:
+    """Whether `name` is a cost-aware metric (or its interval, extreme, per-seed value): until every
+    agent has reached the target its value is a stand-in (the budget), not a measurement."""
+    return scored_base(name) in COST
 
 
 def summarise(per_agent: dict[str, list[float]], seeds: list[int]) -> dict[str, float]:

@@ -247,3 +247,27 @@ def test_rows_survive_a_driver_killed_while_the_store_was_down(store, tmp_path):
     assert sorted((m.step, m.value) for m in history) == [(64, 64.0), (128, 128.0), (192, 192.0), (256, 256.0)]
 
 
+
+
+@pytest.mark.parametrize("reached_at", [None, 128])
+def test_the_cost_metric_is_logged_once_it_is_known_not_as_a_stand_in_every_iteration(store, tmp_path, reached_at):
+    """env_steps_to_target stands at the budget until the target is reached: it goes to MLflow from the
+    iteration that reached it on, or once, at the trial's end, as the score of a trial that never did
+    (here one a scheduler stopped early: no stop criterion met)."""
+    cfg = small_config(tracking={"flush_s": 0}, stop={"target_return": 50.0, "env_steps": 1000})
+    cb = callback(store, cfg, str(tmp_path / "train-cost"))
+    cb.setup()
+    trial = StandInTrial("c1", cfg)
+    cb.on_trial_start(0, [trial], trial)
+    for step in (64, 128, 192):
+        reached = reached_at is not None and step >= reached_at
+        trial.last_result = {**result(step, 60.0 if reached else 10.0),
+                             M.ENV_STEPS_TO_TARGET: float(reached_at if reached else 1000), M.SEEDS_AT_TARGET: int(reached)}
+        cb.on_trial_result(0, [trial], trial, trial.last_result)
+    trial.status = "TERMINATED"
+    cb.on_trial_complete(0, [trial], trial)
+    cb.on_experiment_end([trial])
+    client, [run] = runs(store)
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, M.ENV_STEPS_TO_TARGET)]
+    assert history == ([(128, 128.0), (192, 128.0)] if reached_at else [(192, 1000.0)])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RETURN_MEAN)] == [64, 128, 192]

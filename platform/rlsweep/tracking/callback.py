@@ -50,6 +50,7 @@ from rlsweep.tracking.tracker import Tracker
 from rlsweep.tracking.writer import TrackingUnavailable, Writer
 
 log = logging.getLogger("rlsweep.tracking")
+FINAL = "final"  # a journal row's mark: a trial's closing values, at the step of its last result
 
 
 def _timed(hook: Any) -> Any:
@@ -218,14 +219,14 @@ class MlflowCallback(tune.Callback):
             # after a resume, the iterations replayed from an older checkpoint are already logged
             new, last = [], self._logged_step[tid]
             for row in rows:
-                if row[0] > last:
-                    new.append(row)
+                if row[0] > last or (len(row) > 3 and row[3] == FINAL and row[0] == last):
+                    new.append(tuple(row[:3]))
                     last = row[0]
             if new:
                 self.tracker.log_rows(self.runs[tid], new)
             self._journal.advance(tid, end)
             self._logged_step[tid] = last
-            self.logged_iterations += len(new)
+            self.logged_iterations += sum(1 for row in rows if len(row) == 3 and row[0] in {r[0] for r in new})
 
     def _log_best(self, tid: str, path: str, score: float) -> None:
         best = self._best.get(tid)
@@ -270,6 +271,9 @@ class MlflowCallback(tune.Callback):
         # next step fails it, for good (tuning.stopper.NoRetryAfterDivergence)
         values = {k: v for k, v in result.items()
                   if M.is_reported(k) and (numeric(v) or diverged and isinstance(v, float))}
+        if not (self._cost_known(trial, result) or self.stop_reason(result)):  # (a stop criterion met: its last)
+            # a stand-in every iteration would flatten every chart it is in
+            values = {k: v for k, v in values.items() if not M.is_cost(k)}
         self._journal.append(tid, (step, ts, values))
         if result.get(M.RESTORE_NOTE):
             self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_RESTORE_NOTE,
@@ -302,6 +306,22 @@ class MlflowCallback(tune.Callback):
             log.warning("MLflow is behind: checkpoints no longer wait for it (tracking.checkpoint_wait_s = %g)",
                         self.barrier_s)
 
+    @staticmethod
+    def _cost_known(trial: Any, result: dict[str, Any]) -> bool:
+        """Whether the result's cost-aware metrics are measurements: every agent reached the target."""
+        agents = ((trial.config or {}).get("sweep") or {}).get("seeds_per_trial") or 1
+        return result.get(M.SEEDS_AT_TARGET, 0) >= agents
+
+    def _final_cost(self, trial: Any) -> None:
+        """A trial ended: the cost-aware metrics of its last result are its score, stand-ins included
+        (a trial that never reached the target scores the budget); logged once, at its last step."""
+        last = trial.last_result or {}
+        if self._cost_known(trial, last) or self.stop_reason(last):
+            return  # logged with that result already
+        values = {k: v for k, v in last.items() if M.is_cost(k) and numeric(v)}
+        if values:  # at the step already logged: marked, so that it is not taken for a replayed row
+            self._journal.append(trial.trial_id, (int(last.get(M.ENV_STEPS, 0)), int(time.time() * 1000), values, FINAL))
+
     @_timed
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         """A trial completed: its run is closed as finished or stopped early (`status.completed`)."""
@@ -310,6 +330,7 @@ class MlflowCallback(tune.Callback):
             threading.Thread(target=self.parent.warm_up, name="rlsweep-warm-up", daemon=True).start()
         final = trial.checkpoint.path if self.log_checkpoints and trial.checkpoint is not None else None
         self._ensure_run(trial, trials)
+        self._final_cost(trial)
         self._closed.add(trial.trial_id)
         self._writer.submit(self._close_run, trial.trial_id, final, completed(self.stop_reason(trial.last_result or {})))
 
@@ -330,6 +351,7 @@ class MlflowCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         """A trial failed for good: its run is closed as an error with its one line."""
         self._ensure_run(trial, trials)
+        self._final_cost(trial)
         self._closed.add(trial.trial_id)
         self._writer.submit(self._close_run, trial.trial_id, None, failed(trial_error_line(trial)))
 

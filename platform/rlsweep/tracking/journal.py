@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 FOLDER = ".rlsweep_journal"
 
-Row = tuple[int, int, dict[str, Any]]
+Row = tuple[int, int, dict[str, Any]] | tuple[int, int, dict[str, Any], str]  # (..., a mark: callback.FINAL)
 
 
 class Journal:
@@ -59,10 +59,10 @@ class Journal:
             for line in f:
                 if not line.endswith(b"\n"):
                     break
-                step, ts, values = json.loads(line)
+                step, ts, values, *mark = json.loads(line)
                 if rows and metrics + len(values) > max_metrics:
                     break
-                rows.append((int(step), int(ts), values))
+                rows.append((int(step), int(ts), values, *mark))
                 metrics += len(values)
                 end += len(line)
         return rows, end
