@@ -154,6 +154,11 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "results.csv", "optimization_history.png", "param_importance.png",
             "learning_curves.png"} <= parent_arts
+    import optuna  # the study names its objective (optuna-dashboard shows it, not "Objective 0")
+
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{tmp_path / 'results' / 's1' / 'optuna.db'}")
+    assert study.metric_names == ["eval_return_mean"]
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
     assert_one_best_trial(r.stdout, tmp_path / "results" / "s1", client, tmp_path)
 
     # the best config is a runnable experiment, and `best` writes the same trial

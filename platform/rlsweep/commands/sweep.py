@@ -128,6 +128,10 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     lock = SweepLock(p.directory).acquire(p.name)  # held until this process ends
     try:  # the study first: if its storage cannot be opened, no half-made sweep is left to block the name
         storage = optuna.storages.RDBStorage(p.study_storage)
+        # made here (Tune's searcher loads it) so that optuna-dashboard names its objective, not "Objective 0"
+        study = optuna.create_study(storage=storage, study_name=p.name, load_if_exists=True,
+                                    direction="minimize" if s.mode == "min" else "maximize")
+        study.set_metric_names([s.metric])
     except Exception as e:
         shutil.rmtree(p.directory, ignore_errors=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
