@@ -249,8 +249,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     agents = f"{out.agents} agents (seeds {out.seed}..{out.seed + out.agents - 1}) x " if out.agents > 1 else ""
     print(f"{out.env_id}: {agents}{out.episodes} episodes, {'deterministic' if out.deterministic else 'sampled'} "
           f"actions, seed {out.seed}")
+    width = max(map(len, out.metrics), default=0)
     for k, v in out.metrics.items():
-        print(f"  {k:<22} {_fmt(v)}")
+        print(f"  {k:<{width}} {_fmt(v)}")
     if out.target is not None:
         mean = _fmt(out.metrics[M.EVAL_RETURN_MEAN])
         if out.agents > 1:
