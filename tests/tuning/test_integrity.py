@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from rlsweep.config import ConfigError
-from rlsweep.tuning.integrity import MANIFEST, UNTRUSTED, Signer, verify
+from rlsweep.tuning.integrity import BACKUP, MANIFEST, SIGNED, UNTRUSTED, Signer, verify
 from tests.conftest import rlsweep, small_config
 
 
@@ -67,7 +67,7 @@ def test_a_later_signature_covers_new_state(tmp_path):
 
 @pytest.mark.parametrize("tamper, fragment", [
     (lambda d: (d / MANIFEST).unlink(), "has no .rlsweep_manifest.json"),
-    (lambda d: (d / MANIFEST).write_text("[]"), "is not a manifest rlsweep wrote"),
+    (lambda d: [(d / f).write_text("[]") for f in (MANIFEST, f"{SIGNED}/{BACKUP}")], "is not a manifest rlsweep wrote"),
     (lambda d: (d / MANIFEST).write_text(json.dumps({**json.loads((d / MANIFEST).read_text()),
                                                      "files": {"tuner.pkl": "0" * 64}})),
      "signature does not match"),
@@ -136,3 +136,15 @@ def test_a_manifest_overwritten_by_an_upload_is_written_again(tmp_path):
     (d / MANIFEST).write_bytes(current.replace(b'"files"', b'"files" ', 1))  # a stale copy lands
     signer.sign()
     assert (d / MANIFEST).read_bytes() == current and verify(d) == []
+
+
+def test_a_manifest_cut_short_by_a_full_disk_is_read_from_its_signed_copy(tmp_path):
+    """Tune's upload of its staging folder copies the manifest over the sweep's, not atomically: on a
+    full disk it is cut short. rlsweep's own copy in .rlsweep_signed/ (written whole or not at all, and
+    signed alike) stands in, and the manifest is made whole again."""
+    d = tune_dir(tmp_path)
+    Signer(d).sign()
+    whole = (d / MANIFEST).read_bytes()
+    (d / MANIFEST).write_bytes(whole[: len(whole) // 2])
+    assert verify(d) == [f"{MANIFEST} was cut short (a full disk?); its signed copy in {SIGNED}/ is used"]
+    assert (d / MANIFEST).read_bytes() == whole and verify(d) == []

@@ -31,6 +31,7 @@ from rlsweep.ranking import CONFIRM_DIR
 
 MANIFEST = ".rlsweep_manifest.json"
 SIGNED = ".rlsweep_signed"
+BACKUP = "manifest.json"  # in SIGNED/: the same manifest, where Tune's uploads never write (see `verify`)
 UNTRUSTED = ".rlsweep_untrusted"
 # what Tune unpickles (or reads to decide what to unpickle) on restore, relative to the sweep directory
 SWEEP_PATTERNS = ("*.pkl", "experiment_state-*.json", "*-state-*.json", "search_gen_state-*.json")
@@ -171,11 +172,13 @@ class Signer:
         # holds the manifest Tune downloaded then
         if self.staging is not None and self.staging.is_dir():
             _write_atomic(self.staging / MANIFEST, data)
+        (d / SIGNED).mkdir(exist_ok=True)
+        _write_atomic(d / SIGNED / BACKUP, data)
         _write_atomic(d / MANIFEST, data)
         st = (d / MANIFEST).stat()
         self._manifest = (data, (st.st_mtime_ns, st.st_size))
         for copy in (d / SIGNED).glob("*"):  # copies of states no longer signed
-            if copy.name not in files.values():
+            if copy.name not in files.values() and copy.name != BACKUP:
                 copy.unlink(missing_ok=True)
 
     @property
@@ -201,26 +204,38 @@ class Signer:
         self.__init__(state["directory"])
 
 
+def _read_manifest(path: Path) -> tuple[dict, str]:
+    manifest = json.loads(path.read_text())
+    files, mac = manifest["files"], manifest["mac"]
+    assert isinstance(files, dict) and isinstance(mac, str)
+    return files, mac
+
+
 def verify(directory: str | Path) -> list[str]:
     """Makes the directory hold only what rlsweep signed (see the module's docstring); the notes to
     show; a ConfigError when it cannot."""
     d = Path(directory)
     refuse = f"sweep {d} cannot be resumed safely: "
+    notes = []
     try:
-        manifest = json.loads((d / MANIFEST).read_text())
-        files, mac = manifest["files"], manifest["mac"]
-        assert isinstance(files, dict) and isinstance(mac, str)
+        files, mac = _read_manifest(d / MANIFEST)
     except FileNotFoundError:
         raise ConfigError(refuse + f"it has no {MANIFEST} (not written by this version of rlsweep); "
                           "Tune's state in it would be unpickled unchecked") from None
     except (ValueError, KeyError, TypeError, AssertionError):
-        raise ConfigError(refuse + f"{MANIFEST} is not a manifest rlsweep wrote") from None
+        # Tune's upload of its staging folder copies the manifest over this one, not atomically: on a
+        # full disk the copy is cut short. rlsweep's own copy, written whole or not at all, stands in
+        try:
+            files, mac = _read_manifest(d / SIGNED / BACKUP)
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            raise ConfigError(refuse + f"{MANIFEST} is not a manifest rlsweep wrote") from None
+        shutil.copyfile(d / SIGNED / BACKUP, d / MANIFEST)
+        notes.append(f"{MANIFEST} was cut short (a full disk?); its signed copy in {SIGNED}/ is used")
     key = load_key(create=False)
     if key is None or not hmac.compare_digest(_mac(key, files), mac):
         raise ConfigError(refuse + f"its signature does not match this user's key ({key_path()}): it was "
                           "written by another user or machine, or edited. Resume it where it was made, "
                           "or copy that key file here if you trust the directory") from None
-    notes = []
     for p in _scan(d, SWEEP_PATTERNS) + _scan(d, TRIAL_PATTERNS):
         rel = p.relative_to(d).as_posix()
         if files.get(rel) == _sha256(p):
