@@ -12,7 +12,6 @@ installed, when an upgrade moves what the function relies on.
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -100,8 +99,8 @@ TUNE_RUN_LOGGER = "ray.tune.tune"
 TUNE_ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 
 
-TUNE_STATE_LOGGER = "ray.tune.execution.experiment_state"
-TUNE_CONTROLLER_LOGGER = "ray.tune.execution.tune_controller"
+# where Tune logs the traceback of a failed save: a trial's checkpoint, its experiment state
+TUNE_SAVE_LOGGERS = ("ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state")
 
 
 def _tune_interrupt_recipe(record: logging.LogRecord) -> bool:
@@ -110,19 +109,13 @@ def _tune_interrupt_recipe(record: logging.LogRecord) -> bool:
                 or text.startswith("Trials did not complete"))
 
 
-def _not_a_full_disk(record: logging.LogRecord) -> bool:
-    error = record.exc_info[1] if record.exc_info else None
-    return not (isinstance(error, OSError) and (error.errno == errno.ENOSPC or "No space left" in str(error)))
-
 
 def quiet_tune_logs() -> None:
     """Drop what Tune logs over rlsweep's own lines: its resume recipe (`Tuner.restore(...)`) on
-    Ctrl-C, its list of trials that did not complete (rlsweep says how each ended), the tracebacks of
-    the trial and experiment-state saves that a full disk failed (rlsweep names the disk once, see
-    `tuning.full_disk`), and the warning with a whole config for a trial stopped before its first result."""
+    Ctrl-C, its list of trials that did not complete (rlsweep says how each ended), and the warning
+    with a whole config for a trial stopped before its first result. (The tracebacks of saves that a full
+    disk failed: `tuning.full_disk.quiet_tracebacks`.)"""
     logging.getLogger(TUNE_RUN_LOGGER).addFilter(_tune_interrupt_recipe)
-    for name in (TUNE_STATE_LOGGER, TUNE_CONTROLLER_LOGGER):
-        logging.getLogger(name).addFilter(_not_a_full_disk)
     logging.getLogger(TUNE_ANALYSIS_LOGGER).setLevel(logging.ERROR)
 
 

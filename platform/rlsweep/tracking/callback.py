@@ -217,16 +217,18 @@ class MlflowCallback(tune.Callback):
             if not rows:
                 return
             # after a resume, the iterations replayed from an older checkpoint are already logged
-            new, last = [], self._logged_step[tid]
+            new, last, iterations = [], self._logged_step[tid], 0
             for row in rows:
-                if row[0] > last or (len(row) > 3 and row[3] == FINAL and row[0] == last):
+                final = len(row) > 3 and row[3] == FINAL
+                if row[0] > last or (final and row[0] == last):
                     new.append(tuple(row[:3]))
                     last = row[0]
+                    iterations += not final
             if new:
                 self.tracker.log_rows(self.runs[tid], new)
             self._journal.advance(tid, end)
             self._logged_step[tid] = last
-            self.logged_iterations += sum(1 for row in rows if len(row) == 3 and row[0] in {r[0] for r in new})
+            self.logged_iterations += iterations
 
     def _log_best(self, tid: str, path: str, score: float) -> None:
         best = self._best.get(tid)

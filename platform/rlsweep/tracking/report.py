@@ -114,7 +114,8 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
             fields = ["rank", *dict.fromkeys(k for row in rows for k in row if k != "config")]
             w = csv.DictWriter(f, fieldnames=fields, restval="")
             w.writeheader()
-            unranked = [row for row in rows if all(row is not r for r in ranked)]
+            placed = {id(r) for r in ranked}
+            unranked = [row for row in rows if id(row) not in placed]
             for place, row in enumerate([*ranked, *unranked], 1):
                 w.writerow({"rank": place if place <= len(ranked) else "", **{k: v for k, v in row.items() if k != "config"}})
         if ranked:
@@ -259,7 +260,7 @@ def curve_series(tracker: Tracker, ranked: list[dict[str, Any]], metric: str) ->
 def _plot_curves(series: list[tuple[str, list[int], list[float]]], target: float | None, path: Path) -> None:
     plt, fig, ax = _figure()
     cmap = plt.get_cmap("tab20")
-    for i, (label, steps, values) in enumerate(series):  # the best drawn last, on top, thicker
+    for i, (label, steps, values) in enumerate(series):  # the best (first) on top, thicker
         best = i == 0
         ax.plot(steps, values, label=label + (" best" if best else ""), color=cmap(i % 20),
                 linewidth=2.2 if best else 1.0, zorder=3 if best else 2)

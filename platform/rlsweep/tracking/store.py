@@ -111,7 +111,8 @@ def trials_link(base_url: str, experiment_id: str, parent_run_id: str, metric: s
     (`mode` min: ascending); `charts`: their curves overlaid instead of the table."""
     from urllib.parse import quote
 
-    link = (f"{ui_link(base_url, experiment_id)}&searchFilter={quote(f'tags.mlflow.parentRunId = {parent_run_id!r}', safe=chr(39))}"
+    only_its_trials = quote(f"tags.mlflow.parentRunId = '{parent_run_id}'", safe="'")
+    link = (f"{ui_link(base_url, experiment_id)}&searchFilter={only_its_trials}"
             f"&orderByKey={quote(f'metrics.`{metric}`')}&orderByAsc={'true' if mode == 'min' else 'false'}")
     return link + "&compareRunsMode=CHART" if charts else link
 

@@ -36,6 +36,18 @@ def no_space(text: str) -> bool:
     return bool(_NO_SPACE.search(text))
 
 
+def _not_a_full_disk(record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, OSError) and no_space(str(error)))
+
+
+def quiet_tracebacks() -> None:
+    """Drops the tracebacks Tune logs of the saves a full disk failed (a trial's checkpoint, its
+    experiment state): `StopOnFullDisk` names the disk once."""
+    for name in compat.TUNE_SAVE_LOGGERS:
+        logging.getLogger(name).addFilter(_not_a_full_disk)
+
+
 def no_space_line(results_dir: str | Path, trial_dir: str | Path | None = None) -> str:
     """The one line for a full disk under `results_dir`: which folder, and (for a trial) the last whole
     checkpoint it keeps."""

@@ -171,4 +171,8 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     timeline.mark("ray_started")
     warm.join()
     timeline.mark("warmed_up")
+    if not verbosity.verbose():  # (Tune is imported by now: the warm-up did it)
+        from rlsweep.tuning.full_disk import quiet_tracebacks
+
+        quiet_tracebacks()
 
