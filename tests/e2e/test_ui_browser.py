@@ -81,10 +81,13 @@ def test_every_printed_link_shows_what_it_says_in_a_real_browser(tmp_path):
             # the trials, best first: the runs table (model-training view), the sweep's trials and only them
             page.goto(printed["its trials, best first"].replace("http://127.0.0.1:5000", base))
             page.get_by_text("3 matching runs").wait_for(timeout=60_000)
+            names = [t.info.run_name for t in trials]
+            for n in names:  # the count shows before the table's rows have all been drawn
+                page.get_by_text(n, exact=True).first.wait_for(timeout=60_000)
             text = page.inner_text("body")
             assert "Run Name" in text and "Sort: eval_return_mean" in text, text[:2000]
-            names = [t.info.run_name for t in trials]
-            assert all(n in text for n in names) and parent.info.run_name not in text.split("Run Name", 1)[1]
+            assert all(n in text for n in names), (names, text[:2000])
+            assert parent.info.run_name not in text.split("Run Name", 1)[1], text[:2000]
             ties = len({t.data.metrics["eval_return_mean"] for t in trials}) < len(trials)
             if not ties:  # (runs with equal scores may come in either order)
                 assert sorted(names, key=text.index) == names, (names, text[:2000])
