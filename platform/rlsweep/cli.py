@@ -92,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--create", action="store_true", help="start on an empty store where none exists yet")
+
+    k = sub.add_parser("stack", parents=[common], help="start, check or stop docker-compose.yml's team stack as plain "
+                       "processes on 127.0.0.1 (no Docker)")
+    k.add_argument("action", choices=["up", "status", "down"])
+    k.add_argument("--compose", default="docker-compose.yml", metavar="FILE", help="default ./docker-compose.yml")
+    k.add_argument("--dir", default=".rlsweep-stack", metavar="DIR",
+                   help="its data, logs and pids (default ./.rlsweep-stack; the data stays between up and down)")
+    k.add_argument("--workers", type=int, default=1, metavar="N", help="Ray worker nodes besides the head (default 1)")
+    k.add_argument("--cpus-per-node", type=float, default=None, metavar="N",
+                   help="CPUs each Ray node offers (default: Ray counts the machine's)")
     return p
 
 
@@ -283,8 +293,35 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0 if p.server else ui.serve(p)
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    """`rlsweep stack`: the team stack's services started (up), listed (status) or stopped (down)."""
+    from rlsweep.commands import stack
+    from rlsweep.stack import native
+
+    directory = Path(args.dir)
+    if args.action == "up":
+        state = stack.up(Path(args.compose), directory, args.workers, args.cpus_per_node)
+        print(f"the team stack is up (stop it with: rlsweep stack down --dir {args.dir}):")
+    elif args.action == "status":
+        state = native.read_state(directory.resolve())
+        running = native.alive(state)
+        for name in state["services"]:
+            print(f"  {name:<12} {'running' if name in running else 'NOT RUNNING'}  (pid {state['services'][name]['pid']})")
+        if len(running) < len(state["services"]):
+            print(f"rlsweep: error: {len(state['services']) - len(running)} of the stack's services are not running "
+                  f"(logs in {directory / 'logs'})", file=sys.stderr)
+            return 1
+    else:
+        native.stop(directory)
+        print("the team stack is stopped (its data stays in " f"{directory / 'volumes'})")
+        return 0
+    for line in stack.usage_lines(state):
+        print(line)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "resume": cmd_resume, "best": cmd_best,
-            "evaluate": cmd_evaluate, "ui": cmd_ui}
+            "evaluate": cmd_evaluate, "ui": cmd_ui, "stack": cmd_stack}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -309,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(verbosity.level()))  # not a line per migration
     if not verbosity.verbose():  # rlsweep's own lines only: no download progress bars (evaluate runs:/...)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # rlsweep prints its own links
     # rlsweep's writer retries failed MLflow calls itself (tracking.outage_s), without holding up
     # training: MLflow's own retries (7, about two minutes per call) would only block it
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -317,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a local Ray enables token authentication by default and warns about it on every start; asking
         # for it explicitly (before Ray is imported: it reads this once) keeps it on without the warning.
         # Joining a cluster follows the cluster's setting.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    elif os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        # Ray never turns token authentication on for an explicit address by itself: a token given is
+        # one to use (the team stack's Ray asks for its RAY_AUTH_TOKEN)
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     logging.getLogger("alembic").setLevel(verbosity.level())
     if os.environ.get("MLFLOW_TRACKING_URI"):  # user:password@ in it: into MLflow's credential variables

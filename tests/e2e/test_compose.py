@@ -1,11 +1,10 @@
 """The team stack's files, checked for structure: docker-compose.yml, the Dockerfile, .env.example.
 
-What this cannot prove: no Docker engine exists on the development and CI machines, so the images
-are never built and the stack is never started here. What it does check is everything that can be
-read without one: every service and how it is built, healthchecks and the order they impose,
-loopback-only ports, no credential in the file, every variable documented in .env.example, and that
-each command the stack runs (`ray start`, `ray health-check`, `mlflow server`, the README's
-`rlsweep` line) exists with the flags it passes, in the versions this checkout installs.
+No Docker engine exists on the development and CI machines, so the images are never built here; the
+services' command lines are proven by running them (tests/e2e/test_team_stack.py starts the stack from
+this file without Docker). What this checks is what only Docker would use: how each service is built,
+healthchecks and the order they impose, loopback-only ports, no credential in the file, every required
+variable documented in .env.example, and the README's `rlsweep` line.
 """
 
 import re
@@ -14,20 +13,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from rlsweep.cli import _parser
+from rlsweep.stack import compose
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-ONE_SHOT = {"minio-bucket"}  # runs once and exits
+ONE_SHOT: set[str] = set()  # services that run once and exit
 BIN = Path(sys.executable).parent
 
 
 def test_the_stack_has_its_services_built_from_this_checkout():
-    assert set(SERVICES) == {"postgres", "minio", "minio-bucket", "mlflow", "ray-head", "ray-worker"}
+    assert set(SERVICES) == {"postgres", "s3", "mlflow", "ray-head", "ray-worker"}
     stages = set(re.findall(r"^FROM \S+ AS (\S+)$", (ROOT / "Dockerfile").read_text(), re.M))
     assert {"rlsweep", "mlflow"} <= stages
     for name, target in {"mlflow": "mlflow", "ray-head": "rlsweep", "ray-worker": "rlsweep"}.items():
@@ -51,7 +50,7 @@ def test_every_long_running_service_has_a_healthcheck_and_waits_for_what_it_need
             expected = "service_completed_successfully" if dep in ONE_SHOT else "service_healthy"
             assert how == {"condition": expected}, (name, dep, how)
     order = {name: set(svc.get("depends_on") or {}) for name, svc in SERVICES.items()}
-    assert order["mlflow"] == {"postgres", "minio-bucket"} and order["minio-bucket"] == {"minio"}
+    assert order["mlflow"] == {"postgres", "s3"}
     assert order["ray-head"] == {"mlflow"} and order["ray-worker"] == {"ray-head"}
 
 
@@ -63,11 +62,11 @@ def test_ports_are_published_on_loopback_only():
 
 
 def test_no_credential_in_the_file_and_every_variable_in_env_example():
-    text = (ROOT / "docker-compose.yml").read_text()
-    used = set(re.findall(r"(?<!\$)\$\{(\w+)", text))
+    used = compose.variables_used(COMPOSE)
     example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
                    if line and not line.startswith("#"))
-    assert used == set(example), used ^ set(example)
+    required = {k for k, v in used.items() if v == "?"}
+    assert required <= set(example) <= set(used), (required - set(example), set(example) - set(used))
     secret = re.compile(r"PASSWORD|SECRET|_KEY$")
     for name, svc in SERVICES.items():
         env = svc.get("environment") or {}
@@ -90,17 +89,8 @@ def _help(*command: str) -> str:
                           timeout=120).stdout
 
 
-@pytest.mark.parametrize("service", ["ray-head", "ray-worker"])
-def test_the_ray_commands_exist_with_their_flags(service):
-    svc = SERVICES[service]
-    for command in (svc["command"], svc["healthcheck"]["test"][1:]):
-        assert command[0] == "ray"
-        text = _help(*command[:2])
-        for flag in _flags(command):
-            assert re.search(rf"\s{flag}\b", text), (service, flag)
-
-
-def test_the_mlflow_server_command_exists_with_its_flags():
+def test_the_mlflow_server_command_has_the_basic_auth_switch():
+    """The stack test runs this command; the basic-auth switch it may add is checked here."""
     script = SERVICES["mlflow"]["entrypoint"][-1].replace("$$", "$")
     command = shlex.split(script.split("exec ", 1)[1])
     assert command[:2] == ["mlflow", "server"]

@@ -15,6 +15,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,9 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
         # made here (Tune's searcher loads it) so that optuna-dashboard names its objective, not "Objective 0"
         study = optuna.create_study(storage=storage, study_name=p.name, load_if_exists=True,
                                     direction="minimize" if s.mode == "min" else "maximize")
-        study.set_metric_names([s.metric])
+        with warnings.catch_warnings():  # "set_metric_names is experimental": a warning on every sweep
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([s.metric])
     except Exception as e:
         shutil.rmtree(p.directory, ignore_errors=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -179,7 +179,7 @@ class Learner:
         """The loss terms and the policy shift of the current parameters on the whole batch, per agent:
         one forward pass per update, rather than a handful of extra ops in every minibatch step."""
         obs, actions, old_logp, old_values, advantages, returns = data
-        n = torch.as_tensor(counts, device=self.device, dtype=torch.float32).unsqueeze(-1)
+        n = torch.tensor(counts, device=self.device, dtype=torch.float32).unsqueeze(-1)
         weights = (torch.arange(obs.shape[1], device=self.device) < n).float() / n
         logp, entropy, values = self.net.evaluate(obs, actions)
         cfg = self.cfg
