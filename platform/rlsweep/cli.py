@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("stack", parents=[common], help="start, check or stop docker-compose.yml's team stack as plain "
                        "processes on 127.0.0.1 (no Docker)")
-    k.add_argument("action", choices=["up", "status", "down"])
+    k.add_argument("action", choices=["up", "status", "down", "restart"])
+    k.add_argument("service", nargs="?", default=None, help="restart: the service (e.g. postgres, mlflow, ray-worker-1)")
     k.add_argument("--compose", default="docker-compose.yml", metavar="FILE", help="default ./docker-compose.yml")
     k.add_argument("--dir", default=".rlsweep-stack", metavar="DIR",
                    help="its data, logs and pids (default ./.rlsweep-stack; the data stays between up and down)")
@@ -302,6 +303,12 @@ def cmd_stack(args: argparse.Namespace) -> int:
     if args.action == "up":
         state = stack.up(Path(args.compose), directory, args.workers, args.cpus_per_node)
         print(f"the team stack is up (stop it with: rlsweep stack down --dir {args.dir}):")
+    elif args.action == "restart":
+        if not args.service:
+            raise ConfigError("rlsweep stack restart: name the service to restart (see `rlsweep stack status`)")
+        native.restart(directory, stack.given_variables(Path(native.read_state(directory.resolve())["compose"])),
+                       args.service)
+        return 0
     elif args.action == "status":
         state = native.read_state(directory.resolve())
         running = native.alive(state)

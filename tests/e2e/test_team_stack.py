@@ -4,15 +4,17 @@ S3, the MLflow server on PostgreSQL with its artifacts proxied into the bucket, 
 node, with Ray's token authentication on. Started once for this module and stopped by pid."""
 
 import json
+import os
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LR_ONLY, cli_env, rlsweep
+from tests.conftest import LR_ONLY, cli_env, rlsweep, rlsweep_process
 
 pytestmark = [pytest.mark.xdist_group("stack"), pytest.mark.slow]
 
@@ -46,7 +48,10 @@ def stack():
     directory.chmod(0o755)
     env = cli_env(**SECRETS)
     t0 = time.monotonic()
-    up = rlsweep("stack", "up", "--dir", directory, "--cpus-per-node", 1, env=env, timeout=300)
+    # the head's GCS declares a node dead after 3 missed health checks a second apart (Ray's defaults:
+    # 5, three seconds apart), so that the node-loss test waits less
+    up = rlsweep("stack", "up", "--dir", directory, "--cpus-per-node", 1, timeout=300,
+                 env={**env, "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
     took = time.monotonic() - t0
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -127,3 +132,71 @@ def test_a_sweep_through_the_team_stack_lands_in_postgres_and_the_bucket_on_both
         assert not any(v in flat for v in SECRETS.values())
     assert len(seen) == 2, seen  # the trials' processes ran on both of the stack's nodes
     assert not any(v in r.stdout + r.stderr for v in SECRETS.values())
+
+
+def test_postgres_and_the_mlflow_server_restarted_and_the_worker_node_killed_mid_sweep_lose_nothing(stack, tmp_path):
+    """One sweep, three faults of the stack in turn: PostgreSQL restarted, the MLflow server restarted,
+    the worker node SIGKILLed (its raylet and every process on it). The sweep finishes with every run
+    whole: each step logged once, the trials on the lost node restarted from their checkpoints."""
+    from mlflow.tracking import MlflowClient
+
+    ports, env = stack["state"]["ports"], stack["env"]
+    tracking = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
+    steps = 512 * 24
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(EXP.format(results=tmp_path / "results").replace("env_steps: 2048", f"env_steps: {steps}")
+                   .replace("checkpoint_frequency: 2", "checkpoint_frequency: 2\nmax_failures: 3"))
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    proc = rlsweep_process("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "faults",
+                           "--address", f"127.0.0.1:{ports['RAY_PORT']}",
+                           env=cli_env(uri=tracking, RAY_AUTH_TOKEN=SECRETS["RAY_AUTH_TOKEN"]))
+    client = MlflowClient(tracking)
+
+    def logged() -> int:
+        """The most env_steps rows a trial has in MLflow so far (0 while the store cannot answer)."""
+        try:
+            experiment = client.get_experiment_by_name("teamstack")
+            runs = client.search_runs([experiment.experiment_id], "tags.`rlsweep.kind` = 'trial'") if experiment else []
+            return max((len(client.get_metric_history(r.info.run_id, "env_steps")) for r in runs), default=0)
+        except Exception:
+            return 0
+
+    def wait_for(rows: int) -> None:
+        deadline = time.monotonic() + 240
+        while logged() < rows:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, f"no trial logged {rows} rows"
+            time.sleep(0.2)
+
+    worker = stack["state"]["services"]["ray-worker-1"]["pid"]
+    try:
+        wait_for(2)
+        r = rlsweep("stack", "restart", "postgres", "--dir", stack["dir"], env=env, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(5)
+        r = rlsweep("stack", "restart", "mlflow", "--dir", stack["dir"], env=env, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        wait_for(8)
+        os.killpg(worker, signal.SIGKILL)  # the node: `ray start`, its raylet and every worker process on it
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        # the node back, for whatever runs next on the stack
+        back = rlsweep("stack", "restart", "ray-worker-1", "--dir", stack["dir"], env=env, timeout=120)
+        assert back.returncode == 0, back.stdout + back.stderr
+
+    experiment = client.get_experiment_by_name("teamstack")
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [r for r in runs if r.info.run_name == "faults"]
+    assert parent.info.status == "FINISHED"
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials), [(t.info.run_name, t.info.status) for t in trials]
+    for t in trials:
+        for key in ("env_steps", "eval_return_mean"):
+            logged_steps = [m.step for m in client.get_metric_history(t.info.run_id, key)]
+            assert sorted(logged_steps) == list(range(512, steps + 1, 512)), (t.info.run_name, key, logged_steps)
+    retried = [t for t in trials if int(t.data.tags.get("rlsweep.retries", "0")) >= 1]
+    assert retried, [t.data.tags for t in trials]  # the lost node's trial went on from its checkpoint
+    assert "node" in retried[0].data.tags.get("rlsweep.retry_reason", ""), retried[0].data.tags  # named as such

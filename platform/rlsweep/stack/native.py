@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +37,6 @@ from rlsweep.stack.compose import LOOPBACK, Service
 STATE = "stack.json"
 STOP_S = 25.0  # SeaweedFS's filer drains for 15 s on SIGTERM
 PG_USER = "postgres"
-
-
-@dataclass(frozen=True)
-class Running:
-    name: str
-    pid: int
-    log: Path
 
 
 def free_port() -> int:
@@ -161,6 +153,38 @@ def _healthy(svc: Service, env: dict[str, str], proc: subprocess.Popen, log: Any
         time.sleep(0.5)
 
 
+def _launch(directory: Path, state: dict[str, Any], label: str, svc: Service, extra: list[str], path: str,
+            layer: int) -> int:
+    """Starts one service (its first start creates its data), records it in the state file, and
+    returns its pid once it is healthy."""
+    for folder in svc.volumes.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **svc.env, "PATH": path}
+    log_path = directory / "logs" / f"{label}.log"
+    with open(log_path, "ab") as log:
+        argv, popen = _command(svc, env, extra)
+        for command in (argv[0], *(["initdb"] if _is_postgres(svc) else []), *(svc.health[:1] if svc.health else [])):
+            if shutil.which(command, path=env["PATH"]) is None:
+                raise _missing(svc.name, command)
+        if _is_postgres(svc):
+            _postgres_init(svc, env, log)
+        if svc.cwd is not None:
+            svc.cwd.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(argv, env=env, cwd=svc.cwd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, **popen)
+        state["services"][label] = {"pid": proc.pid, "started": _started(proc.pid), "log": str(log_path),
+                                    "stop_signal": svc.stop_signal, "layer": layer, "service": svc.name}
+        _write_state(directory, state)
+        _healthy(svc, env, proc, log)
+    return proc.pid
+
+
+def _services(compose_file: Path, directory: Path, given: dict[str, str]) -> tuple[dict[str, Service], dict[str, str]]:
+    doc = compose.read(compose_file)
+    values = compose.native_values(doc, given, free_port)
+    return compose.services(compose_file, values, directory / "volumes"), values
+
+
 def up(compose_file: Path, directory: Path, given: dict[str, str], workers: int = 1,
        extra_args: dict[str, list[str]] | None = None, say: Any = print) -> dict[str, Any]:
     """Starts the stack in `directory` (created; volumes persist there between runs) and returns its state.
@@ -175,9 +199,7 @@ def up(compose_file: Path, directory: Path, given: dict[str, str], workers: int 
     if state_file.exists() and alive(read_state(directory)):
         raise ConfigError(f"a stack is already running from {directory} ({', '.join(alive(read_state(directory)))}): "
                           "`rlsweep stack down` first")
-    doc = compose.read(compose_file)
-    values = compose.native_values(doc, given, free_port)
-    found = compose.services(compose_file, values, directory / "volumes")
+    found, values = _services(compose_file, directory, given)
     order = compose.start_order(found)
     depth: dict[str, int] = {}
     for name in order:  # what waits for nothing is layer 0; `down` stops the highest layers first
@@ -185,47 +207,44 @@ def up(compose_file: Path, directory: Path, given: dict[str, str], workers: int 
     (directory / "logs").mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"compose": str(compose_file.resolve()), "directory": str(directory),
                              "ports": {k: v for k, v in values.items() if k.endswith("_PORT")},
-                             "services": {}}
+                             "extra_args": extra_args or {}, "services": {}}
     path = _path_env()
-    started: list[Running] = []
     try:
         for name in order:
-            svc = found[name]
             for replica in range(workers if name == "ray-worker" else 1):
                 label = f"{name}-{replica + 1}" if name == "ray-worker" else name
                 t0 = time.monotonic()
-                for folder in svc.volumes.values():
-                    folder.mkdir(parents=True, exist_ok=True)
-                env = {**os.environ, **svc.env, "PATH": path}
-                log_path = directory / "logs" / f"{label}.log"
-                with open(log_path, "ab") as log:
-                    argv, popen = _command(svc, env, list((extra_args or {}).get(name, [])))
-                    for command in (argv[0], *(["initdb"] if _is_postgres(svc) else []),
-                                    *(svc.health[:1] if svc.health else [])):
-                        if shutil.which(command, path=env["PATH"]) is None:
-                            raise _missing(name, command)
-                    if _is_postgres(svc):
-                        _postgres_init(svc, env, log)
-                    cwd = svc.cwd
-                    if cwd is not None:
-                        cwd.mkdir(parents=True, exist_ok=True)
-                    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True, **popen)
-                    started.append(Running(label, proc.pid, log_path))
-                    state["services"][label] = {"pid": proc.pid, "started": _started(proc.pid), "log": str(log_path),
-                                                "stop_signal": svc.stop_signal, "layer": depth[name]}
-                    _write_state(directory, state)
-                    _healthy(svc, env, proc, log)
-                say(f"  {label:<12} up in {time.monotonic() - t0:4.1f} s  (pid {proc.pid})")
+                pid = _launch(directory, state, label, found[name], list(state["extra_args"].get(name, [])), path,
+                              depth[name])
+                say(f"  {label:<12} up in {time.monotonic() - t0:4.1f} s  (pid {pid})")
     except BaseException:
-        for r in reversed(started):
-            _stop(r.pid, state["services"][r.name]["stop_signal"])
-            say(f"  {r.name:<12} stopped (the stack did not come up)")
+        for label, s in reversed(state["services"].items()):
+            _stop(s["pid"], s["stop_signal"])
+            say(f"  {label:<12} stopped (the stack did not come up)")
         state_file.unlink(missing_ok=True)
         raise
     state["addresses"] = addresses(state)
     _write_state(directory, state)
     return state
+
+
+def restart(directory: Path, given: dict[str, str], label: str, say: Any = print) -> int:
+    """Stops one service of the running stack (as `down` would) and starts it again on the same ports
+    and data, as `docker compose restart SERVICE` does; returns its new pid once it is healthy."""
+    directory = directory.resolve()
+    state = read_state(directory)
+    if label not in state["services"]:
+        raise ConfigError(f"the stack at {directory} has no service {label!r} (it has: {', '.join(state['services'])})")
+    found, _ = _services(Path(state["compose"]), directory, {**given, **state["ports"]})
+    s = state["services"][label]
+    name = s.get("service", label)
+    t0 = time.monotonic()
+    if _ours(s):
+        _stop(s["pid"], s.get("stop_signal", "SIGTERM"))
+    pid = _launch(directory, state, label, found[name], list(state.get("extra_args", {}).get(name, [])), _path_env(),
+                  s.get("layer", 0))
+    say(f"  {label:<12} restarted in {time.monotonic() - t0:4.1f} s  (pid {pid})")
+    return pid
 
 
 def addresses(state: dict[str, Any]) -> dict[str, str]:
