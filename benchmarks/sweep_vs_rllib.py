@@ -42,6 +42,8 @@ TARGET, MAX_STEPS = 475.0, 100_000
 def run_rlsweep(out: Path, trials: int, concurrent: int) -> dict:
     from mlflow.tracking import MlflowClient
 
+    from rlsweep.metrics import mlflow_key
+
     exe = ROOT / ".venv" / "bin" / "rlsweep"
     cmd = [str(exe) if exe.exists() else "rlsweep", "sweep", "experiments/cartpole_ppo.yaml",
            "--space", "search_spaces/ppo_core.yaml", "--trials", str(trials), "--name", "bench",
@@ -64,14 +66,14 @@ def run_rlsweep(out: Path, trials: int, concurrent: int) -> dict:
     children = [r for r in runs if r.data.tags.get("rlsweep.kind") == "trial"]
     solved = [r for r in children if r.data.metrics.get("episode_return_mean", 0) >= TARGET]
     trial_wall_s = sum((r.info.end_time - r.info.start_time) / 1000 for r in children)
-    iterations = sum(len(client.get_metric_history(r.info.run_id, "time_total_s")) for r in children)
+    iterations = sum(len(client.get_metric_history(r.info.run_id, mlflow_key("time_total_s"))) for r in children)
     return {
         "process_s": t_exit - t0,
         "first_solve_from_process_s": min(r.info.end_time / 1000 for r in solved) - t0 if solved else None,
         "trials": len(children), "solved": len(solved),
-        "tracking_ms_per_iteration": parent.data.metrics.get("tracking_ms_per_iteration"),
-        "tracking_blocking_ms_per_iteration": parent.data.metrics.get("tracking_blocking_ms_per_iteration"),
-        "tracking_cpu_ms_per_iteration": parent.data.metrics.get("tracking_cpu_ms_per_iteration"),
+        "tracking_ms_per_iteration": parent.data.metrics.get(mlflow_key("tracking_ms_per_iteration")),
+        "tracking_blocking_ms_per_iteration": parent.data.metrics.get(mlflow_key("tracking_blocking_ms_per_iteration")),
+        "tracking_cpu_ms_per_iteration": parent.data.metrics.get(mlflow_key("tracking_cpu_ms_per_iteration")),
         "iteration_wall_ms": 1000 * trial_wall_s / iterations if iterations else None,  # same basis as the tracker's
         "per_trial": [{"env_steps": r.data.metrics.get("env_steps"), "return": r.data.metrics.get("episode_return_mean"),
                        "lr": r.data.params["ppo.lr"], "gamma": r.data.params["ppo.gamma"],

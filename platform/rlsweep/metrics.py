@@ -45,6 +45,35 @@ REPORTED = frozenset(
     v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str) and k != "TRAINING_ITERATION"
 ) | {TRAINING_ITERATION}
 
+# What a sweep's parent run reports of tracking itself (at its end).
+TRACKING_S = "tracking_s"  # the driver's writer thread, all of the sweep
+TRACKING_MS_PER_ITERATION = "tracking_ms_per_iteration"  # that, per trial iteration
+TRACKING_BLOCKING_MS_PER_ITERATION = "tracking_blocking_ms_per_iteration"  # of it, what held trials up
+TRACKING_CPU_MS_PER_ITERATION = "tracking_cpu_ms_per_iteration"  # of it, CPU time
+
+# MLflow draws one chart section per text before the last "/" of a metric's name. In MLflow, the answer
+# keeps its bare name (MLflow's first section, "Model metrics": returns, env steps, the cost metrics and
+# their intervals); what training did, where the time went, and rlsweep's own bookkeeping each get a
+# section of their own, by these prefixes. Tune, the terminal, `sweep.metric` and every file use the bare
+# names; `mlflow_key` is applied where metrics are written to MLflow and where MLflow is asked for one.
+SECTIONS = {
+    "training": (POLICY_LOSS, VALUE_LOSS, ENTROPY, APPROX_KL, CLIP_FRACTION, EXPLAINED_VARIANCE, GRAD_NORM, LR,
+                 UPDATE_EPOCHS),
+    "timing": (TIME_SAMPLE_S, TIME_LEARN_S, TIME_EVAL_S, TIME_OTHER_S, ENV_STEPS_PER_S, TIME_TOTAL_S,
+               TRAINING_ITERATION),
+    "rlsweep": (WORKERS_REPLACED, TRACKING_S, TRACKING_MS_PER_ITERATION, TRACKING_BLOCKING_MS_PER_ITERATION,
+                TRACKING_CPU_MS_PER_ITERATION),
+}
+_SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
+
+
+def mlflow_key(name: str) -> str:
+    """The name a metric has in MLflow: its section's prefix and the name (`training/policy_loss`), or
+    the bare name for the answer's metrics."""
+    section = _SECTION_OF.get(name)
+    return f"{section}/{name}" if section else name
+
+
 # Not a metric: text in the first result after a restore that could not continue exactly (the tracker
 # sets it as the run's `rlsweep.restore_note` tag).
 RESTORE_NOTE = "restore_note"

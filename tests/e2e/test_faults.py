@@ -184,7 +184,7 @@ def test_an_env_that_never_returns_is_noticed(tmp_path, workers, hangs, fragment
     [run] = client.search_runs([client.get_experiment_by_name("hang").experiment_id])
     if fragment is None:
         assert r.returncode == 0, r.stderr[-3000:]
-        assert run.info.status == "FINISHED" and run.data.metrics["workers_replaced"] == 1
+        assert run.info.status == "FINISHED" and run.data.metrics["rlsweep/workers_replaced"] == 1
         assert "rollout worker 0 (env tests.faulty_envs:HangingCartPole) did not answer within " \
             "rollouts.sample_timeout_s = 3 s: its env hangs or is far slower than expected; replacing it" in r.stderr, \
             r.stderr[-3000:]

@@ -134,9 +134,11 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
         assert f"ppo.lr={config['ppo']['lr']}" in tags["rlsweep.searched"]
         assert tags["mlflow.note.content"].startswith(f"Trial {number:03d} of sweep s1: ")
         # one point per iteration, at increasing env steps
-        for metric in ("env_steps", "eval_return_mean", "policy_loss"):
+        # (in MLflow, what training did is in a chart section of its own)
+        for metric in ("env_steps", "eval_return_mean", "training/policy_loss", "timing/time_sample_s"):
             hist = client.get_metric_history(child.info.run_id, metric)
             assert sorted(m.step for m in hist) == [row["env_steps"] for row in rows], metric
+        assert "policy_loss" not in child.data.metrics
         arts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.yaml", "checkpoints"} <= arts
         ckpts = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
@@ -150,7 +152,12 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
         assert parent.data.params[key] == best_child.data.params[key]
     assert parent.data.metrics["best_eval_return_mean"] == best_child.data.metrics["eval_return_mean"]
     assert "eval_return_mean" not in parent.data.metrics  # not a ninth row in a sort by the trials' metric
-    assert parent.data.tags["mlflow.note.content"].startswith(f"**Winner: trial {best_child.info.run_name}**")
+    # the winner is marked in the runs table and the charts' legends, and only it
+    assert best_child.info.run_name.endswith(" (winner)") and best_child.data.tags["rlsweep.winner"] == "true"
+    assert [c for c in children if "winner" in c.info.run_name or "rlsweep.winner" in c.data.tags] == [best_child]
+    assert parent.data.tags["mlflow.note.content"].startswith(
+        f"**Winner: trial {best_child.info.run_name.removesuffix(' (winner)')}**")
+    assert "rlsweep/tracking_s" in parent.data.metrics  # what tracking cost, in a section of its own
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "results.csv", "optimization_history.png", "param_importance.png",
             "learning_curves.png"} <= parent_arts
@@ -158,6 +165,11 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
 
     study = optuna.load_study(study_name="s1", storage=f"sqlite:///{tmp_path / 'results' / 's1' / 'optuna.db'}")
     assert study.metric_names == ["eval_return_mean"]
+    # each Optuna trial carries its trial's one name (and run), as optuna-dashboard shows them
+    by_run = {c.info.run_id: c.info.run_name.split(" ", 1)[0] for c in children}
+    named = [t for t in study.trials if "rlsweep_trial" in t.user_attrs]
+    assert named and all(by_run[t.user_attrs["mlflow_run_id"]] == t.user_attrs["rlsweep_trial"] for t in named), \
+        [t.user_attrs for t in study.trials]
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
     assert_one_best_trial(r.stdout, tmp_path / "results" / "s1", client, tmp_path)
 
@@ -468,7 +480,7 @@ def test_ui_links_resolve_on_a_real_sweep_and_sigterm_stops_every_server_process
         children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{run_id}'")
         assert sorted(c.info.run_name.split(" ")[0] for c in children) == ["001", "002"]
         for c in children:
-            assert re.fullmatch(r"00[12] lr=[0-9.e-]+", c.info.run_name), c.info.run_name
+            assert re.fullmatch(r"00[12] lr=[0-9.e-]+( \(winner\))?", c.info.run_name), c.info.run_name
             assert c.data.tags["rlsweep.searched"].startswith("ppo.lr=") and "eval_return_mean" in c.data.metrics
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -66,6 +66,8 @@ def test_every_printed_link_shows_what_it_says_in_a_real_browser(tmp_path):
     trials = sorted((x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"),
                     key=lambda x: -x.data.metrics["eval_return_mean"])
     winner = client.get_run(parent.data.tags["rlsweep.best_run_id"]).info.run_name
+    assert winner.endswith(" (winner)")  # marked where the table and the legends show it
+    winner = winner.removesuffix(" (winner)")
 
     port = free_port()
     ui = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "ui", str(exp), "--port", str(port)], cwd=ROOT,

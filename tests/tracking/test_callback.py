@@ -115,7 +115,7 @@ def test_sweep_nests_trials_under_a_parent_with_a_summary(store, tmp_path):
     assert children["a_00000"].data.tags["rlsweep.reason"] == "reached target return 50"
     assert children["a_00001"].info.status == "FAILED"
     assert children["a_00001"].data.tags["rlsweep.reason"] == "ValueError: loss is nan"
-    assert children["a_00000"].info.run_name == "001 lr=0.01" and children["a_00001"].info.run_name.startswith("002 lr=")
+    assert children["a_00000"].info.run_name == "001 lr=0.01 (winner)" and children["a_00001"].info.run_name.startswith("002 lr=")
     assert children["a_00000"].data.tags["rlsweep.searched"] == "ppo.lr=0.01"
     # each trial its own colour in MLflow's charts (by its number)
     assert [children[t].data.tags["mlflow.runColor"] for t in ("a_00000", "a_00001")] == ["#1f77b4", "#ff7f0e"]

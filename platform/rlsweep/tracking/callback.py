@@ -207,6 +207,7 @@ class MlflowCallback(tune.Callback):
             t.log_params(run_id, flatten(config))
             t.log_yaml(run_id, config, "config.yaml")
             self._logged_step[tid] = -1
+            self.parent.run_opened(tid, number, run_id)
         self.runs[tid] = run_id
 
     def _write_metrics(self, tid: str) -> None:
@@ -393,8 +394,8 @@ class MlflowCallback(tune.Callback):
         self.interrupted = interrupted
         tracking = {}
         if self.logged_iterations and not interrupted:
-            tracking = {"tracking_ms_per_iteration": 1000 * self.tracking_s / self.logged_iterations,
-                        "tracking_blocking_ms_per_iteration": 1000 * self.hook_s / self.logged_iterations,
-                        "tracking_cpu_ms_per_iteration": 1000 * self._writer.cpu_s / self.logged_iterations,
-                        "tracking_s": self.tracking_s}
+            tracking = {M.TRACKING_MS_PER_ITERATION: 1000 * self.tracking_s / self.logged_iterations,
+                        M.TRACKING_BLOCKING_MS_PER_ITERATION: 1000 * self.hook_s / self.logged_iterations,
+                        M.TRACKING_CPU_MS_PER_ITERATION: 1000 * self._writer.cpu_s / self.logged_iterations,
+                        M.TRACKING_S: self.tracking_s}
         self.parent.end(self.tracker, self.parent_run_id, interrupted, trials, self.runs, tracking)

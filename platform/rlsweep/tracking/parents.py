@@ -8,6 +8,7 @@ train`'s one run, with no parent. Both are plain data: Tune pickles them with th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,17 +19,23 @@ from rlsweep.tracking.runs import (
     TAG_DESCRIPTION,
     TAG_DIR,
     TAG_KIND,
+    TAG_PARENT,
     TAG_PHASE,
     TAG_RUN_COLOR,
     TAG_SEARCHED,
     TAG_STATUS,
     TAG_TRIAL,
+    TAG_WINNER,
+    WINNER_MARK,
     run_color,
     searched_values,
     trial_run_name,
 )
 from rlsweep.tracking.status import Outcome, RunStatus
 from rlsweep.tracking.tracker import Tracker
+
+log = logging.getLogger(__name__)
+_STORAGES: dict[str, Any] = {}  # Optuna storage URL -> its storage, opened once per process (not pickled)
 
 
 @dataclass
@@ -50,6 +57,9 @@ class SingleRun:
     def trial_run(self, config: dict[str, Any], number: str) -> tuple[str, dict[str, str]]:
         """The run's name and its extra tags."""
         return config["name"], dict(self.tags)
+
+    def run_opened(self, trial_id: str, number: str, run_id: str) -> None:
+        """A trial's run was created (nothing to tell: a single run has no study)."""
 
     def warm_up(self) -> None:
         """Nothing to prepare: there is no summary."""
@@ -129,6 +139,27 @@ class SweepParent:
                                       f"fresh seeds (from {config['seed']}): {values}"})
         return "confirm " + trial_run_name(search_number, config, self.searched), tags
 
+    def run_opened(self, trial_id: str, number: str, run_id: str) -> None:
+        """A trial's run was created: its Optuna trial gets the same name (user attributes `rlsweep_trial`,
+        the run's number, and `mlflow_run_id`), so that optuna-dashboard and MLflow name it alike. Best
+        effort, on the writer thread: a trial Optuna has already closed keeps only its `tune_trial_id`."""
+        if self.study is None or self.confirming:  # the confirmation round asks Optuna nothing
+            return
+        import optuna
+
+        try:
+            storage = _STORAGES.get(self.study[0]) or _STORAGES.setdefault(self.study[0],
+                                                                           optuna.storages.RDBStorage(self.study[0]))
+            study_id = storage.get_study_id_from_name(self.study[1])
+            for frozen in storage.get_all_trials(study_id, deepcopy=False,
+                                                 states=(optuna.trial.TrialState.RUNNING,)):
+                if frozen.user_attrs.get("tune_trial_id") == trial_id:
+                    storage.set_trial_user_attr(frozen._trial_id, "rlsweep_trial", number)
+                    storage.set_trial_user_attr(frozen._trial_id, "mlflow_run_id", run_id)
+                    return
+        except Exception as e:  # the study is the searcher's; its names are a courtesy
+            log.debug("could not name Optuna's trial for %s: %s", trial_id, e)
+
     @staticmethod
     def warm_up() -> None:
         """The summary's imports (seconds), on a thread while the other trials run."""
@@ -168,4 +199,20 @@ class SweepParent:
                                         if k not in logged})
         if self.confirming:
             report.confirmation_summary(tracker, run_id, self.run_dir, metric=self.metric, mode=self.mode)
+        if best is not None and best.get("mlflow_run_id"):
+            mark_winner(tracker, best["mlflow_run_id"], tracker.search(**{TAG_PARENT: run_id, TAG_KIND: "trial"}))
         tracker.set_status(run_id, Outcome(RunStatus.FINISHED))
+
+
+def mark_winner(tracker: Tracker, winner: str, trials: list[Any]) -> None:
+    """Marks the sweep's winning trial run where people look (its name ends in "(winner)", its
+    `rlsweep.winner` tag is "true"), and unmarks a run that an earlier summary marked (a search winner
+    that the confirmation round overturned)."""
+    for run in trials:
+        if run.run_id != winner and run.tags.get(TAG_WINNER):
+            tracker.delete_tag(run.run_id, TAG_WINNER)
+            tracker.rename(run.run_id, run.name.removesuffix(WINNER_MARK))
+    mine = next((r for r in trials if r.run_id == winner), None)
+    if mine is not None and not mine.tags.get(TAG_WINNER):
+        tracker.set_tag(winner, TAG_WINNER, "true")
+        tracker.rename(winner, mine.name.removesuffix(WINNER_MARK) + WINNER_MARK)

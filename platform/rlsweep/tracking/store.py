@@ -111,6 +111,9 @@ def trials_link(base_url: str, experiment_id: str, parent_run_id: str, metric: s
     (`mode` min: ascending); `charts`: their curves overlaid instead of the table."""
     from urllib.parse import quote
 
+    from rlsweep.metrics import mlflow_key
+
+    metric = mlflow_key(metric)
     only_its_trials = quote(f"tags.mlflow.parentRunId = '{parent_run_id}'", safe="'")
     link = (f"{ui_link(base_url, experiment_id)}&searchFilter={only_its_trials}"
             f"&orderByKey={quote(f'metrics.`{metric}`')}&orderByAsc={'true' if mode == 'min' else 'false'}")

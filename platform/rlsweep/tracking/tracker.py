@@ -105,8 +105,8 @@ class Tracker:
         return max((step for step, _ in self.history(run_id, M.ENV_STEPS)), default=-1)
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        """A metric's (step, value) history, by step."""
-        return sorted((m.step, m.value) for m in self._client.get_metric_history(run_id, key))
+        """A metric's (step, value) history, by step (`key` as Tune names it)."""
+        return sorted((m.step, m.value) for m in self._client.get_metric_history(run_id, M.mlflow_key(key)))
 
     # -- writing runs
 
@@ -122,6 +122,14 @@ class Tracker:
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         """Sets one tag of a run."""
         self._client.set_tag(run_id, key, value)
+
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """Removes one tag of a run."""
+        self._client.delete_tag(run_id, key)
+
+    def rename(self, run_id: str, name: str) -> None:
+        """Gives a run another name."""
+        self._client.update_run(run_id, name=name)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Logs params (values as `param_value` turns them into strings), in MLflow's batches."""
@@ -142,10 +150,10 @@ class Tracker:
 
     def log_rows(self, run_id: str, rows: Iterable[tuple[int, int, dict[str, Any]]]) -> None:
         """(step, timestamp in ms, values) rows, written in as few batches as MLflow allows; every number
-        is written, NaN and infinities included."""
+        is written, NaN and infinities included, each under its name in MLflow (`metrics.mlflow_key`)."""
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, float(v), ts, step) for step, ts, values in rows for k, v in values.items()
+        metrics = [Metric(M.mlflow_key(k), float(v), ts, step) for step, ts, values in rows for k, v in values.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
             self._client.log_batch(run_id, metrics=metrics[i:i + 1000])
