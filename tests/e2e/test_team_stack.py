@@ -28,13 +28,14 @@ name: teamstack
 seed: 4
 results_dir: {results}
 checkpoint_frequency: 2
+max_failures: 3
 env: {{id: CartPole-v1}}
 policy: {{hidden_sizes: [16, 16]}}
 ppo: {{train_batch_size: 512, minibatch_size: 128, num_epochs: 4}}
 rollouts: {{num_rollout_workers: 1, num_envs_per_worker: 8}}
 learners: {{num_learners: 1, cpus_per_learner: 0.25}}
 evaluation: {{interval: 1, episodes: 2}}
-stop: {{env_steps: 2048}}
+stop: {{env_steps: 8192}}
 resources: {{learner_cpus: 0.25, worker_cpus: 0.25, evaluation_cpus: 0.25}}
 sweep: {{trials: 2, max_concurrent: 2, n_startup_trials: 2, seed: 3}}
 """
@@ -83,100 +84,66 @@ def test_the_stack_starts_from_the_compose_file_and_keeps_secrets_out_of_its_fil
     assert "server" in cmdline and any(a.startswith("postgresql+psycopg2://mlflow:") for a in cmdline), cmdline
 
 
-def test_a_sweep_through_the_team_stack_lands_in_postgres_and_the_bucket_on_both_nodes(stack, tmp_path):
+def placed_on(run) -> set[str]:
+    tag = run.data.tags.get("rlsweep.placement", "")
+    return {node for part in tag.split() for node in part.split("=", 1)[1].split(",")}
+
+
+def test_a_sweep_through_the_stack_survives_its_faults_and_lands_in_postgres_and_the_bucket(stack, tmp_path):
+    """One sweep through the stack (`--address` on its Ray, its MLflow server as the store), and during
+    it three faults of the stack in turn: PostgreSQL restarted, the MLflow server restarted, the worker
+    node SIGKILLed (its raylet and every process on it). The sweep finishes with every run whole (each
+    step logged once, what ran on the lost node going on from its checkpoint); runs and metrics are in
+    PostgreSQL, checkpoints and plots in the bucket, and the trials ran on both nodes."""
     import boto3
     import psycopg2
     from mlflow.tracking import MlflowClient
 
-    ports = stack["state"]["ports"]
+    ports, env = stack["state"]["ports"], stack["env"]
     tracking = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
+    steps = 8192
     exp = tmp_path / "exp.yaml"
     exp.write_text(EXP.format(results=tmp_path / "results"))
     (tmp_path / "space.yaml").write_text(LR_ONLY)
     # a driver as a user runs it: the stack's addresses and its Ray token, nothing else
-    env = cli_env(uri=tracking, RAY_AUTH_TOKEN=SECRETS["RAY_AUTH_TOKEN"])
-    r = rlsweep("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "through-the-stack",
-                "--address", f"127.0.0.1:{ports['RAY_PORT']}", env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "View run" not in r.stdout  # MLflow's own links: rlsweep prints its own
-
-    with psycopg2.connect(host="127.0.0.1", port=int(ports["POSTGRES_PORT"]), user="mlflow", dbname="mlflow",
-                          password=SECRETS["POSTGRES_PASSWORD"]) as db, db.cursor() as cur:
-        cur.execute("SELECT r.run_uuid, r.status, t.value FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-                    "WHERE t.key = 'rlsweep.kind'")
-        runs = {uuid: (status, kind) for uuid, status, kind in cur.fetchall()}
-        cur.execute("SELECT count(*) FROM metrics WHERE key = 'eval_return_mean'")
-        [(evals,)] = cur.fetchall()
-    assert sorted(k for _, k in runs.values()) == ["sweep", "trial", "trial"], runs
-    assert all(s == "FINISHED" for s, _ in runs.values()), runs
-    assert evals >= 2 * 4, evals  # four iterations a trial
-
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['S3_PORT']}", region_name="us-east-1",
-                      aws_access_key_id=SECRETS["S3_ACCESS_KEY_ID"], aws_secret_access_key=SECRETS["S3_SECRET_KEY"])
-    keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow")
-            for o in page.get("Contents", [])}
-    for uuid, (_, kind) in runs.items():
-        mine = {k.split(f"/{uuid}/artifacts/", 1)[1] for k in keys if f"/{uuid}/artifacts/" in k}
-        if kind == "trial":
-            assert {"checkpoints/final/learner.pt", "checkpoints/best/learner.pt", "config.yaml"} <= mine, mine
-        else:
-            assert {"learning_curves.png", "results.csv", "best_config.yaml"} <= mine, mine
-
-    client = MlflowClient(tracking)
-    seen = set()
-    for uuid, (_, kind) in runs.items():
-        run = client.get_run(uuid)
-        if kind == "trial":
-            seen |= {n for part in run.data.tags["rlsweep.placement"].split() for n in part.split("=", 1)[1].split(",")}
-        flat = json.dumps([run.data.params, run.data.tags])
-        assert not any(v in flat for v in SECRETS.values())
-    assert len(seen) == 2, seen  # the trials' processes ran on both of the stack's nodes
-    assert not any(v in r.stdout + r.stderr for v in SECRETS.values())
-
-
-def test_postgres_and_the_mlflow_server_restarted_and_the_worker_node_killed_mid_sweep_lose_nothing(stack, tmp_path):
-    """One sweep, three faults of the stack in turn: PostgreSQL restarted, the MLflow server restarted,
-    the worker node SIGKILLed (its raylet and every process on it). The sweep finishes with every run
-    whole: each step logged once, the trials on the lost node restarted from their checkpoints."""
-    from mlflow.tracking import MlflowClient
-
-    ports, env = stack["state"]["ports"], stack["env"]
-    tracking = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
-    steps = 512 * 24
-    exp = tmp_path / "exp.yaml"
-    exp.write_text(EXP.format(results=tmp_path / "results").replace("env_steps: 2048", f"env_steps: {steps}")
-                   .replace("checkpoint_frequency: 2", "checkpoint_frequency: 2\nmax_failures: 3"))
-    (tmp_path / "space.yaml").write_text(LR_ONLY)
-    proc = rlsweep_process("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "faults",
+    proc = rlsweep_process("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "through-the-stack",
                            "--address", f"127.0.0.1:{ports['RAY_PORT']}",
                            env=cli_env(uri=tracking, RAY_AUTH_TOKEN=SECRETS["RAY_AUTH_TOKEN"]))
     client = MlflowClient(tracking)
+    seen: set[str] = set()  # the nodes the trials' processes ran on (a restarted trial's tag is rewritten)
 
-    def logged() -> int:
-        """The most env_steps rows a trial has in MLflow so far (0 while the store cannot answer)."""
+    def logged() -> list[int]:
+        """env_steps rows each trial has in MLflow so far (none while the store cannot answer)."""
         try:
             experiment = client.get_experiment_by_name("teamstack")
             runs = client.search_runs([experiment.experiment_id], "tags.`rlsweep.kind` = 'trial'") if experiment else []
-            return max((len(client.get_metric_history(r.info.run_id, "env_steps")) for r in runs), default=0)
         except Exception:
-            return 0
+            return []
+        counts = []
+        for r in runs:
+            seen.update(placed_on(r))
+            try:
+                counts.append(len(client.get_metric_history(r.info.run_id, "env_steps")))
+            except Exception:
+                counts.append(0)
+        return counts
 
-    def wait_for(rows: int) -> None:
+    def wait_for(rows: int, trials: int = 1) -> None:
         deadline = time.monotonic() + 240
-        while logged() < rows:
+        while sum(c >= rows for c in logged()) < trials:
             assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, f"no trial logged {rows} rows"
+            assert time.monotonic() < deadline, f"no {trials} trials logged {rows} rows"
             time.sleep(0.2)
 
     worker = stack["state"]["services"]["ray-worker-1"]["pid"]
     try:
-        wait_for(2)
+        wait_for(2, trials=2)  # both trials going: both nodes busy
         r = rlsweep("stack", "restart", "postgres", "--dir", stack["dir"], env=env, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
-        wait_for(5)
+        wait_for(4)
         r = rlsweep("stack", "restart", "mlflow", "--dir", stack["dir"], env=env, timeout=120)
         assert r.returncode == 0, r.stdout + r.stderr
-        wait_for(8)
+        wait_for(6)
         os.killpg(worker, signal.SIGKILL)  # the node: `ray start`, its raylet and every worker process on it
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:] + err[-3000:]
@@ -186,17 +153,50 @@ def test_postgres_and_the_mlflow_server_restarted_and_the_worker_node_killed_mid
         # the node back, for whatever runs next on the stack
         back = rlsweep("stack", "restart", "ray-worker-1", "--dir", stack["dir"], env=env, timeout=120)
         assert back.returncode == 0, back.stdout + back.stderr
+    assert "View run" not in out  # MLflow's own links: rlsweep prints its own
+    assert not any(v in out + err for v in SECRETS.values())
 
+    # every run whole, each step once, across the restarts and the lost node
     experiment = client.get_experiment_by_name("teamstack")
     runs = client.search_runs([experiment.experiment_id])
-    [parent] = [r for r in runs if r.info.run_name == "faults"]
-    assert parent.info.status == "FINISHED"
+    [parent] = [r for r in runs if r.info.run_name == "through-the-stack"]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED"
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials), [(t.info.run_name, t.info.status) for t in trials]
     for t in trials:
         for key in ("env_steps", "eval_return_mean"):
             logged_steps = [m.step for m in client.get_metric_history(t.info.run_id, key)]
             assert sorted(logged_steps) == list(range(512, steps + 1, 512)), (t.info.run_name, key, logged_steps)
+        flat = json.dumps([t.data.params, t.data.tags])
+        assert not any(v in flat for v in SECRETS.values())
+    # what ran on the lost node went on: a trial restarted from its checkpoint, or a rollout actor replaced
     retried = [t for t in trials if int(t.data.tags.get("rlsweep.retries", "0")) >= 1]
-    assert retried, [t.data.tags for t in trials]  # the lost node's trial went on from its checkpoint
-    assert "node" in retried[0].data.tags.get("rlsweep.retry_reason", ""), retried[0].data.tags  # named as such
+    replaced = [t for t in trials if t.data.metrics.get("rlsweep/workers_replaced", 0) >= 1]
+    assert retried or replaced, [(t.data.tags, t.data.metrics) for t in trials]
+    for t in retried:  # (Ray's words: the node's loss, or the actor that became unavailable with it)
+        assert t.data.tags.get("rlsweep.retry_reason"), t.data.tags
+    assert len(seen) == 2, seen  # the trials' processes ran on both of the stack's nodes
+
+    # runs and metrics in PostgreSQL itself
+    with psycopg2.connect(host="127.0.0.1", port=int(ports["POSTGRES_PORT"]), user="mlflow", dbname="mlflow",
+                          password=SECRETS["POSTGRES_PASSWORD"]) as db, db.cursor() as cur:
+        cur.execute("SELECT r.run_uuid, r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                    "WHERE t.key = 'mlflow.parentRunId' AND t.value = %s", (parent.info.run_id,))
+        in_db = dict(cur.fetchall())
+        cur.execute("SELECT count(DISTINCT (run_uuid, step)) FROM metrics WHERE key = 'env_steps' AND run_uuid = ANY(%s)",
+                    (list(in_db),))
+        [(rows,)] = cur.fetchall()
+    assert in_db == {t.info.run_id: "FINISHED" for t in trials} and rows == 2 * steps // 512, (in_db, rows)
+
+    # checkpoints and plots in the bucket itself
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['S3_PORT']}", region_name="us-east-1",
+                      aws_access_key_id=SECRETS["S3_ACCESS_KEY_ID"], aws_secret_access_key=SECRETS["S3_SECRET_KEY"])
+    keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow")
+            for o in page.get("Contents", [])}
+
+    def objects(run_id: str) -> set[str]:
+        return {k.split(f"/{run_id}/artifacts/", 1)[1] for k in keys if f"/{run_id}/artifacts/" in k}
+
+    for t in trials:
+        assert {"checkpoints/final/learner.pt", "checkpoints/best/learner.pt", "config.yaml"} <= objects(t.info.run_id)
+    assert {"learning_curves.png", "results.csv", "best_config.yaml"} <= objects(parent.info.run_id)
