@@ -77,7 +77,7 @@ def run_five_trials(env_steps: int) -> dict:
         cfg = load_experiment(ROOT / EXPERIMENT, overrides(env_steps, Path(d)))
         space = cfg.model_dump(mode="json")
         space["seed"] = tune.grid_search([0, 1, 2, 3, 4])
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         try:
             tuner = tune.Tuner(trainable_for(), param_space=space,
                                run_config=tune.RunConfig(storage_path=d, name="five", verbose=0,

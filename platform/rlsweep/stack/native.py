@@ -337,4 +337,17 @@ def stop(directory: Path, say: Any = print) -> None:
         for t in threads:
             t.join()
         say(f"  {', '.join(running):<12} stopped in {time.monotonic() - t0:4.1f} s")
+    _forget_ray_head(read_state(directory)["ports"].get("RAY_PORT"))
     (directory / STATE).unlink(missing_ok=True)
+
+
+def _forget_ray_head(port: str | None) -> None:
+    """`ray start --head` notes its address in Ray's temp folder for a bare `ray.init()` to join, and a
+    SIGTERM leaves the note behind (only `ray stop` removes it): removed here when it names this stack's
+    head, so that a later `ray.init()` starts a Ray of its own instead of failing on a dead address."""
+    note = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    try:
+        if port and note.read_text().strip().endswith(f":{port}"):
+            note.unlink()
+    except OSError:
+        pass
