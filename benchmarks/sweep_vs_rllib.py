@@ -64,7 +64,7 @@ def run_rlsweep(out: Path, trials: int, concurrent: int) -> dict:
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parent = next(r for r in runs if r.data.tags.get("rlsweep.kind") == "sweep")
     children = [r for r in runs if r.data.tags.get("rlsweep.kind") == "trial"]
-    solved = [r for r in children if r.data.metrics.get("episode_return_mean", 0) >= TARGET]
+    solved = [r for r in children if r.data.metrics.get(mlflow_key("episode_return_mean"), 0) >= TARGET]
     trial_wall_s = sum((r.info.end_time - r.info.start_time) / 1000 for r in children)
     iterations = sum(len(client.get_metric_history(r.info.run_id, mlflow_key("time_total_s"))) for r in children)
     return {
@@ -75,7 +75,7 @@ def run_rlsweep(out: Path, trials: int, concurrent: int) -> dict:
         "tracking_blocking_ms_per_iteration": parent.data.metrics.get(mlflow_key("tracking_blocking_ms_per_iteration")),
         "tracking_cpu_ms_per_iteration": parent.data.metrics.get(mlflow_key("tracking_cpu_ms_per_iteration")),
         "iteration_wall_ms": 1000 * trial_wall_s / iterations if iterations else None,  # same basis as the tracker's
-        "per_trial": [{"env_steps": r.data.metrics.get("env_steps"), "return": r.data.metrics.get("episode_return_mean"),
+        "per_trial": [{"env_steps": r.data.metrics.get(mlflow_key("env_steps")), "return": r.data.metrics.get(mlflow_key("episode_return_mean")),
                        "lr": r.data.params["ppo.lr"], "gamma": r.data.params["ppo.gamma"],
                        "batch": r.data.params["ppo.train_batch_size"]} for r in children],
     }

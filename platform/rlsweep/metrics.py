@@ -51,26 +51,32 @@ TRACKING_MS_PER_ITERATION = "tracking_ms_per_iteration"  # that, per trial itera
 TRACKING_BLOCKING_MS_PER_ITERATION = "tracking_blocking_ms_per_iteration"  # of it, what held trials up
 TRACKING_CPU_MS_PER_ITERATION = "tracking_cpu_ms_per_iteration"  # of it, CPU time
 
-# MLflow draws one chart section per text before the last "/" of a metric's name. In MLflow, the answer
-# keeps its bare name (MLflow's first section, "Model metrics": returns, env steps, the cost metrics and
-# their intervals); what training did, where the time went, and rlsweep's own bookkeeping each get a
-# section of their own, by these prefixes. Tune, the terminal, `sweep.metric` and every file use the bare
-# names; `mlflow_key` is applied where metrics are written to MLflow and where MLflow is asked for one.
+# MLflow draws one chart section per text before the last "/" of a metric's name, custom sections in
+# alphabetical order first, then its "Model metrics" (names without a "/"), then "System metrics"
+# (`system/...`). So in MLflow each metric carries its section's prefix, and the sections' names put the
+# answer first: what reaching the target cost, the evaluation, then the rollouts' episodes, where the time
+# went, what training did, and last rlsweep's own bookkeeping beside MLflow's system metrics. Tune, the
+# terminal, `sweep.metric` and every file use the bare names; `mlflow_key` is applied where metrics are
+# written to MLflow and where MLflow is asked for one (a parent run's `best_*` stay bare).
 SECTIONS = {
-    "training": (POLICY_LOSS, VALUE_LOSS, ENTROPY, APPROX_KL, CLIP_FRACTION, EXPLAINED_VARIANCE, GRAD_NORM, LR,
-                 UPDATE_EPOCHS),
+    "cost": (ENV_STEPS_TO_TARGET, TIME_TO_TARGET_S, SEEDS_AT_TARGET),
+    "evaluation": (EVAL_RETURN_MEAN, EVAL_RETURN_STD, EVAL_LENGTH_MEAN),
+    "rollouts": (ENV_STEPS, EPISODES, EPISODE_RETURN_MEAN, EPISODE_LENGTH_MEAN),
     "timing": (TIME_SAMPLE_S, TIME_LEARN_S, TIME_EVAL_S, TIME_OTHER_S, ENV_STEPS_PER_S, TIME_TOTAL_S,
                TRAINING_ITERATION),
-    "rlsweep": (WORKERS_REPLACED, TRACKING_S, TRACKING_MS_PER_ITERATION, TRACKING_BLOCKING_MS_PER_ITERATION,
-                TRACKING_CPU_MS_PER_ITERATION),
+    "training": (POLICY_LOSS, VALUE_LOSS, ENTROPY, APPROX_KL, CLIP_FRACTION, EXPLAINED_VARIANCE, GRAD_NORM, LR,
+                 UPDATE_EPOCHS),
+    "system": (WORKERS_REPLACED, TRACKING_S, TRACKING_MS_PER_ITERATION, TRACKING_BLOCKING_MS_PER_ITERATION,
+               TRACKING_CPU_MS_PER_ITERATION),
 }
 _SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
 
 
 def mlflow_key(name: str) -> str:
-    """The name a metric has in MLflow: its section's prefix and the name (`training/policy_loss`), or
-    the bare name for the answer's metrics."""
-    section = _SECTION_OF.get(name)
+    """The name a metric has in MLflow: its section's prefix and the name (`evaluation/eval_return_mean`,
+    `evaluation/eval_return_mean_ci_low`, `evaluation/eval_return_mean/seed_3`); a name of no section
+    as it is."""
+    section = _SECTION_OF.get(name) or _SECTION_OF.get(scored_base(name))
     return f"{section}/{name}" if section else name
 
 

@@ -117,7 +117,7 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
         assert time.time() < deadline, "no trial ever got going"
         try:
             children = [r for r in runs_of(client) if r.data.tags.get("rlsweep.kind") == "trial"]
-            going = [c for c in children if 2 <= len(client.get_metric_history(c.info.run_id, "env_steps")) <= 5]
+            going = [c for c in children if 2 <= len(client.get_metric_history(c.info.run_id, "rollouts/env_steps")) <= 5]
         except Exception:  # the store may not exist yet
             children, going = [], []
         for c in children:
@@ -138,7 +138,7 @@ def test_a_sweep_on_a_two_node_cluster_uses_both_nodes_and_resumes(tmp_path, clu
     assert len(parents) == 1 and parents[0].info.status == "FINISHED" and len(children) == 2
     for c in children:
         assert c.info.status == "FINISHED"
-        steps_logged = [m.step for m in client.get_metric_history(c.info.run_id, "env_steps")]
+        steps_logged = [m.step for m in client.get_metric_history(c.info.run_id, "rollouts/env_steps")]
         assert steps_logged == list(range(512, steps + 1, 512))  # whole, once, across the resume
         placement = dict(part.split("=") for part in c.data.tags["rlsweep.placement"].split())
         assert set(placement) == {"trainable", "rollout", "evaluation", "learners"}

@@ -42,7 +42,7 @@ def logged_steps(uri):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("outage")
     runs = client.search_runs([exp.experiment_id]) if exp else []
-    return runs, (client.get_metric_history(runs[0].info.run_id, "env_steps") if runs else [])
+    return runs, (client.get_metric_history(runs[0].info.run_id, "rollouts/env_steps") if runs else [])
 
 
 def wait_for_steps(uri, proc, n, timeout=180):
@@ -82,7 +82,7 @@ def test_a_server_outage_mid_run_loses_nothing_and_does_not_stop_training(tmp_pa
         [result_file] = (tmp_path / "results").glob("train-outage-*/trial_*/result.json")
         own = {r["env_steps"]: r["episode_return_mean"] for r in map(json.loads, result_file.read_text().splitlines())}
         client = MlflowClient(uri)
-        logged = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "episode_return_mean")}
+        logged = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, "rollouts/episode_return_mean")}
         assert logged == pytest.approx(own)  # the trial's own results, value for value
         # training went on while the store was down: iterations were reported in that window (each
         # row carries the time the driver received it) and reached MLflow once it was back
@@ -184,7 +184,7 @@ def test_an_env_that_never_returns_is_noticed(tmp_path, workers, hangs, fragment
     [run] = client.search_runs([client.get_experiment_by_name("hang").experiment_id])
     if fragment is None:
         assert r.returncode == 0, r.stderr[-3000:]
-        assert run.info.status == "FINISHED" and run.data.metrics["rlsweep/workers_replaced"] == 1
+        assert run.info.status == "FINISHED" and run.data.metrics["system/workers_replaced"] == 1
         assert "rollout worker 0 (env tests.faulty_envs:HangingCartPole) did not answer within " \
             "rollouts.sample_timeout_s = 3 s: its env hangs or is far slower than expected; replacing it" in r.stderr, \
             r.stderr[-3000:]

@@ -135,10 +135,10 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
         assert tags["mlflow.note.content"].startswith(f"Trial {number:03d} of sweep s1: ")
         # one point per iteration, at increasing env steps
         # (in MLflow, what training did is in a chart section of its own)
-        for metric in ("env_steps", "eval_return_mean", "training/policy_loss", "timing/time_sample_s"):
+        for metric in ("rollouts/env_steps", "evaluation/eval_return_mean", "training/policy_loss", "timing/time_sample_s"):
             hist = client.get_metric_history(child.info.run_id, metric)
             assert sorted(m.step for m in hist) == [row["env_steps"] for row in rows], metric
-        assert "policy_loss" not in child.data.metrics
+        assert "policy_loss" not in child.data.metrics and "eval_return_mean" not in child.data.metrics
         arts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.yaml", "checkpoints"} <= arts
         ckpts = {a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")}
@@ -150,14 +150,14 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     assert parent.info.run_name == "s1"
     for key in ("ppo.lr", "ppo.gamma", "ppo.train_batch_size"):
         assert parent.data.params[key] == best_child.data.params[key]
-    assert parent.data.metrics["best_eval_return_mean"] == best_child.data.metrics["eval_return_mean"]
-    assert "eval_return_mean" not in parent.data.metrics  # not a ninth row in a sort by the trials' metric
+    assert parent.data.metrics["best_eval_return_mean"] == best_child.data.metrics["evaluation/eval_return_mean"]
+    assert "evaluation/eval_return_mean" not in parent.data.metrics  # not a ninth row in a sort by the trials' metric
     # the winner is marked in the runs table and the charts' legends, and only it
     assert best_child.info.run_name.endswith(" (winner)") and best_child.data.tags["rlsweep.winner"] == "true"
     assert [c for c in children if "winner" in c.info.run_name or "rlsweep.winner" in c.data.tags] == [best_child]
     assert parent.data.tags["mlflow.note.content"].startswith(
         f"**Winner: trial {best_child.info.run_name.removesuffix(' (winner)')}**")
-    assert "rlsweep/tracking_s" in parent.data.metrics  # what tracking cost, in a section of its own
+    assert "system/tracking_s" in parent.data.metrics  # what tracking cost, beside MLflow's system metrics
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "results.csv", "optimization_history.png", "param_importance.png",
             "learning_curves.png"} <= parent_arts
@@ -186,7 +186,7 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
 
     # and a checkpoint logged to MLflow restores a training run (runs:/ URI)
     child = next(c for c in children if c.data.tags["rlsweep.trial_id"] == parent.data.tags["rlsweep.best_trial_id"])
-    done, batch = int(child.data.metrics["env_steps"]), int(child.data.params["ppo.train_batch_size"])
+    done, batch = int(child.data.metrics["rollouts/env_steps"]), int(child.data.params["ppo.train_batch_size"])
     r = rlsweep("train", best_file, "--restore", f"runs:/{child.info.run_id}/checkpoints/final",
                 "--set", f"stop.env_steps={done + batch}", "--set", "stop.target_return=null",
                 "--set", f"results_dir={tmp_path / 'results'}", uri=mlflow_server)
@@ -238,7 +238,7 @@ def _wait_mid_sweep(tmp_path, proc, per_trial, finished_before=1, timeout=240):
             mid = []
             for r in children:
                 if r.data.tags.get("rlsweep.status") == "running":
-                    n = len(client.get_metric_history(r.info.run_id, "env_steps"))
+                    n = len(client.get_metric_history(r.info.run_id, "rollouts/env_steps"))
                     if n >= 4 and n % 3 and n * 512 < per_trial - 512:
                         mid.append(r)
         except Exception:  # the store is created by the sweep; it may not exist yet or be busy
@@ -277,7 +277,7 @@ def _check_resumed(tmp_path, name, per_trial, trials=4):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(c.data.tags["rlsweep.trial_id"] for c in children) == sorted(res)  # one run per trial
     for c in children:  # no gap and no repeated step, though iterations past a checkpoint were replayed
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "env_steps")]
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "rollouts/env_steps")]
         assert steps == list(range(512, per_trial + 1, 512)), (c.data.tags["rlsweep.trial_id"], steps)
         assert c.info.status == "FINISHED"
 
@@ -481,7 +481,7 @@ def test_ui_links_resolve_on_a_real_sweep_and_sigterm_stops_every_server_process
         assert sorted(c.info.run_name.split(" ")[0] for c in children) == ["001", "002"]
         for c in children:
             assert re.fullmatch(r"00[12] lr=[0-9.e-]+( \(winner\))?", c.info.run_name), c.info.run_name
-            assert c.data.tags["rlsweep.searched"].startswith("ppo.lr=") and "eval_return_mean" in c.data.metrics
+            assert c.data.tags["rlsweep.searched"].startswith("ppo.lr=") and "evaluation/eval_return_mean" in c.data.metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -521,7 +521,7 @@ def test_asha_stops_weak_trials_early(tmp_path):
     children = [x for x in runs_of(client) if x.data.tags.get("rlsweep.kind") == "trial"]
     assert len(children) == 6
     statuses = {c.data.tags["rlsweep.status"] for c in children}
-    steps = sorted(c.data.metrics["env_steps"] for c in children)
+    steps = sorted(c.data.metrics["rollouts/env_steps"] for c in children)
     assert "stopped early" in statuses and steps[0] < 8192 <= steps[-1], (statuses, steps)
 
 
@@ -539,12 +539,12 @@ def test_make_sweep_job_finds_a_solving_config(tmp_path):
     search = [c for c in children if c.data.tags.get("rlsweep.phase") != "confirm"]
     confirming = [c for c in children if c.data.tags.get("rlsweep.phase") == "confirm"]
     assert len(search) == 8 and len(confirming) == 3  # the shipped round: the best 3 on 8 fresh seeds
-    winner = min(confirming, key=lambda c: c.data.metrics["env_steps_to_target"])
-    assert winner.data.metrics["env_steps_to_target"] == confirmed
-    assert winner.data.metrics["seeds_at_target"] >= 6  # (nearly) every fresh seed reached 475
-    assert len([k for k in winner.data.metrics if k.startswith("eval_return_mean/seed_")]) == 8
+    winner = min(confirming, key=lambda c: c.data.metrics["cost/env_steps_to_target"])
+    assert winner.data.metrics["cost/env_steps_to_target"] == confirmed
+    assert winner.data.metrics["cost/seeds_at_target"] >= 6  # (nearly) every fresh seed reached 475
+    assert len([k for k in winner.data.metrics if k.startswith("evaluation/eval_return_mean/seed_")]) == 8
     # the cost-aware objective tells the trials apart (the return, capped at 500, tied several at the top)
-    assert len({c.data.metrics["env_steps_to_target"] for c in search}) >= 3, [c.data.metrics for c in search]
+    assert len({c.data.metrics["cost/env_steps_to_target"] for c in search}) >= 3, [c.data.metrics for c in search]
 
 
 @pytest.mark.slow
@@ -574,7 +574,7 @@ def _wait_for_confirmation(client, proc, ready, timeout=300):
         assert time.time() < deadline, "the confirmation round never got that far"
         runs = [r for r in runs_of(client) if r.data.tags.get("rlsweep.phase") == "confirm"
                 and r.data.tags.get("rlsweep.kind") == "trial"]
-        if any(ready(r, len(client.get_metric_history(r.info.run_id, "env_steps"))) for r in runs):
+        if any(ready(r, len(client.get_metric_history(r.info.run_id, "rollouts/env_steps"))) for r in runs):
             return
         time.sleep(0.05)
 
@@ -612,20 +612,20 @@ def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert {c.data.tags["rlsweep.confirms_trial_id"] for c in confirming} == {c.data.tags["rlsweep.trial_id"] for c in search}
     for c in children:  # one run per trial, every step once, though the cut one replayed iterations
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "env_steps")]
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "rollouts/env_steps")]
         assert steps == list(range(512, per_trial + 1, 512)), (c.info.run_name, steps)
         assert c.info.status == "FINISHED"
     for c in search:  # two agents each, on the experiment's seeds 2 and 3
-        assert {k for k in c.data.metrics if k.startswith("eval_return_mean/seed_")} == \
+        assert {k for k in c.data.metrics if k.startswith("evaluation/eval_return_mean/seed_")} == \
             {"eval_return_mean/seed_2", "eval_return_mean/seed_3"}
     for c in confirming:  # two fresh seeds, far from the search's
-        assert {k for k in c.data.metrics if k.startswith("eval_return_mean/seed_")} == \
+        assert {k for k in c.data.metrics if k.startswith("evaluation/eval_return_mean/seed_")} == \
             {"eval_return_mean/seed_1000002", "eval_return_mean/seed_1000003"}
         assert c.info.run_name.startswith("confirm ")
 
     ranked = ranked_rows(sweep_dir, "eval_return_mean", "max")
     winner = ranked[0]
-    confirmed = {c.data.tags["rlsweep.confirms_trial_id"]: c.data.metrics["eval_return_mean"] for c in confirming}
+    confirmed = {c.data.tags["rlsweep.confirms_trial_id"]: c.data.metrics["evaluation/eval_return_mean"] for c in confirming}
     assert winner["confirmed_eval_return_mean"] == max(confirmed.values()) == confirmed[winner["trial_id"]]
     assert f"best trial:  {winner['number']} (trial id {winner['trial_id']})" in r.stdout
     assert "confirmed:   eval_return_mean = " in r.stdout, r.stdout
@@ -669,5 +669,5 @@ def test_ctrl_c_in_the_confirmation_round_then_resume(tmp_path):
     children = [x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"]
     assert parent.info.status == "FINISHED" and len(children) == 3
     for c in children:
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "env_steps")]
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "rollouts/env_steps")]
         assert steps == list(range(512, per_trial + 1, 512)) and c.info.status == "FINISHED", (c.info.run_name, steps)

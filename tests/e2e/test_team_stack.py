@@ -54,9 +54,11 @@ def stack():
     up = rlsweep("stack", "up", "--dir", directory, "--cpus-per-node", 1, timeout=300,
                  env={**env, "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
     took = time.monotonic() - t0
+    stack_port: list[str] = []
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads((directory / "stack.json").read_text())
+        stack_port.append(state["ports"]["RAY_PORT"])
         yield {"state": state, "dir": directory, "env": env, "up": up, "took": took}
     finally:
         pids = [s["pid"] for s in json.loads((directory / "stack.json").read_text())["services"].values()] \
@@ -67,6 +69,9 @@ def stack():
         shutil.rmtree(directory, ignore_errors=True)
         assert down.returncode == 0, down.stdout + down.stderr
         assert gone == pids, (pids, gone, down.stdout)
+        note = Path("/tmp/ray/ray_current_cluster")  # the head's address, for a bare ray.init(): forgotten
+        port = stack_port[0] if stack_port else None
+        assert not (port and note.exists() and note.read_text().strip().endswith(f":{port}")), note.read_text()
 
 
 def test_the_stack_starts_from_the_compose_file_and_keeps_secrets_out_of_its_files(stack):
@@ -123,7 +128,7 @@ def test_a_sweep_through_the_stack_survives_its_faults_and_lands_in_postgres_and
         for r in runs:
             seen.update(placed_on(r))
             try:
-                counts.append(len(client.get_metric_history(r.info.run_id, "env_steps")))
+                counts.append(len(client.get_metric_history(r.info.run_id, "rollouts/env_steps")))
             except Exception:
                 counts.append(0)
         return counts
@@ -164,14 +169,14 @@ def test_a_sweep_through_the_stack_survives_its_faults_and_lands_in_postgres_and
     assert parent.info.status == "FINISHED"
     assert len(trials) == 2 and all(t.info.status == "FINISHED" for t in trials), [(t.info.run_name, t.info.status) for t in trials]
     for t in trials:
-        for key in ("env_steps", "eval_return_mean"):
+        for key in ("rollouts/env_steps", "evaluation/eval_return_mean"):
             logged_steps = [m.step for m in client.get_metric_history(t.info.run_id, key)]
             assert sorted(logged_steps) == list(range(512, steps + 1, 512)), (t.info.run_name, key, logged_steps)
         flat = json.dumps([t.data.params, t.data.tags])
         assert not any(v in flat for v in SECRETS.values())
     # what ran on the lost node went on: a trial restarted from its checkpoint, or a rollout actor replaced
     retried = [t for t in trials if int(t.data.tags.get("rlsweep.retries", "0")) >= 1]
-    replaced = [t for t in trials if t.data.metrics.get("rlsweep/workers_replaced", 0) >= 1]
+    replaced = [t for t in trials if t.data.metrics.get("system/workers_replaced", 0) >= 1]
     assert retried or replaced, [(t.data.tags, t.data.metrics) for t in trials]
     for t in retried:  # (Ray's words: the node's loss, or the actor that became unavailable with it)
         assert t.data.tags.get("rlsweep.retry_reason"), t.data.tags
@@ -183,7 +188,7 @@ def test_a_sweep_through_the_stack_survives_its_faults_and_lands_in_postgres_and
         cur.execute("SELECT r.run_uuid, r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                     "WHERE t.key = 'mlflow.parentRunId' AND t.value = %s", (parent.info.run_id,))
         in_db = dict(cur.fetchall())
-        cur.execute("SELECT count(DISTINCT (run_uuid, step)) FROM metrics WHERE key = 'env_steps' AND run_uuid = ANY(%s)",
+        cur.execute("SELECT count(DISTINCT (run_uuid, step)) FROM metrics WHERE key = 'rollouts/env_steps' AND run_uuid = ANY(%s)",
                     (list(in_db),))
         [(rows,)] = cur.fetchall()
     assert in_db == {t.info.run_id: "FINISHED" for t in trials} and rows == 2 * steps // 512, (in_db, rows)

@@ -157,7 +157,7 @@ def test_train_then_restore_continues(exp, tmp_path):
         assert "mlflow.parentRunId" not in run.data.tags and run.data.tags["rlsweep.kind"] == "train"
         assert run.data.tags["rlsweep.status"] == "finished" and run.info.status == "FINISHED"
         assert run.data.params["ppo.train_batch_size"] == "256" and run.data.params["seed"] == "1"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == steps
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "rollouts/env_steps")] == steps
         assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")} == {
             "checkpoints/best", "checkpoints/final"}
 
@@ -198,7 +198,7 @@ def test_a_diverging_trial_fails_and_says_why_in_the_terminal_and_in_mlflow(exp,
     assert run.info.status == "FAILED" and run.data.tags["rlsweep.status"] == "error"
     assert "iteration 2: the env returned non-finite rewards" in run.data.tags["rlsweep.reason"]
     assert "rlsweep.retries" not in run.data.tags
-    history = client.get_metric_history(run.info.run_id, "episode_return_mean")
+    history = client.get_metric_history(run.info.run_id, "rollouts/episode_return_mean")
     assert [m.step for m in history] == [256, 512] and math.isnan(history[-1].value)
     assert not client.list_artifacts(run.info.run_id, "checkpoints/final")
     [trial_dir] = (tmp_path / "results").glob("train-clitest-*/trial_*")
@@ -223,7 +223,7 @@ def test_a_crashed_trial_is_retried_from_its_checkpoint_in_the_same_run(exp, tmp
     [run] = client.search_runs([client.get_experiment_by_name("clitest").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["rlsweep.status"] == "finished"
     assert run.data.tags["rlsweep.retries"] == "1" and "injected env crash" in run.data.tags["rlsweep.retry_reason"]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == [256, 512, 768, 1024]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "rollouts/env_steps")] == [256, 512, 768, 1024]
 
 
 def test_a_trial_that_cannot_fit_the_local_ray_is_refused_after_it_starts(exp, tmp_path):
@@ -280,7 +280,7 @@ def test_a_killed_learner_actor_fails_the_trial_and_tune_restarts_it_from_its_ch
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         try:
             [run] = client.search_runs([client.get_experiment_by_name("clitest").experiment_id])
-            logged = len(client.get_metric_history(run.info.run_id, "env_steps"))
+            logged = len(client.get_metric_history(run.info.run_id, "rollouts/env_steps"))
         except Exception:  # the store and the run are made by the command
             logged = 0
         if 3 <= logged < 14:  # a checkpoint exists and 6+ of the 20 iterations are still to come
@@ -294,4 +294,4 @@ def test_a_killed_learner_actor_fails_the_trial_and_tune_restarts_it_from_its_ch
     assert proc.returncode == 0, err[-3000:]
     [run] = client.search_runs([client.get_experiment_by_name("clitest").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["rlsweep.retries"] == "1", run.data.tags
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "env_steps")] == list(range(256, 5121, 256))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "rollouts/env_steps")] == list(range(256, 5121, 256))

@@ -64,7 +64,7 @@ def test_every_printed_link_shows_what_it_says_in_a_real_browser(tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     parent = next(x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep")
     trials = sorted((x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"),
-                    key=lambda x: -x.data.metrics["eval_return_mean"])
+                    key=lambda x: -x.data.metrics["evaluation/eval_return_mean"])
     winner = client.get_run(parent.data.tags["rlsweep.best_run_id"]).info.run_name
     assert winner.endswith(" (winner)")  # marked where the table and the legends show it
     winner = winner.removesuffix(" (winner)")
@@ -87,10 +87,10 @@ def test_every_printed_link_shows_what_it_says_in_a_real_browser(tmp_path):
             for n in names:  # the count shows before the table's rows have all been drawn
                 page.get_by_text(n, exact=True).first.wait_for(timeout=60_000)
             text = page.inner_text("body")
-            assert "Run Name" in text and "Sort: eval_return_mean" in text, text[:2000]
+            assert "Run Name" in text and "Sort: evaluation/eval_return_mean" in text, text[:2000]
             assert all(n in text for n in names), (names, text[:2000])
             assert parent.info.run_name not in text.split("Run Name", 1)[1], text[:2000]
-            ties = len({t.data.metrics["eval_return_mean"] for t in trials}) < len(trials)
+            ties = len({t.data.metrics["evaluation/eval_return_mean"] for t in trials}) < len(trials)
             if not ties:  # (runs with equal scores may come in either order)
                 assert sorted(names, key=text.index) == names, (names, text[:2000])
             shoot(page, "runs_best_first", tmp_path)
@@ -101,6 +101,10 @@ def test_every_printed_link_shows_what_it_says_in_a_real_browser(tmp_path):
             page.wait_for_timeout(1500)
             text = page.inner_text("body")
             assert "eval_return_mean" in text and "3 matching runs" in text, text[:2000]
+            # the chart sections, the answer first: the evaluation, then the episodes, the time, training
+            found = [re.search(rf"^{name}\s*\(\d+\)", text, re.M) for name in ("evaluation", "rollouts", "timing", "training")]
+            assert all(found), text
+            assert [m.start() for m in found] == sorted(m.start() for m in found), text
             shoot(page, "curves_overlaid", tmp_path)
 
             # the sweep: its description leads with the winner, by name

@@ -76,7 +76,7 @@ def test_train_run_holds_params_history_checkpoints_and_status(store, tmp_path):
     assert run.info.status == "FINISHED" and run.data.tags["rlsweep.kind"] == "train"
     assert run.data.tags["rlsweep.status"] == "stopped early"  # stop.env_steps 1000 was not reached
     assert run.data.params == {k: str(v) for k, v in flatten(validate(cfg).model_dump(mode="json")).items()}
-    assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RETURN_MEAN)] == [64, 128, 192]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.mlflow_key(M.EVAL_RETURN_MEAN))] == [64, 128, 192]
     assert "config" not in run.data.metrics and "trial_id" not in run.data.metrics
     assert run.data.tags["rlsweep.best_checkpoint_score"] == "30.0"
     best = client.download_artifacts(run.info.run_id, "checkpoints/best/state.json", str(tmp_path / "dl"))
@@ -157,7 +157,7 @@ def test_a_resumed_sweep_reuses_its_runs_and_logs_no_step_twice(store, tmp_path)
     client, found = runs(store)
     assert len(found) == 2  # one parent, one child: nothing duplicated
     child = next(r for r in found if r.data.tags["rlsweep.kind"] == "trial")
-    assert [m.step for m in client.get_metric_history(child.info.run_id, M.ENV_STEPS)] == [64, 128, 192, 256]
+    assert [m.step for m in client.get_metric_history(child.info.run_id, M.mlflow_key(M.ENV_STEPS))] == [64, 128, 192, 256]
     assert {r.info.status for r in found} == {"FINISHED"}
 
 
@@ -213,7 +213,7 @@ def test_a_failed_write_is_retried_and_no_row_is_lost(store, tmp_path):
     cb.on_experiment_end([trial])
     client, found = runs(store)
     assert len(failures) == 2 and all(n >= 1 for n in failures)  # two failed writes of queued rows
-    assert [m.step for m in client.get_metric_history(found[0].info.run_id, M.ENV_STEPS)] == [64, 128, 192]
+    assert [m.step for m in client.get_metric_history(found[0].info.run_id, M.mlflow_key(M.ENV_STEPS))] == [64, 128, 192]
     assert found[0].info.status == "FINISHED"
 
 
@@ -243,7 +243,7 @@ def test_rows_survive_a_driver_killed_while_the_store_was_down(store, tmp_path):
     second.on_experiment_end([trial])
     client, found = runs(store)
     child = next(r for r in found if r.data.tags["rlsweep.kind"] == "trial")
-    history = client.get_metric_history(child.info.run_id, M.EVAL_RETURN_MEAN)
+    history = client.get_metric_history(child.info.run_id, M.mlflow_key(M.EVAL_RETURN_MEAN))
     assert sorted((m.step, m.value) for m in history) == [(64, 64.0), (128, 128.0), (192, 192.0), (256, 256.0)]
 
 
@@ -268,6 +268,6 @@ def test_the_cost_metric_is_logged_once_it_is_known_not_as_a_stand_in_every_iter
     cb.on_trial_complete(0, [trial], trial)
     cb.on_experiment_end([trial])
     client, [run] = runs(store)
-    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, M.ENV_STEPS_TO_TARGET)]
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, M.mlflow_key(M.ENV_STEPS_TO_TARGET))]
     assert history == ([(128, 128.0), (192, 128.0)] if reached_at else [(192, 1000.0)])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, M.EVAL_RETURN_MEAN)] == [64, 128, 192]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, M.mlflow_key(M.EVAL_RETURN_MEAN))] == [64, 128, 192]
