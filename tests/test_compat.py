@@ -125,6 +125,29 @@ def test_quiet_tune_logs():
     assert experiment_analysis.logger.name == compat.TUNE_ANALYSIS_LOGGER, f"{RAY}: Tune's analysis logger moved"
 
 
+def test_quiet_worker_teardown(ray_local):
+    """Ray's handler of worker output is where rlsweep expects it; wrapped, it drops the teardown block
+    (across batches) and passes every other line on."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    assert "ray_print_logs" in dict(dispatcher.handlers)  # log_to_driver: Ray's printer is registered
+    original = dict(dispatcher.handlers)["ray_print_logs"]
+    seen = []
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", lambda data: seen.append(data["lines"]))
+    try:
+        compat.quiet_worker_teardown()
+        compat.quiet_worker_teardown()  # once only
+        dispatcher.emit({"pid": 7, "is_err": True, "lines": [
+            "before", "Exception ignored in: <function ActorHandle.__del__ at 0x7f>", "Traceback (most recent call last):"]})
+        dispatcher.emit({"pid": 7, "is_err": True, "lines": ["  File x", "SystemExit: 1", "after"]})
+        dispatcher.emit({"pid": 8, "is_err": True, "lines": ["Traceback (most recent call last):", "ValueError: real"]})
+    finally:
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", original)
+    assert seen == [["before"], ["after"], ["Traceback (most recent call last):", "ValueError: real"]]
+
+
 def test_stop_retrying():
     from ray.tune.experiment import Trial
 

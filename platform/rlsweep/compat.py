@@ -119,6 +119,42 @@ def quiet_tune_logs() -> None:
     logging.getLogger(TUNE_ANALYSIS_LOGGER).setLevel(logging.ERROR)
 
 
+_TEARDOWN_START = "Exception ignored in: <function ActorHandle.__del__"
+_TEARDOWN_END = "SystemExit"
+
+
+def quiet_worker_teardown() -> None:
+    """Ray prints each worker's stderr at the driver. A worker that Ray stops (SIGTERM, at a trial's end
+    or at shutdown) while it happens to be collecting an actor handle prints `Exception ignored in:
+    <function ActorHandle.__del__ ...>` and a traceback ending in `SystemExit: 1`: Ray's own teardown,
+    nothing the user can act on. Those lines are dropped from what Ray prints (its log handler,
+    `ray_print_logs`, wrapped); everything else a worker says still reaches the terminal."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    handlers = dict(dispatcher.handlers)
+    original = handlers.get("ray_print_logs")
+    if original is None or getattr(original, "rlsweep_quiet", False):
+        return
+    skipping: set[Any] = set()  # pids inside such a block (a block may span batches)
+
+    def quiet(data: dict[str, Any]) -> None:
+        kept = []
+        for line in data.get("lines", []):
+            if _TEARDOWN_START in line:
+                skipping.add(data.get("pid"))
+            elif data.get("pid") in skipping:
+                if line.startswith(_TEARDOWN_END):
+                    skipping.discard(data.get("pid"))
+            else:
+                kept.append(line)
+        if kept:
+            original({**data, "lines": kept})
+
+    quiet.rlsweep_quiet = True  # type: ignore[attr-defined]
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", quiet)
+
+
 def stop_retrying(trial: Any) -> None:
     """Tune restarts a failed trial from its last checkpoint up to `FailureConfig.max_failures` times,
     for every error alike; this trial's next failure is final (it diverged: a restart from an exact

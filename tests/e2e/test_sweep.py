@@ -458,7 +458,7 @@ def test_ui_links_resolve_on_a_real_sweep_and_sigterm_stops_every_server_process
         assert runs_link and sweep_link and trials_link, lines
         # in model-training mode, the parent's children, best first (eval_return_mean: descending)
         assert trials_link.group(1) == (f"{runs_link.group(1)}&searchFilter=tags.mlflow.parentRunId%20%3D%20"
-                                        f"'{sweep_link.group(2)}'&orderByKey=metrics.%60eval_return_mean%60"
+                                        f"'{sweep_link.group(2)}'&orderByKey=metrics.%60evaluation/eval_return_mean%60"
                                         "&orderByAsc=false")
         # the sweep's own last lines gave the same links, and the trials' curves overlaid
         for link in (sweep_link.group(0).split(": ", 1)[1], trials_link.group(1),
@@ -617,10 +617,10 @@ def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
         assert c.info.status == "FINISHED"
     for c in search:  # two agents each, on the experiment's seeds 2 and 3
         assert {k for k in c.data.metrics if k.startswith("evaluation/eval_return_mean/seed_")} == \
-            {"eval_return_mean/seed_2", "eval_return_mean/seed_3"}
+            {"evaluation/eval_return_mean/seed_2", "evaluation/eval_return_mean/seed_3"}
     for c in confirming:  # two fresh seeds, far from the search's
         assert {k for k in c.data.metrics if k.startswith("evaluation/eval_return_mean/seed_")} == \
-            {"eval_return_mean/seed_1000002", "eval_return_mean/seed_1000003"}
+            {"evaluation/eval_return_mean/seed_1000002", "evaluation/eval_return_mean/seed_1000003"}
         assert c.info.run_name.startswith("confirm ")
 
     ranked = ranked_rows(sweep_dir, "eval_return_mean", "max")

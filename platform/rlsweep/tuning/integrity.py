@@ -90,8 +90,10 @@ def _scan(directory: Path, patterns: tuple[str, ...]) -> list[Path]:
                    if p.is_file() and p.relative_to(directory).parts[0] != CONFIRM_DIR})
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+def _write_atomic(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """`data` into `path` whole or not at all (a temporary file renamed; in `tmp_dir`, on the same
+    filesystem, where the folder is one that another process lists and copies meanwhile)."""
+    tmp = (tmp_dir or path.parent) / f".{path.name}.tmp"
     try:
         tmp.write_bytes(data)
     except BaseException:
@@ -171,7 +173,8 @@ class Signer:
         # into the staging folder too: Tune uploads it over the sweep directory's, and after a resume it
         # holds the manifest Tune downloaded then
         if self.staging is not None and self.staging.is_dir():
-            _write_atomic(self.staging / MANIFEST, data)
+            # (its temporary file beside the folder, not in it: Tune's upload lists the folder meanwhile)
+            _write_atomic(self.staging / MANIFEST, data, tmp_dir=self.staging.parent)
         (d / SIGNED).mkdir(exist_ok=True)
         _write_atomic(d / SIGNED / BACKUP, data)
         _write_atomic(d / MANIFEST, data)

@@ -175,4 +175,5 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
         from rlsweep.tuning.full_disk import quiet_tracebacks
 
         quiet_tracebacks()
+        compat.quiet_worker_teardown()
 
