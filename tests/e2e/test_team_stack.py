@@ -74,9 +74,10 @@ def stack():
         assert not (port and note.exists() and note.read_text().strip().endswith(f":{port}")), note.read_text()
 
 
-def test_the_stack_starts_from_the_compose_file_and_keeps_secrets_out_of_its_files(stack):
+def _check_the_stack_as_started(stack) -> None:
+    """`stack up` said where each service is, `stack status` finds each running, no secret in either
+    or in the state file, and each service runs what the compose file says."""
     state, out = stack["state"], stack["up"].stdout
-    print(f"stack up in {stack['took']:.1f} s:\n{out}")
     assert set(state["services"]) == {"postgres", "s3", "mlflow", "ray-head", "ray-worker-1"}, out
     assert "MLflow (UI and tracking)  http://127.0.0.1:" in out and "Ray cluster (its head)    127.0.0.1:" in out
     status = rlsweep("stack", "status", "--dir", stack["dir"], env=stack["env"])
@@ -104,6 +105,7 @@ def test_a_sweep_through_the_stack_survives_its_faults_and_lands_in_postgres_and
     import psycopg2
     from mlflow.tracking import MlflowClient
 
+    _check_the_stack_as_started(stack)  # (one test: a module's fixture may be set up again per test)
     ports, env = stack["state"]["ports"], stack["env"]
     tracking = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
     steps = 8192
