@@ -126,8 +126,9 @@ def test_quiet_tune_logs():
 
 
 def test_quiet_worker_teardown(ray_local):
-    """Ray's handler of worker output is where rlsweep expects it; wrapped, it drops the teardown block
-    (across batches) and passes every other line on."""
+    """Ray's handler of worker output is where rlsweep expects it; wrapped, it drops the blocks of
+    finalisers that Ray's SIGTERM handler interrupted (whole, across batches) and passes every other
+    line on, another finaliser's exception included."""
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
     assert "ray_print_logs" in dict(dispatcher.handlers)  # log_to_driver: Ray's printer is registered
@@ -135,17 +136,25 @@ def test_quiet_worker_teardown(ray_local):
     seen = []
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", lambda data: seen.append(data["lines"]))
+    teardown = ["Traceback (most recent call last):", '  File "ray/_private/worker.py", line 1063, in sigterm_handler',
+                "    raise_sys_exit_with_custom_error_message(", "", "SystemExit: 1"]
     try:
         compat.quiet_worker_teardown()
         compat.quiet_worker_teardown()  # once only
         dispatcher.emit({"pid": 7, "is_err": True, "lines": [
-            "before", "Exception ignored in: <function ActorHandle.__del__ at 0x7f>", "Traceback (most recent call last):"]})
-        dispatcher.emit({"pid": 7, "is_err": True, "lines": ["  File x", "SystemExit: 1", "after"]})
-        dispatcher.emit({"pid": 8, "is_err": True, "lines": ["Traceback (most recent call last):", "ValueError: real"]})
+            "before", "Exception ignored in: <function ActorHandle.__del__ at 0x7f>", *teardown[:2]]})
+        dispatcher.emit({"pid": 7, "is_err": True, "lines": [*teardown[2:], "after"]})
+        dispatcher.emit({"pid": 9, "is_err": True, "lines": [
+            "Exception ignored in: <function WeakSet.__init__.<locals>._remove at 0x7f>", *teardown, "next"]})
+        dispatcher.emit({"pid": 8, "is_err": True, "lines": [
+            "Exception ignored in: <function Foo.__del__>", "Traceback (most recent call last):", "  File x",
+            "ValueError: real", "Traceback (most recent call last):", "KeyError: also real"]})
     finally:
         dispatcher.remove_handler("ray_print_logs")
         dispatcher.add_handler("ray_print_logs", original)
-    assert seen == [["before"], ["after"], ["Traceback (most recent call last):", "ValueError: real"]]
+    assert seen == [["before"], ["after"], ["next"],
+                    ["Exception ignored in: <function Foo.__del__>", "Traceback (most recent call last):", "  File x",
+                     "ValueError: real", "Traceback (most recent call last):", "KeyError: also real"]]
 
 
 def test_stop_retrying():

@@ -119,34 +119,53 @@ def quiet_tune_logs() -> None:
     logging.getLogger(TUNE_ANALYSIS_LOGGER).setLevel(logging.ERROR)
 
 
-_TEARDOWN_START = "Exception ignored in: <function ActorHandle.__del__"
-_TEARDOWN_END = "SystemExit"
+_IGNORED = "Exception ignored in: "  # Python's line for an exception in __del__ or a weakref callback
+_TEARDOWN_MARK = "sigterm_handler"  # ... raised there by Ray's SIGTERM handler (worker.py)
+_TEARDOWN_END = "SystemExit"  # ... as its last line
+_HOLD_S = 2.0  # how long a block's first lines wait for the rest (Ray sends a worker's lines in batches)
 
 
 def quiet_worker_teardown() -> None:
     """Ray prints each worker's stderr at the driver. A worker that Ray stops (SIGTERM, at a trial's end
-    or at shutdown) while it happens to be collecting an actor handle prints `Exception ignored in:
-    <function ActorHandle.__del__ ...>` and a traceback ending in `SystemExit: 1`: Ray's own teardown,
-    nothing the user can act on. Those lines are dropped from what Ray prints (its log handler,
-    `ray_print_logs`, wrapped); everything else a worker says still reaches the terminal."""
+    or at shutdown) while Python is running a finaliser (an actor handle's `__del__`, a weak set's
+    callback) prints `Exception ignored in: <function ...>` and a traceback through Ray's
+    `sigterm_handler` ending in `SystemExit: 1`: Ray's own teardown, nothing the user can act on. Those
+    blocks are dropped from what Ray prints (its log handler, `ray_print_logs`, wrapped); every other
+    line a worker says, other exceptions in finalisers included, still reaches the terminal."""
+    import time
+
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
-    handlers = dict(dispatcher.handlers)
-    original = handlers.get("ray_print_logs")
+    original = dict(dispatcher.handlers).get("ray_print_logs")
     if original is None or getattr(original, "rlsweep_quiet", False):
         return
-    skipping: set[Any] = set()  # pids inside such a block (a block may span batches)
+    held: dict[Any, tuple[float, dict[str, Any], list[str]]] = {}  # pid -> a block begun, not yet ended
+
+    def flush_stale(now: float) -> None:
+        for pid, (since, data, lines) in list(held.items()):
+            if now - since > _HOLD_S:  # never ended: not the teardown block; said as it was
+                del held[pid]
+                original({**data, "lines": lines})
 
     def quiet(data: dict[str, Any]) -> None:
-        kept = []
+        now = time.monotonic()
+        flush_stale(now)
+        pid = data.get("pid")
+        kept: list[str] = []
+        block = held.pop(pid, (now, data, []))[2] if pid in held else None
         for line in data.get("lines", []):
-            if _TEARDOWN_START in line:
-                skipping.add(data.get("pid"))
-            elif data.get("pid") in skipping:
-                if line.startswith(_TEARDOWN_END):
-                    skipping.discard(data.get("pid"))
+            if block is None and line.startswith(_IGNORED):
+                block = [line]
+            elif block is not None:
+                block.append(line)
+                if line and not line[0].isspace() and not line.startswith("Traceback"):  # its last line
+                    if not (line.startswith(_TEARDOWN_END) and any(_TEARDOWN_MARK in x for x in block)):
+                        kept += block
+                    block = None
             else:
                 kept.append(line)
+        if block is not None:
+            held[pid] = (now, data, block)
         if kept:
             original({**data, "lines": kept})
 

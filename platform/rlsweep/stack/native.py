@@ -1,4 +1,4 @@
-"""The team stack as plain processes on 127.0.0.1: `up`, `status` and `down` (`rlsweep stack`).
+"""The team stack as plain processes on 127.0.0.1: `up`, `restart`, `alive` and `stop` (`rlsweep stack`).
 
 Each service runs what docker-compose.yml gives it (`compose.services`), each in a process group of its
 own, its output in `DIR/logs/SERVICE.log`; the pids, ports and addresses go to `DIR/stack.json` (no
@@ -13,7 +13,7 @@ added here, and only here:
 - Commands run with this Python's bin folder and PostgreSQL's first on PATH.
 
 A service is up when its healthcheck passes (as compose runs it), and its dependants start only then.
-`down` stops each by its pid (SIGTERM, then SIGKILL to its group), dependants first.
+`stop` stops each by its pid (its compose stop_signal, then SIGKILL to its group), dependants first.
 """
 
 from __future__ import annotations
@@ -181,7 +181,15 @@ def _launch(directory: Path, state: dict[str, Any], label: str, svc: Service, ex
 
 def _services(compose_file: Path, directory: Path, given: dict[str, str]) -> tuple[dict[str, Service], dict[str, str]]:
     doc = compose.read(compose_file)
-    values = compose.native_values(doc, given, free_port)
+    taken: set[int] = set()
+
+    def distinct_free_port() -> int:  # (the OS may hand a port it just handed out again)
+        while (port := free_port()) in taken:
+            pass
+        taken.add(port)
+        return port
+
+    values = compose.native_values(doc, given, distinct_free_port)
     return compose.services(compose_file, values, directory / "volumes"), values
 
 
