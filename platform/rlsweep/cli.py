@@ -295,7 +295,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    """`rlsweep stack`: the team stack's services started (up), listed (status) or stopped (down)."""
+    """`rlsweep stack`: the team stack's services started (up), listed (status), one restarted (restart) or
+    all stopped (down)."""
     from rlsweep.commands import stack
     from rlsweep.stack import native
 
@@ -304,10 +305,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         state = stack.up(Path(args.compose), directory, args.workers, args.cpus_per_node)
         print(f"the team stack is up (stop it with: rlsweep stack down --dir {args.dir}):")
     elif args.action == "restart":
-        if not args.service:
-            raise ConfigError("rlsweep stack restart: name the service to restart (see `rlsweep stack status`)")
-        native.restart(directory, stack.given_variables(Path(native.read_state(directory.resolve())["compose"])),
-                       args.service)
+        stack.restart(directory, args.service)
         return 0
     elif args.action == "status":
         state = native.read_state(directory.resolve())

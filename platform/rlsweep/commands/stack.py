@@ -51,3 +51,10 @@ def usage_lines(state: dict[str, Any]) -> list[str]:
     lines += ["run sweeps on it with (RAY_AUTH_TOKEN as in .env: the stack's Ray wants that token):",
               f"  export {exports} RAY_AUTH_TOKEN=...", "  rlsweep sweep experiments/cartpole_ppo.yaml"]
     return lines
+
+
+def restart(directory: Path, service: str | None) -> int:
+    if not service:
+        raise ConfigError("rlsweep stack restart: name the service to restart (see `rlsweep stack status`)")
+    state = native.read_state(directory.resolve())
+    return native.restart(directory, given_variables(Path(state["compose"])), service, state)

@@ -72,8 +72,7 @@ def variables_used(doc: dict[str, Any]) -> dict[str, str | None]:
                 if m.group(4):
                     walk(m.group(4))
 
-    walk(doc.get("services"))
-    walk(doc.get("x-rlsweep"))
+    walk(doc.get("services"))  # (extension fields such as x-rlsweep are merged into them by YAML)
     return found
 
 

@@ -136,7 +136,8 @@ def _healthy(svc: Service, env: dict[str, str], proc: subprocess.Popen, log: Any
     """Runs the service's healthcheck until it passes, the service exits, or its time is up."""
     if svc.health is None:
         return
-    deadline = time.monotonic() + max(svc.health_s, 60.0)
+    wait_s = max(svc.health_s, 60.0)
+    deadline = time.monotonic() + wait_s
     while True:
         if proc.poll() is not None:
             raise ConfigError(f"service {svc.name} exited ({proc.returncode}) before it was healthy: see {log.name}")
@@ -149,7 +150,7 @@ def _healthy(svc: Service, env: dict[str, str], proc: subprocess.Popen, log: Any
         except subprocess.TimeoutExpired:
             pass
         if time.monotonic() > deadline:
-            raise ConfigError(f"service {svc.name} was not healthy within {svc.health_s:.0f} s: see {log.name}")
+            raise ConfigError(f"service {svc.name} was not healthy within {wait_s:.0f} s: see {log.name}")
         time.sleep(0.5)
 
 
@@ -204,8 +205,9 @@ def up(compose_file: Path, directory: Path, given: dict[str, str], workers: int 
     """
     directory = directory.resolve()
     state_file = directory / STATE
-    if state_file.exists() and alive(read_state(directory)):
-        raise ConfigError(f"a stack is already running from {directory} ({', '.join(alive(read_state(directory)))}): "
+    running = alive(read_state(directory)) if state_file.exists() else []
+    if running:
+        raise ConfigError(f"a stack is already running from {directory} ({', '.join(running)}): "
                           "`rlsweep stack down` first")
     found, values = _services(compose_file, directory, given)
     order = compose.start_order(found)
@@ -236,21 +238,23 @@ def up(compose_file: Path, directory: Path, given: dict[str, str], workers: int 
     return state
 
 
-def restart(directory: Path, given: dict[str, str], label: str, say: Any = print) -> int:
+def restart(directory: Path, given: dict[str, str], label: str, state: dict[str, Any] | None = None,
+            say: Any = print) -> int:
     """Stops one service of the running stack (as `down` would) and starts it again on the same ports
-    and data, as `docker compose restart SERVICE` does; returns its new pid once it is healthy."""
+    and data, as `docker compose restart SERVICE` does; returns its new pid once it is healthy.
+    `state`: the stack's, where the caller has read it already."""
     directory = directory.resolve()
-    state = read_state(directory)
+    state = state or read_state(directory)
     if label not in state["services"]:
         raise ConfigError(f"the stack at {directory} has no service {label!r} (it has: {', '.join(state['services'])})")
     found, _ = _services(Path(state["compose"]), directory, {**given, **state["ports"]})
     s = state["services"][label]
-    name = s.get("service", label)
+    name = s["service"]
     t0 = time.monotonic()
     if _ours(s):
-        _stop(s["pid"], s.get("stop_signal", "SIGTERM"))
-    pid = _launch(directory, state, label, found[name], list(state.get("extra_args", {}).get(name, [])), _path_env(),
-                  s.get("layer", 0))
+        _stop(s["pid"], s["stop_signal"])
+    pid = _launch(directory, state, label, found[name], list(state["extra_args"].get(name, [])), _path_env(),
+                  s["layer"])
     say(f"  {label:<12} restarted in {time.monotonic() - t0:4.1f} s  (pid {pid})")
     return pid
 
@@ -331,21 +335,22 @@ def stop(directory: Path, say: Any = print) -> None:
     """Stops every service the stack at `directory` started: dependants first, the services of one
     layer at once."""
     directory = directory.resolve()
-    services = read_state(directory)["services"]
-    for layer in sorted({s.get("layer", 0) for s in services.values()}, reverse=True):
-        running = {n: s for n, s in services.items() if s.get("layer", 0) == layer and _ours(s)}
-        for name in (n for n, s in services.items() if s.get("layer", 0) == layer and n not in running):
+    state = read_state(directory)
+    services = state["services"]
+    for layer in sorted({s["layer"] for s in services.values()}, reverse=True):
+        running = {n: s for n, s in services.items() if s["layer"] == layer and _ours(s)}
+        for name in (n for n, s in services.items() if s["layer"] == layer and n not in running):
             say(f"  {name:<12} was not running")
         if not running:
             continue
         t0 = time.monotonic()
-        threads = [threading.Thread(target=_stop, args=(s["pid"], s.get("stop_signal", "SIGTERM"))) for s in running.values()]
+        threads = [threading.Thread(target=_stop, args=(s["pid"], s["stop_signal"])) for s in running.values()]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         say(f"  {', '.join(running):<12} stopped in {time.monotonic() - t0:4.1f} s")
-    _forget_ray_head(read_state(directory)["ports"].get("RAY_PORT"))
+    _forget_ray_head(state["ports"].get("RAY_PORT"))
     (directory / STATE).unlink(missing_ok=True)
 
 
