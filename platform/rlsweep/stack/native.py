@@ -37,6 +37,7 @@ from rlsweep.stack.compose import LOOPBACK, Service
 STATE = "stack.json"
 STOP_S = 25.0  # SeaweedFS's filer drains for 15 s on SIGTERM
 PG_USER = "postgres"
+RAY_STARTED = "Ray runtime started."  # what `ray start` logs once its node runs (ray/scripts/scripts.py)
 
 
 def free_port() -> int:
@@ -143,7 +144,9 @@ def _healthy(svc: Service, env: dict[str, str], proc: subprocess.Popen, log: Any
             raise ConfigError(f"service {svc.name} exited ({proc.returncode}) before it was healthy: see {log.name}")
         try:
             r = subprocess.run(svc.health, env=env, capture_output=True, timeout=30)
-            if r.returncode == 0:
+            # a Ray node's healthcheck asks the head's GCS, which answers before this node has joined:
+            # `ray start` says "Ray runtime started." once its node is up and registered
+            if r.returncode == 0 and (svc.argv[:2] != ["ray", "start"] or RAY_STARTED in Path(log.name).read_text()):
                 return
         except FileNotFoundError:
             raise _missing(svc.name, svc.health[0]) from None
