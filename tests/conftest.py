@@ -7,12 +7,16 @@ modules at the top), and tests/e2e holds the end-to-end tests, which run `rlswee
 subprocesses.
 """
 
+import json
 import os
 import re
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -136,6 +140,57 @@ def start_mlflow_server(directory: Path, port: int) -> subprocess.Popen:
 def stop_mlflow_server(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+# -- the team stack -------------------------------------------------------------------------------------
+
+STACK_SECRETS = {"POSTGRES_PASSWORD": secrets.token_urlsafe(12), "S3_ACCESS_KEY_ID": "rlsweep-test",
+                 "S3_SECRET_KEY": secrets.token_urlsafe(12), "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """The team stack of docker-compose.yml, up (`rlsweep stack up`, plain processes on loopback), once
+    per session: its state (ports, pids) as `stack up` wrote it, and how long it took. Its tests share
+    the xdist group "stack" (one worker starts it); they may restart a service, and leave it running."""
+    # not under pytest's tmp folders: PostgreSQL runs as its own user, which cannot enter those (0700)
+    directory = Path(tempfile.mkdtemp(prefix="rlsweep-stack-"))
+    directory.chmod(0o755)
+    env = cli_env(**STACK_SECRETS)
+    t0 = time.monotonic()
+    # the head's GCS declares a node dead after 3 missed health checks a second apart (Ray's defaults:
+    # 5, three seconds apart), so that the node-loss test waits less
+    up = rlsweep("stack", "up", "--dir", directory, "--cpus-per-node", 1, timeout=300,
+                 env={**env, "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
+    took = time.monotonic() - t0
+    stack_port: list[str] = []
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = json.loads((directory / "stack.json").read_text())
+        stack_port.append(state["ports"]["RAY_PORT"])
+        yield {"state": state, "dir": directory, "env": env, "up": up, "took": took}
+    finally:
+        pids = [s["pid"] for s in json.loads((directory / "stack.json").read_text())["services"].values()] \
+            if (directory / "stack.json").exists() else []
+        down = rlsweep("stack", "down", "--dir", directory, env=env, timeout=120)
+        gone = [pid for pid in pids if not Path(f"/proc/{pid}").exists() or
+                Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"]
+        shutil.rmtree(directory, ignore_errors=True)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert gone == pids, (pids, gone, down.stdout)
+        note = Path("/tmp/ray/ray_current_cluster")  # the head's address, for a bare ray.init(): forgotten
+        port = stack_port[0] if stack_port else None
+        assert not (port and note.exists() and note.read_text().strip().endswith(f":{port}")), note.read_text()
+
+
+def stack_bucket(stack, place: str) -> str:
+    """A results_dir URI in the stack's bucket `results`."""
+    return f"s3://results/{place}?endpoint_override=127.0.0.1:{stack['state']['ports']['S3_PORT']}&scheme=http"
+
+
+def stack_s3_env() -> dict[str, str]:
+    """The stack's S3 keys, as a driver takes them."""
+    return {"AWS_ACCESS_KEY_ID": STACK_SECRETS["S3_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": STACK_SECRETS["S3_SECRET_KEY"]}
 
 
 # -- running `rlsweep` as a user does ------------------------------------------------------------------

@@ -50,16 +50,15 @@ def test_autoscaler_config():
     assert {"resources", "max_count"} <= group, f"{RAY}: NodeGroupConfig is now {sorted(group)}"
 
 
-def test_tune_staging_root():
-    from ray.train import constants
-
-    fn = getattr(constants, "_get_ray_train_session_dir", None)
-    assert callable(fn), f"{RAY}: ray.train.constants._get_ray_train_session_dir is gone (compat.tune_staging_root)"
-    assert "artifacts" in inspect.getsource(fn), f"{RAY}: Tune's driver staging folder moved out of <session>/artifacts"
+def test_trial_local_path_is_staging():
     from ray.train._internal import storage
+    from ray.tune.experiment import trial
 
-    assert "driver_artifacts" in inspect.getsource(storage), \
-        f"{RAY}: Tune's driver staging folder is no longer named driver_artifacts (compat.tune_staging_dirs)"
+    assert "trial_driver_staging_path" in inspect.getsource(trial.Trial.local_path.fget), \
+        f"{RAY}: Trial.local_path is no longer the trial's driver staging folder (signing.SignTuneState._find_staging)"
+    source = inspect.getsource(storage.StorageContext.trial_driver_staging_path.fget)
+    assert "experiment_driver_staging_path" in source, \
+        f"{RAY}: a trial's staging folder is no longer inside the experiment's (signing.SignTuneState._find_staging)"
 
 
 def test_actor_ready(ray_local):

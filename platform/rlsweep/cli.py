@@ -167,9 +167,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     p = plan_resume(args.sweep, args.results_dir)
     if p.finished:
         print(f"sweep {p.record.name} has finished: nothing to resume, nothing changed "
-              f"(`{_self_command()} best {p.record.directory}` shows its best trial)")
+              f"(`{_self_command()} best {p.record.argument}` shows its best trial)")
         return 0
-    print(f"resuming sweep {p.record.name} from {p.record.directory}", flush=True)
+    print(f"resuming sweep {p.record.name} from {p.record.argument}", flush=True)
     return _print_sweep(resume_sweep(p))
 
 
@@ -182,11 +182,11 @@ def _print_sweep(out: SweepOutcome) -> int:
     store = r.store()
     if out.store_error is not None:
         print(f"sweep {r.name} interrupted: the tracking store {redact(store.uri)} cannot be reached "
-              f"({out.store_error}); once it is back, continue with: {me} resume {r.directory}", file=sys.stderr)
+              f"({out.store_error}); once it is back, continue with: {me} resume {r.argument}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not out.finished:
         print(f"sweep {r.name} interrupted ({out.done}/{r.trials} trials done, {out.failed} of them failed); "
-              f"continue it with: {me} resume {r.directory}", file=sys.stderr)
+              f"continue it with: {me} resume {r.argument}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if out.out_of_time:
         print(f"sweep {r.name}: the time budget of {r.time_budget_s:g} s ended it after {out.done} trials",
@@ -226,7 +226,7 @@ def _print_sweep(out: SweepOutcome) -> int:
     print(f"  their curves, overlaid   "
           f"{trials_link(base, out.experiment_id, out.parent_run_id, r.metric, r.mode, charts=True)}")
     print(f"  the sweep (its summary)  {ui_link(base, out.experiment_id, out.parent_run_id)}")
-    print(f"next: {me} best {r.directory} -o best.yaml   |   {me} ui   (compare the runs in MLflow)")
+    print(f"next: {me} best {r.argument} -o best.yaml   |   {me} ui   (compare the runs in MLflow)")
     return 0
 
 

@@ -48,19 +48,6 @@ def autoscaler_config() -> Any | None:
         return None
 
 
-def tune_staging_root() -> Path:
-    """Where Tune stages a driver's experiment state before uploading it to the storage path
-    (`<Ray session>/artifacts/<time>/<experiment name>/driver_artifacts`)."""
-    from ray.train.constants import _get_ray_train_session_dir
-
-    return Path(_get_ray_train_session_dir())
-
-
-def tune_staging_dirs(experiment: str) -> list[Path]:
-    """Tune's driver staging folders of the experiment named `experiment`, oldest first."""
-    return sorted(tune_staging_root().glob(f"*/{experiment}/driver_artifacts"), key=lambda p: p.stat().st_mtime)
-
-
 def actor_ready(actor: Any) -> Any:
     """A ref that resolves once `actor` has started (its constructor has run)."""
     return actor.__ray_ready__.remote()
@@ -204,6 +191,46 @@ def optuna_search_base() -> type:
 
         def _suggest_from_define_by_run_func(self, func: Any, ot_trial: Any) -> dict | None:
             return self.config_from(func, ot_trial)
+
+        # Pickled (into Tune's tuner.pkl and searcher state) by the study's name and storage URL rather
+        # than as Optuna objects, which hold the storage's connection: `relocate_storage` maps the URL
+        # on the way back (a sweep's own study file, where the sweep's folder is elsewhere now).
+        relocate_storage: Callable[[str], str] = staticmethod(lambda url: url)
+
+        def __getstate__(self) -> dict[str, Any]:
+            state = self.__dict__.copy()
+            study, storage = state.pop("_ot_study", None), state.pop("_storage", None)
+            trials = state.pop("_ot_trials", {})
+            if study is None or getattr(storage, "url", None) is None:
+                return {**state, "_ot_study": study, "_storage": storage, "_ot_trials": trials}
+            state["_rlsweep_study"] = (study.study_name, storage.url,
+                                       {tid: optuna_trial_id(t) for tid, t in trials.items()})
+            return state
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            import optuna
+
+            state = dict(state)
+            portable = state.pop("_rlsweep_study", None)
+            self.__dict__.update(state)
+            if portable is not None:
+                name, url, trials = portable
+                self._storage = optuna.storages.RDBStorage(type(self).relocate_storage(url))
+                self._ot_study = optuna.load_study(study_name=name, storage=self._storage, sampler=self._sampler,
+                                                   pruner=optuna.pruners.NopPruner())
+                self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, i) for tid, i in trials.items()}
+
+        def save(self, checkpoint_path: str) -> None:
+            import pickle
+
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.__getstate__(), f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            import pickle
+
+            with open(checkpoint_path, "rb") as f:
+                self.__setstate__(pickle.load(f))
 
     return OptunaSearchBase
 

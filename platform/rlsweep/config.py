@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+WITHHELD = "withheld"  # a validation error whose input is not shown (it may hold a credential)
+
 
 class ConfigError(ValueError):
     """Bad user input: the message is one line a user can act on."""
@@ -234,7 +236,8 @@ class ExperimentConfig(_Section):
     name: str = Field(min_length=1, pattern=NAME_PATTERN, description="Experiment name.")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="Seeds the learner, every worker and evaluation.")
     results_dir: str = Field("results", min_length=1, description="Where Tune keeps trials and checkpoints: a "
-                             "path (on a cluster, one filesystem mounted at that path on every node).")
+                             "folder (on a cluster, one filesystem mounted at that path on every node), or a bucket, "
+                             "s3://BUCKET/PREFIX[?endpoint_override=HOST:PORT&scheme=http].")
     checkpoint_frequency: int = Field(0, ge=0, description="Checkpoint every N iterations (0: at end).")
     max_failures: int = Field(
         1, ge=0, description="Restart a trial that failed (a crash, a lost node) up to this many times, from its "
@@ -253,9 +256,20 @@ class ExperimentConfig(_Section):
     @field_validator("results_dir")
     @classmethod
     def _a_path(cls, v: str) -> str:
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
-            raise ValueError(f"a filesystem path, not a URI ({v}): rlsweep reads and signs Tune's state there; mount "
-                             "the bucket on every node (s3fs, gcsfuse) or use a shared filesystem")
+        if v.startswith("s3://"):
+            from rlsweep.tuning.bucket import Bucket
+
+            try:
+                Bucket.parse(v)
+            except ConfigError as e:
+                from pydantic_core import PydanticCustomError
+
+                # (the URI is not echoed back: it may hold a key)
+                raise PydanticCustomError(WITHHELD, str(e).removeprefix(f"results_dir {v}: ")
+                                          .removeprefix("results_dir: ")) from None
+        elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", v):
+            raise ValueError("a folder or an s3:// URI expected: for another object store, mount it on every node "
+                             "(gcsfuse, blobfuse) or use a shared filesystem")
         return v
 
     @model_validator(mode="after")
@@ -411,7 +425,7 @@ def explain(err: ValidationError, source: str) -> str:
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            shown = "" if isinstance(got, dict) or e["type"] == WITHHELD else f" (got {got!r})"
             if not _format_loc(loc):  # a rule across keys: its message names them
                 lines.append(f"{source}: {msg}")
             else:

@@ -5,28 +5,23 @@ node, with Ray's token authentication on. Started once for this module and stopp
 
 import json
 import os
-import secrets
-import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LR_ONLY, cli_env, rlsweep, rlsweep_process
+from tests.conftest import LR_ONLY, cli_env, rlsweep, rlsweep_process, stack_bucket, stack_s3_env
+from tests.conftest import STACK_SECRETS as SECRETS
 
 pytestmark = [pytest.mark.xdist_group("stack"), pytest.mark.slow]
-
-SECRETS = {"POSTGRES_PASSWORD": secrets.token_urlsafe(12), "S3_ACCESS_KEY_ID": "rlsweep-test",
-           "S3_SECRET_KEY": secrets.token_urlsafe(12), "RAY_AUTH_TOKEN": secrets.token_hex(16)}
 
 # one CPU a node, a trial takes one (trainable, a rollout worker, evaluation, a learner actor): two
 # trials at once need both nodes
 EXP = """\
 name: teamstack
 seed: 4
-results_dir: {results}
+results_dir: '{results}'
 checkpoint_frequency: 2
 max_failures: 3
 env: {{id: CartPole-v1}}
@@ -39,39 +34,6 @@ stop: {{env_steps: 10240}}
 resources: {{learner_cpus: 0.25, worker_cpus: 0.25, evaluation_cpus: 0.25}}
 sweep: {{trials: 2, max_concurrent: 2, n_startup_trials: 2, seed: 3}}
 """
-
-
-@pytest.fixture(scope="module")
-def stack():
-    """The stack, up: its state (ports, pids) as `rlsweep stack up` wrote it, and how long it took."""
-    # not under pytest's tmp folders: PostgreSQL runs as its own user, which cannot enter those (0700)
-    directory = Path(tempfile.mkdtemp(prefix="rlsweep-stack-"))
-    directory.chmod(0o755)
-    env = cli_env(**SECRETS)
-    t0 = time.monotonic()
-    # the head's GCS declares a node dead after 3 missed health checks a second apart (Ray's defaults:
-    # 5, three seconds apart), so that the node-loss test waits less
-    up = rlsweep("stack", "up", "--dir", directory, "--cpus-per-node", 1, timeout=300,
-                 env={**env, "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"})
-    took = time.monotonic() - t0
-    stack_port: list[str] = []
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        state = json.loads((directory / "stack.json").read_text())
-        stack_port.append(state["ports"]["RAY_PORT"])
-        yield {"state": state, "dir": directory, "env": env, "up": up, "took": took}
-    finally:
-        pids = [s["pid"] for s in json.loads((directory / "stack.json").read_text())["services"].values()] \
-            if (directory / "stack.json").exists() else []
-        down = rlsweep("stack", "down", "--dir", directory, env=env, timeout=120)
-        gone = [pid for pid in pids if not Path(f"/proc/{pid}").exists() or
-                Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"]
-        shutil.rmtree(directory, ignore_errors=True)
-        assert down.returncode == 0, down.stdout + down.stderr
-        assert gone == pids, (pids, gone, down.stdout)
-        note = Path("/tmp/ray/ray_current_cluster")  # the head's address, for a bare ray.init(): forgotten
-        port = stack_port[0] if stack_port else None
-        assert not (port and note.exists() and note.read_text().strip().endswith(f":{port}")), note.read_text()
 
 
 def _check_the_stack_as_started(stack) -> None:
@@ -96,11 +58,13 @@ def placed_on(run) -> set[str]:
 
 
 def test_a_sweep_through_the_stack_survives_its_faults_and_lands_in_postgres_and_the_bucket(stack, tmp_path):
-    """One sweep through the stack (`--address` on its Ray, its MLflow server as the store), and during
-    it three faults of the stack in turn: PostgreSQL restarted, the MLflow server restarted, the worker
-    node SIGKILLed (its raylet and every process on it). The sweep finishes with every run whole (each
-    step logged once, what ran on the lost node going on from its checkpoint); runs and metrics are in
-    PostgreSQL, checkpoints and plots in the bucket, and the trials ran on both nodes."""
+    """One sweep through the stack (`--address` on its Ray, its MLflow server as the store, its results
+    in the bucket: `results_dir: s3://...`, no disk shared), and during it three faults of the stack in
+    turn: the worker node SIGKILLed (its raylet and every process on it), PostgreSQL restarted, the MLflow
+    server restarted. The sweep finishes with every run whole (each step logged once, what ran on the
+    lost node going on from its checkpoint in the bucket); runs and metrics are in PostgreSQL;
+    checkpoints, Tune's state and the signed manifest in the bucket, MLflow's checkpoints and plots too;
+    the trials ran on both nodes; `rlsweep best` works from the bucket alone."""
     import boto3
     import psycopg2
     from mlflow.tracking import MlflowClient
@@ -110,26 +74,36 @@ def test_a_sweep_through_the_stack_survives_its_faults_and_lands_in_postgres_and
     tracking = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
     steps = 10240
     exp = tmp_path / "exp.yaml"
-    exp.write_text(EXP.format(results=tmp_path / "results"))
+    results_dir = stack_bucket(stack, "sweeps")
+    exp.write_text(EXP.format(results=results_dir))
     (tmp_path / "space.yaml").write_text(LR_ONLY)
-    # a driver as a user runs it: the stack's addresses and its Ray token, nothing else
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['S3_PORT']}", region_name="us-east-1",
+                      aws_access_key_id=SECRETS["S3_ACCESS_KEY_ID"], aws_secret_access_key=SECRETS["S3_SECRET_KEY"])
+
+    def keys(bucket: str, prefix: str = "") -> set[str]:
+        return {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                for o in page.get("Contents", [])}
+
+    # a driver as a user runs it: the stack's addresses, its Ray token and its S3 keys, nothing else
     proc = rlsweep_process("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "through-the-stack",
                            "--address", f"127.0.0.1:{ports['RAY_PORT']}",
-                           env=cli_env(uri=tracking, RAY_AUTH_TOKEN=SECRETS["RAY_AUTH_TOKEN"]))
+                           env=cli_env(uri=tracking, RAY_AUTH_TOKEN=SECRETS["RAY_AUTH_TOKEN"], **stack_s3_env(),
+                                       XDG_CACHE_HOME=str(tmp_path / "driver-cache")))
     client = MlflowClient(tracking)
     seen: set[str] = set()  # the nodes the trials' processes ran on (a restarted trial's tag is rewritten)
 
     def results() -> list[int]:
-        """Results each trial has reported so far (Tune's driver-side log: at once, whatever MLflow's
-        state); the trials' placements are noted from MLflow on the way, while it answers."""
+        """Results each trial has reported so far (Tune's result logs in the bucket, a second behind:
+        whatever MLflow's state); the trials' placements are noted from MLflow on the way, while it
+        answers."""
         try:
             experiment = client.get_experiment_by_name("teamstack")
             for r in client.search_runs([experiment.experiment_id], "tags.`rlsweep.kind` = 'trial'") if experiment else []:
                 seen.update(placed_on(r))
         except Exception:
             pass
-        logs = (tmp_path / "results" / "through-the-stack").glob("trial_*/result.json")
-        return [len(f.read_text().splitlines()) for f in logs]
+        logs = [k for k in keys("results", "sweeps/through-the-stack/trial_") if k.endswith("/result.json")]
+        return [len(s3.get_object(Bucket="results", Key=k)["Body"].read().splitlines()) for k in logs]
 
     def wait_for(rows: int, trials: int = 1) -> None:
         deadline = time.monotonic() + 240
@@ -195,15 +169,94 @@ def test_a_sweep_through_the_stack_survives_its_faults_and_lands_in_postgres_and
         [(rows,)] = cur.fetchall()
     assert in_db == {t.info.run_id: "FINISHED" for t in trials} and rows == 2 * steps // 512, (in_db, rows)
 
-    # checkpoints and plots in the bucket itself
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['S3_PORT']}", region_name="us-east-1",
-                      aws_access_key_id=SECRETS["S3_ACCESS_KEY_ID"], aws_secret_access_key=SECRETS["S3_SECRET_KEY"])
-    keys = {o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow")
-            for o in page.get("Contents", [])}
+    # MLflow's checkpoints and plots in the bucket itself
+    artifacts = keys("mlflow")
 
     def objects(run_id: str) -> set[str]:
-        return {k.split(f"/{run_id}/artifacts/", 1)[1] for k in keys if f"/{run_id}/artifacts/" in k}
+        return {k.split(f"/{run_id}/artifacts/", 1)[1] for k in artifacts if f"/{run_id}/artifacts/" in k}
 
     for t in trials:
         assert {"checkpoints/final/learner.pt", "checkpoints/best/learner.pt", "config.yaml"} <= objects(t.info.run_id)
     assert {"learning_curves.png", "results.csv", "best_config.yaml"} <= objects(parent.info.run_id)
+
+    # the sweep itself in the bucket: Tune's state, the signed manifest, the study, each trial's checkpoints
+    # (written from the node it ran on); no secret in any of it
+    sweep = {k.removeprefix("sweeps/through-the-stack/") for k in keys("results", "sweeps/through-the-stack/")}
+    assert {"tuner.pkl", ".rlsweep_manifest.json", "rlsweep_sweep.json", "optuna.db"} <= sweep, sorted(sweep)
+    assert any(k.startswith("experiment_state-") for k in sweep), sorted(sweep)
+    for t in trials:
+        tid = t.data.tags["rlsweep.trial_id"]
+        assert any(k.startswith(f"trial_{tid}/checkpoint_") and k.endswith("/learner.pt") for k in sweep), sorted(sweep)
+    for key in ("tuner.pkl", "rlsweep_sweep.json", next(k for k in sweep if k.startswith("experiment_state-"))):
+        data = s3.get_object(Bucket="results", Key=f"sweeps/through-the-stack/{key}")["Body"].read()
+        assert not any(v.encode() in data for v in SECRETS.values()), key
+    # `rlsweep best` from the bucket alone (another machine: nothing of the sweep on its disk)
+    elsewhere = tmp_path / "another-machine"
+    best = rlsweep("best", "through-the-stack", "--results-dir", results_dir,
+                   env=cli_env(**stack_s3_env(), XDG_CACHE_HOME=str(elsewhere)))
+    assert best.returncode == 0, best.stdout + best.stderr
+    assert "name: through-the-stack-best" in best.stdout and str(elsewhere) in best.stdout + best.stderr
+
+
+RESUMED = """\
+name: inthebucket
+seed: 5
+results_dir: '{results}'
+checkpoint_frequency: 2
+env: {{id: CartPole-v1}}
+policy: {{hidden_sizes: [16, 16]}}
+ppo: {{train_batch_size: 512, minibatch_size: 128, num_epochs: 4}}
+rollouts: {{num_rollout_workers: 1, num_envs_per_worker: 8}}
+evaluation: {{interval: 2, episodes: 2}}
+stop: {{env_steps: 8192}}
+sweep: {{trials: 1, n_startup_trials: 1, seed: 3}}
+tracking: {{local_dir: '{store}'}}
+"""
+
+
+def test_a_sweep_in_the_bucket_resumes_from_it_on_another_machine(stack, tmp_path, monkeypatch):
+    """Results in the stack's bucket, on a Ray of the driver's own: the driver is stopped (Ctrl-C) once a
+    checkpoint is in the bucket; `rlsweep resume` by a driver with nothing of the sweep on its disk (a
+    cache folder of its own) pulls it from the bucket, verifies what Tune will unpickle, and finishes
+    it, every step logged once."""
+    from mlflow.tracking import MlflowClient
+
+    results_dir = stack_bucket(stack, "resumed")
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(RESUMED.format(results=results_dir, store=tmp_path))
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    import pyarrow.fs
+
+    env = cli_env(**stack_s3_env(), XDG_CACHE_HOME=str(tmp_path / "first-machine"))
+    for k, v in stack_s3_env().items():  # (this test reads the bucket too)
+        monkeypatch.setenv(k, v)
+    fs, path = pyarrow.fs.FileSystem.from_uri(results_dir)
+    proc = rlsweep_process("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "cut", env=env)
+    try:
+        deadline = time.monotonic() + 240
+        selector = pyarrow.fs.FileSelector(f"{path}/cut", recursive=True, allow_not_found=True)
+        while not any(i.path.endswith("/checkpoint_000001/learner.pt") for i in fs.get_file_info(selector)):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint reached the bucket"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-2000:] + err[-3000:]
+    assert "rlsweep resume 's3://results/resumed/cut?endpoint_override=" in err, err[-2000:]
+
+    resumed = rlsweep("resume", "cut", "--results-dir", results_dir,
+                      env=cli_env(**stack_s3_env(), XDG_CACHE_HOME=str(tmp_path / "second-machine")))
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert "sweep cut done: 1 trials finished" in resumed.stdout, resumed.stdout
+    assert "not signed" not in resumed.stderr and "changed after" not in resumed.stderr, resumed.stderr
+    assert str(tmp_path / "second-machine") in resumed.stdout  # the best checkpoint, pulled there
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [trial] = [r for r in client.search_runs([client.get_experiment_by_name("inthebucket").experiment_id])
+               if r.data.tags.get("rlsweep.kind") == "trial"]
+    assert trial.info.status == "FINISHED", trial.data.tags
+    steps = [m.step for m in client.get_metric_history(trial.info.run_id, "rollouts/env_steps")]
+    assert sorted(steps) == list(range(512, 8193, 512)), steps
+    assert not any(v in resumed.stdout + resumed.stderr + out + err for v in SECRETS.values())

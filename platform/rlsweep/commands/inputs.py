@@ -45,7 +45,14 @@ def experiment(path: str, overrides: list[str], seed: int | None = None) -> Expe
 def results_dir(cfg: ExperimentConfig) -> Path:
     """`results_dir`, resolved: a folder, or a path where one can be made, that this process can write
     in; a ConfigError naming it otherwise. Nothing is created (a probe file comes and goes). The
-    nodes of a joined cluster are probed when Ray is up (`tuning.storage`)."""
+    nodes of a joined cluster are probed when Ray is up (`tuning.storage`). A bucket (`s3://`) is
+    probed the same way; its sweeps' folders here are the driver's mirrors of them (`tuning.bucket`)."""
+    from rlsweep.tuning import bucket
+
+    if bucket.is_uri(cfg.results_dir):
+        b = bucket.Bucket.parse(cfg.results_dir)
+        bucket.check(b)
+        return b.mirror()
     results = Path(cfg.results_dir).resolve()
     existing = results
     while not existing.exists() and existing != existing.parent:

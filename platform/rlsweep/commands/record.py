@@ -21,7 +21,19 @@ LOCK_FILE = ".rlsweep_running"  # held (flock) by the process that runs the swee
 
 
 def find_sweep(name_or_path: str, results_dir: str = "results") -> Path:
-    """A sweep directory from a path or a name under results_dir; ConfigError if there is none."""
+    """A sweep directory from a path or a name under results_dir; ConfigError if there is none. A
+    sweep in a bucket (its `s3://` URI, or a name under an `s3://` results_dir) is pulled into its
+    mirror here (`tuning.bucket`), which is returned."""
+    from rlsweep.tuning import bucket
+
+    if bucket.is_uri(name_or_path) or bucket.is_uri(results_dir):
+        place = (bucket.Bucket.parse(name_or_path, "sweep") if bucket.is_uri(name_or_path)
+                 else bucket.Bucket.parse(results_dir, "--results-dir").child(name_or_path))
+        local = place.mirror()
+        bucket.pull(place, local)
+        if (local / SWEEP_FILE).is_file():
+            return local
+        raise ConfigError(f"no sweep at {place.location} (no {SWEEP_FILE} there)")
     for candidate in (Path(name_or_path), Path(results_dir) / name_or_path):
         if (candidate / SWEEP_FILE).is_file():
             return candidate.resolve()
@@ -83,6 +95,17 @@ class SweepRecord:
         tmp = directory / f".{SWEEP_FILE}.tmp"
         tmp.write_text(json.dumps(fields, indent=2))
         tmp.replace(directory / SWEEP_FILE)
+
+    @property
+    def argument(self) -> str:
+        """The sweep as `resume` and `best` take it on a command line: its bucket URI (quoted) where it
+        is kept in one (`tuning.bucket`), else its directory."""
+        import shlex
+
+        from rlsweep.tuning.bucket import remote_of
+
+        place = remote_of(self.directory)
+        return shlex.quote(place.uri) if place is not None else str(self.directory)
 
     def store(self) -> Any:
         """The MLflow store and experiment the sweep's runs are in (a full record only)."""

@@ -50,6 +50,12 @@ def usage_lines(state: dict[str, Any]) -> list[str]:
     exports = " ".join(f"{k}={a[k]}" for k in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS") if k in a)
     lines += ["run sweeps on it with (RAY_AUTH_TOKEN as in .env: the stack's Ray wants that token):",
               f"  export {exports} RAY_AUTH_TOKEN=...", "  rlsweep sweep experiments/cartpole_ppo.yaml"]
+    if "S3_ENDPOINT" in a:
+        endpoint = a["S3_ENDPOINT"].split("://", 1)[1]
+        lines += ["with results in the bucket, which no node needs a shared disk for (AWS_ACCESS_KEY_ID and "
+                  "AWS_SECRET_ACCESS_KEY: the S3 keys in .env):",
+                  f"  rlsweep sweep experiments/cartpole_ppo.yaml --set "
+                  f"'results_dir=s3://results/sweeps?endpoint_override={endpoint}&scheme=http'"]
     return lines
 
 

@@ -12,6 +12,7 @@ and runs it on. Both end in `outcome`: what MLflow recorded of the trials, and t
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
 import sys
 import time
@@ -38,23 +39,35 @@ class SweepPlan:
     directory: Path
     store: Store
     study_storage: str
+    storage: str  # where Tune stores it: `directory`'s parent, or the bucket it mirrors (`tuning.bucket`)
 
 
 def plan(cfg: ExperimentConfig, space: SearchSpace, name: str | None) -> SweepPlan:
     """A new sweep of `cfg` over `space`, named `name` (default: `<experiment>-<date>-<time>`); a
     ConfigError where the name is taken or not usable, or the study storage cannot be."""
+    from rlsweep.tuning import bucket
+
     name = name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_name(name, "--name")
     directory = inputs.results_dir(cfg) / name
+    storage = str(directory.parent)
+    if bucket.is_uri(cfg.results_dir):
+        place, storage = bucket.Bucket.parse(cfg.results_dir).child(name), cfg.results_dir
+        if bucket.exists(place):
+            raise ConfigError(f"sweep {name!r} already exists at {place.location}: `rlsweep resume {name} "
+                              f"--results-dir {shlex.quote(cfg.results_dir)}` continues it, or pick another --name")
+        if directory.exists():  # a mirror of a sweep no longer in the bucket (unless it runs here)
+            SweepLock(directory).acquire(name).release()
+            shutil.rmtree(directory)
     if directory.exists():
         raise ConfigError(f"sweep {name!r} already exists at {directory}: `rlsweep resume {name}` continues it, "
                           "or pick another --name")
-    storage = cfg.sweep.study_storage or f"sqlite:///{directory / 'optuna.db'}"
-    if cfg.sweep.study_storage and storage.startswith("sqlite:///"):
-        folder = Path(storage.removeprefix("sqlite:///")).parent
+    study = cfg.sweep.study_storage or f"sqlite:///{directory / 'optuna.db'}"
+    if cfg.sweep.study_storage and study.startswith("sqlite:///"):
+        folder = Path(study.removeprefix("sqlite:///")).parent
         if not folder.is_dir():
-            raise ConfigError(f"sweep.study_storage {storage}: folder {folder} does not exist")
-    return SweepPlan(cfg, space, name, directory, Store.of(cfg), storage)
+            raise ConfigError(f"sweep.study_storage {study}: folder {folder} does not exist")
+    return SweepPlan(cfg, space, name, directory, Store.of(cfg), study, storage)
 
 
 def prepare(experiment: str, overrides: list[str], space: str | None = None, trials: int | None = None,
@@ -99,6 +112,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     from rlsweep import metrics as M
     from rlsweep.tracking.callback import MlflowCallback
     from rlsweep.tracking.parents import SweepParent
+    from rlsweep.tuning import bucket
     from rlsweep.tuning.full_disk import StopOnFullDisk, fit
     from rlsweep.tuning.progress import ProgressLine
     from rlsweep.tuning.ray_session import check_cluster, init_ray
@@ -112,20 +126,24 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     stopper = TrialStopper(cfg.stop, cfg.sweep.seeds_per_trial)
     sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
                     "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
-    parent = SweepParent(name=p.name, run_dir=str(p.directory), metric=s.metric, mode=s.mode,
+    # what MLflow's runs name the sweep by (`rlsweep.dir`): its bucket place, or its folder
+    run_dir = bucket.Bucket(p.storage).child(p.name).uri if bucket.is_uri(p.storage) else str(p.directory)
+    parent = SweepParent(name=p.name, run_dir=run_dir, metric=s.metric, mode=s.mode,
                          searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
                          time_budget_s=s.time_budget_s, confirm=s.confirm is not None, target=cfg.stop.target_return)
     full_disk = StopOnFullDisk(p.directory.parent)
-    tracker = MlflowCallback(p.store, str(p.directory), cfg, stopper.reason, parent, full_disk.reason)
+    tracker = MlflowCallback(p.store, run_dir, cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(p.directory)
     # Ray first: a trial that can never fit is bad input, refused before the sweep's folder exists
-    init_ray(tracker.open)
+    init_ray(tracker.open, bucket=bucket.is_uri(p.storage))
     check_cluster(cfg)
     try:
         p.directory.mkdir(parents=True)
     except FileExistsError:
         raise ConfigError(f"sweep {p.name!r} was created at {p.directory} meanwhile (another `rlsweep sweep "
                           f"--name {p.name}`?): pick another --name") from None
+    if bucket.is_uri(p.storage):
+        bucket.claim(p.directory, bucket.Bucket(p.storage).child(p.name))
     lock = SweepLock(p.directory).acquire(p.name)  # held until this process ends
     try:  # the study first: if its storage cannot be opened, no half-made sweep is left to block the name
         storage = optuna.storages.RDBStorage(p.study_storage)
@@ -144,6 +162,8 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
         "params": list(p.space.params), "tracking_uri": p.store.uri, "study_storage": p.study_storage,
         "metric": s.metric, "mode": s.mode, "trials": s.trials, "time_budget_s": s.time_budget_s,
     })
+    if bucket.is_uri(p.storage):  # the record and the study in the bucket before any trial
+        bucket.Mirror(p.directory, bucket.Bucket(p.storage).child(p.name)).push_changed()
     searcher = searcher_class()(
         space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),
         study_name=p.name, storage=storage, check=p.space.check,
@@ -163,7 +183,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
             scheduler=scheduler, reuse_actors=s.reuse_actors, trial_dirname_creator=trial_dirname,
             time_budget_s=s.time_budget_s,
         ),
-        run_config=_run_config(cfg, p.name, p.directory.parent, stopper, tracker, signer, full_disk,
+        run_config=_run_config(cfg, p.name, p.storage, stopper, tracker, signer, full_disk,
                                ProgressLine(sweep_trials=s.trials, metric=s.metric, mode=s.mode,
                                             searched=list(p.space.params), stop_reason=stopper.reason)),
     )
@@ -180,7 +200,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     return outcome(record)
 
 
-def _run_config(cfg: ExperimentConfig, name: str, storage_path: Path, stopper: Any, tracker: Any, signer: Any,
+def _run_config(cfg: ExperimentConfig, name: str, storage_path: str, stopper: Any, tracker: Any, signer: Any,
                 full_disk: Any, progress: Any) -> Any:
     """Tune's RunConfig of a sweep's Tune run (its search, or its confirmation round)."""
     from ray import tune
@@ -190,7 +210,7 @@ def _run_config(cfg: ExperimentConfig, name: str, storage_path: Path, stopper: A
 
     s = cfg.sweep
     return tune.RunConfig(
-        name=name, storage_path=str(storage_path), stop=stopper,
+        name=name, storage_path=storage_path, stop=stopper,
         checkpoint_config=tune.CheckpointConfig(
             checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True,
             num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
@@ -207,10 +227,11 @@ def search_done(record: SweepRecord) -> bool:
     (`sweep.confirm`) is due, under way or interrupted."""
     from rlsweep.tracking.runs import TAG_DIR, TAG_KIND, TAG_PHASE, TAG_STATUS
     from rlsweep.tracking.status import RunStatus
+    from rlsweep.tuning.bucket import tag_of
 
     try:
         tracker = record.store().tracker()
-        parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: str(record.directory)})
+        parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: tag_of(record.directory)})
         tags = tracker.tags(parent) if parent else {}
     except Exception:  # noqa: BLE001 - the store went away: `outcome` says so
         return False
@@ -223,9 +244,11 @@ def confirmation_configs(record: SweepRecord) -> tuple[list[str], list[str], lis
     `ExperimentConfig.confirmation_seed`, which no search agent used)."""
     from rlsweep.config import validate
     from rlsweep.ranking import ranked_rows
+    from rlsweep.tuning.bucket import refresh
 
     cfg = record.cfg
     confirm = cfg.sweep.confirm
+    refresh(record.directory)
     top = ranked_rows(record.directory, record.metric, record.mode)[: confirm.top]
     configs = []
     for row in top:
@@ -247,6 +270,7 @@ def run_confirmation(record: SweepRecord) -> None:
     from rlsweep.ranking import CONFIRM_DIR, CONFIRM_ORDER, confirmation_order
     from rlsweep.tracking.callback import MlflowCallback
     from rlsweep.tracking.parents import SweepParent
+    from rlsweep.tuning import bucket
     from rlsweep.tuning.full_disk import StopOnFullDisk, fit
     from rlsweep.tuning.integrity import verify
     from rlsweep.tuning.progress import ProgressLine
@@ -262,7 +286,8 @@ def run_confirmation(record: SweepRecord) -> None:
 
         for note in verify(confirm_dir) + retention.restore(confirm_dir):
             print(f"rlsweep: {note}", file=sys.stderr)
-        tuner = tune.Tuner.restore(str(confirm_dir), trainable=trainable_for(), resume_unfinished=True,
+        bucket.push_fixes(confirm_dir)
+        tuner = tune.Tuner.restore(bucket.storage_of(confirm_dir), trainable=trainable_for(), resume_unfinished=True,
                                    resume_errored=False)
         try:
             fit(tuner, confirm_dir)
@@ -281,11 +306,11 @@ def run_confirmation(record: SweepRecord) -> None:
           f"(from {cfg.confirmation_seed()})", file=sys.stderr, flush=True)
     s = cfg.sweep
     stopper = TrialStopper(cfg.stop, s.confirm.seeds)
-    parent = SweepParent(name=record.name, run_dir=str(directory), metric=s.metric, mode=s.mode,
+    parent = SweepParent(name=record.name, run_dir=bucket.tag_of(directory), metric=s.metric, mode=s.mode,
                          searched=list(record.params), time_budget_s=None, confirm=True,
                          confirms=tuple(zip(ids, numbers, strict=True)), target=cfg.stop.target_return)
     full_disk = StopOnFullDisk(directory.parent)
-    tracker = MlflowCallback(record.store(), str(confirm_dir), cfg, stopper.reason, parent, full_disk.reason)
+    tracker = MlflowCallback(record.store(), bucket.tag_of(confirm_dir), cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(confirm_dir)
     progress = ProgressLine(sweep_trials=len(configs), metric=s.metric, mode=s.mode, searched=list(record.params),
                             stop_reason=stopper.reason, title="confirmation", confirms=numbers)
@@ -298,7 +323,8 @@ def run_confirmation(record: SweepRecord) -> None:
             max_concurrent_trials=max_concurrent(cfg.model_copy(update={"sweep": s.model_copy(
                 update={"seeds_per_trial": s.confirm.seeds})})),
         ),
-        run_config=_run_config(cfg, CONFIRM_DIR, directory, stopper, tracker, signer, full_disk, progress),
+        run_config=_run_config(cfg, CONFIRM_DIR, bucket.storage_of(directory), stopper, tracker, signer, full_disk,
+                               progress),
     )
     try:
         fit(tuner, confirm_dir)
@@ -321,13 +347,19 @@ def plan_resume(name_or_path: str, results_dir: str = "results") -> ResumePlan:
     from rlsweep.tracking.runs import TAG_DIR, TAG_KIND, TAG_STATUS
     from rlsweep.tracking.status import RunStatus
     from rlsweep.tracking.store import check_store, take_credentials
+    from rlsweep.tuning import bucket
 
     directory = find_sweep(name_or_path, results_dir)
     record = SweepRecord.read(directory, full=True)
     lock = SweepLock(directory).acquire(record.name)  # a sweep another process runs is not touched
+    if (place := bucket.remote_of(directory)) is not None:  # the bucket's state, whatever this mirror held
+        from rlsweep.tuning.integrity import take_backup_manifest
+
+        bucket.pull(place, directory, remote_wins=True)
+        take_backup_manifest(directory)
     check_store(take_credentials(record.tracking_uri))
     tracker = record.store().tracker()
-    parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: str(directory)})
+    parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: bucket.tag_of(directory)})
     finished = parent is not None and tracker.tags(parent).get(TAG_STATUS) == RunStatus.FINISHED
     return ResumePlan(record, finished, lock)
 
@@ -338,7 +370,7 @@ def resume_sweep(p: ResumePlan) -> SweepOutcome:
     from ray import tune
 
     from rlsweep.commands.legacy import accept_moved_names
-    from rlsweep.tuning import retention
+    from rlsweep.tuning import bucket, retention
     from rlsweep.tuning.full_disk import fit
     from rlsweep.tuning.integrity import Signer, verify
     from rlsweep.tuning.ray_session import check_cluster, init_ray
@@ -348,14 +380,15 @@ def resume_sweep(p: ResumePlan) -> SweepOutcome:
 
     for note in verify(directory) + retention.restore(directory):
         print(f"rlsweep: {note}", file=sys.stderr)
-    init_ray()
+    bucket.push_fixes(directory)  # a mirrored sweep: what Tune downloads is what was verified
+    init_ray(bucket=bucket.remote_of(directory) is not None)
     # the cluster resumed on may be another one, or smaller than the one the sweep started on
-    check_cluster(p.record.cfg, directory)
+    check_cluster(p.record.cfg, bucket.storage_of(directory))
     accept_moved_names()  # a sweep started before the package took its folders
 
     try:
         if not search_done(p.record):  # the search was cut off: it goes on
-            tuner = tune.Tuner.restore(str(directory), trainable=trainable_for(), resume_unfinished=True,
+            tuner = tune.Tuner.restore(bucket.storage_of(directory), trainable=trainable_for(), resume_unfinished=True,
                                        resume_errored=False)
             try:
                 fit(tuner, directory)
@@ -412,14 +445,19 @@ def outcome(record: SweepRecord) -> SweepOutcome:
     from rlsweep.ranking import CONFIRM_DIR, ranked_rows
     from rlsweep.tracking.runs import TAG_DIR, TAG_KIND, TAG_STATUS, TAG_TRIAL
     from rlsweep.tracking.status import RunStatus
+    from rlsweep.tuning.bucket import refresh, tag_of
 
-    directory = str(record.directory)
+    directory = tag_of(record.directory)
+    try:
+        refresh(record.directory)  # a mirrored sweep: what Tune stored in its bucket
+    except (ConfigError, OSError) as e:
+        print(f"rlsweep: {e}; ranking what this machine holds of it", file=sys.stderr)
     try:
         tracker = record.store().tracker()
         parent = tracker.find(**{TAG_KIND: "sweep", TAG_DIR: directory})
         children = {r.tags.get(TAG_TRIAL): r for r in tracker.search(**{TAG_KIND: "trial", TAG_DIR: directory})}
         confirming = {r.tags.get(TAG_TRIAL): r.run_id
-                      for r in tracker.search(**{TAG_KIND: "trial", TAG_DIR: str(record.directory / CONFIRM_DIR)})}
+                      for r in tracker.search(**{TAG_KIND: "trial", TAG_DIR: tag_of(record.directory / CONFIRM_DIR)})}
         parent_status = tracker.tags(parent).get(TAG_STATUS) if parent else None
     except Exception as e:  # noqa: BLE001 - the store went away: what Tune saved is still resumable
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

@@ -95,6 +95,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
     from rlsweep.tracking.parents import SingleRun
     from rlsweep.tracking.runs import error_line
     from rlsweep.tracking.store import Store
+    from rlsweep.tuning import bucket
     from rlsweep.tuning.full_disk import StopOnFullDisk, fit
     from rlsweep.tuning.progress import ProgressLine
     from rlsweep.tuning.ray_session import check_cluster, init_ray
@@ -102,13 +103,16 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
     from rlsweep.tuning.stopper import NoRetryAfterDivergence, TrialStopper
     from rlsweep.tuning.trainable import trainable_for, trial_dirname
 
-    storage = Path(cfg.results_dir).resolve()
+    # a bucket (`s3://`): Tune stores there, the run's journal is kept in its mirror here (`tuning.bucket`)
+    remote = bucket.is_uri(cfg.results_dir)
+    local = bucket.Bucket.parse(cfg.results_dir).mirror() if remote else Path(cfg.results_dir).resolve()
+    storage = cfg.results_dir if remote else str(local)
     name = f"train-{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     stopper = TrialStopper(cfg.stop, cfg.sweep.seeds_per_trial)
     full_disk = StopOnFullDisk(storage)
-    tracker = MlflowCallback(Store.of(cfg), str(storage / name), cfg, stopper.reason, SingleRun(dict(tags or {})),
+    tracker = MlflowCallback(Store.of(cfg), str(local / name), cfg, stopper.reason, SingleRun(dict(tags or {})),
                              full_disk.reason)
-    init_ray(tracker.open)
+    init_ray(tracker.open, bucket=remote)
     check_cluster(cfg)
     tuner = tune.Tuner(
         trainable_for(restore_from),
@@ -116,7 +120,7 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
         tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage,
             stop=stopper,
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True
@@ -127,13 +131,14 @@ def run_train(cfg: ExperimentConfig, restore_from: str | None = None, tags: dict
         ),
     )
     timeline.mark("fit_starting")
-    result = fit(tuner, storage / name)[0]
+    result = fit(tuner, local / name)[0]
     timeline.mark("fit_done")
     metrics = dict(result.metrics or {})
     return TrainOutcome(
         run_id=next(iter(tracker.runs.values()), None),
         metrics=metrics,
-        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        checkpoint=(bucket.uri_of(result.checkpoint.path, cfg.results_dir) if remote else result.checkpoint.path)
+        if result.checkpoint else None,
         stop_reason=stopper.reason(metrics),
         error=None if result.error is None else error_line(str(result.error)) or type(result.error).__name__,
         trial_dir=str(result.path),

@@ -10,13 +10,15 @@ duplicated.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import signal
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -231,20 +233,25 @@ class MlflowCallback(tune.Callback):
             self._logged_step[tid] = last
             self.logged_iterations += iterations
 
-    def _log_best(self, tid: str, path: str, score: float) -> None:
+    def _log_best(self, tid: str, checkpoint: Any, score: float) -> None:
         best = self._best.get(tid)
-        if not Path(path).is_dir():  # written late (the store was down) and Tune has since pruned it
-            log.warning("trial %s: checkpoint %s is gone before it reached MLflow; a later one will", tid, path)
+        if best is not None and not better(score, best, self.mode):
             return
-        if best is None or better(score, best, self.mode):
+        with _on_this_machine(checkpoint) as path:
+            if path is None:  # written late (the store was down) and Tune has since pruned it
+                log.warning("trial %s: checkpoint %s is gone before it reached MLflow; a later one will", tid,
+                            checkpoint.path)
+                return
             self._best[tid] = score
             self.tracker.log_checkpoint(self.runs[tid], path, "checkpoints/best")
             self.tracker.set_tag(self.runs[tid], TAG_BEST_SCORE, repr(score))
 
-    def _close_run(self, tid: str, final_checkpoint: str | None, outcome: Outcome) -> None:
+    def _close_run(self, tid: str, final_checkpoint: Any, outcome: Outcome) -> None:
         self._write_metrics(tid)
         if final_checkpoint is not None:
-            self.tracker.log_checkpoint(self.runs[tid], final_checkpoint, "checkpoints/final")
+            with _on_this_machine(final_checkpoint) as path:
+                if path is not None:
+                    self.tracker.log_checkpoint(self.runs[tid], path, "checkpoints/final")
         self.tracker.set_status(self.runs[tid], outcome)
         self._journal.close(tid)
 
@@ -299,7 +306,7 @@ class MlflowCallback(tune.Callback):
         self._flushed_at[tid] = time.monotonic()
         self._writer.submit(self._write_metrics, tid)
         if self.log_checkpoints and not math.isnan(score):
-            self._writer.submit(self._log_best, tid, checkpoint.path, score)
+            self._writer.submit(self._log_best, tid, checkpoint, score)
         # Tune records this checkpoint as the trial's restore point: what came before it should be in
         # MLflow (and the checkpoint copied before Tune may delete it) before this returns; while the
         # store is down, training does not wait for it longer than checkpoint_wait_s
@@ -331,7 +338,7 @@ class MlflowCallback(tune.Callback):
         if not self._warming:
             self._warming = True
             threading.Thread(target=self.parent.warm_up, name="rlsweep-warm-up", daemon=True).start()
-        final = trial.checkpoint.path if self.log_checkpoints and trial.checkpoint is not None else None
+        final = trial.checkpoint if self.log_checkpoints and trial.checkpoint is not None else None
         self._ensure_run(trial, trials)
         self._final_cost(trial)
         self._closed.add(trial.trial_id)
@@ -399,3 +406,22 @@ class MlflowCallback(tune.Callback):
                         M.TRACKING_CPU_MS_PER_ITERATION: 1000 * self._writer.cpu_s / self.logged_iterations,
                         M.TRACKING_S: self.tracking_s}
         self.parent.end(self.tracker, self.parent_run_id, interrupted, trials, self.runs, tracking)
+
+
+@contextlib.contextmanager
+def _on_this_machine(checkpoint: Any) -> Iterator[str | None]:
+    """A Tune checkpoint's folder on this machine: its own where Tune stores in a folder, a copy
+    downloaded for the while where it stores in a bucket (`tuning.bucket`); None where it is gone."""
+    import pyarrow.fs
+
+    fs = getattr(checkpoint, "filesystem", None)
+    if fs is None or isinstance(fs, pyarrow.fs.LocalFileSystem):
+        yield checkpoint.path if Path(checkpoint.path).is_dir() else None
+        return
+    with tempfile.TemporaryDirectory(prefix="rlsweep-checkpoint-") as scratch:
+        local = Path(scratch) / "checkpoint"  # (made by the download: what it leaves of a failure is not used)
+        try:
+            checkpoint.to_directory(str(local))
+        except Exception:  # noqa: BLE001 - gone (pruned meanwhile) or cut short: not logged
+            local = None
+        yield str(local) if local is not None and local.is_dir() and any(local.iterdir()) else None

@@ -25,7 +25,9 @@ class Journal:
     """Append-only rows per trial. `append` from one thread, `read`/`advance` from another."""
 
     def __init__(self, run_dir: str | Path):
-        self.folder = Path(run_dir) / FOLDER
+        from rlsweep.tuning.bucket import folder_of
+
+        self.folder = folder_of(str(run_dir)) / FOLDER  # (a sweep in a bucket: in its mirror here)
         self._files: dict[str, BinaryIO] = {}
         self._position: dict[str, int] = {}  # trial id -> bytes of its journal already in MLflow
         self._lock = threading.Lock()

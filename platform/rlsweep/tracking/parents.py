@@ -148,8 +148,10 @@ class SweepParent:
         import optuna
 
         try:
-            storage = _STORAGES.get(self.study[0]) or _STORAGES.setdefault(self.study[0],
-                                                                           optuna.storages.RDBStorage(self.study[0]))
+            from rlsweep.tuning.bucket import relocate
+
+            url = relocate(self.study[0])  # (a sweep resumed on another machine: its study there)
+            storage = _STORAGES.get(url) or _STORAGES.setdefault(url, optuna.storages.RDBStorage(url))
             study_id = storage.get_study_id_from_name(self.study[1])
             for frozen in storage.get_all_trials(study_id, deepcopy=False,
                                                  states=(optuna.trial.TrialState.RUNNING,)):
@@ -186,6 +188,7 @@ class SweepParent:
         else:
             all_runs = {t.trial_id: runs.get(t.trial_id) or tracker.find(**kind, **{TAG_TRIAL: t.trial_id})
                         for t in trials}
+        _refresh(self.run_dir)
         best = report.sweep_summary(tracker, run_id, self.run_dir, all_runs, metric=self.metric, mode=self.mode,
                                     params=self.searched, name=self.name, study=self.study, target=self.target)
         if tracking:  # after the answer (best_*), so that the run page lists it first; 3 significant digits
@@ -216,3 +219,14 @@ def mark_winner(tracker: Tracker, winner: str, trials: list[Any]) -> None:
     if mine is not None and not mine.tags.get(TAG_WINNER):
         tracker.set_tag(winner, TAG_WINNER, "true")
         tracker.rename(winner, mine.name.removesuffix(WINNER_MARK) + WINNER_MARK)
+
+
+def _refresh(run_dir: str) -> None:
+    """A sweep kept in a bucket: what Tune stored there, before its rows are read (`tuning.bucket`)."""
+    from rlsweep.config import ConfigError
+    from rlsweep.tuning.bucket import folder_of, refresh
+
+    try:
+        refresh(folder_of(run_dir))
+    except (ConfigError, OSError) as e:
+        log.warning("%s; the summary ranks what this machine holds of the sweep", e)

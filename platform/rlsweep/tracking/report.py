@@ -22,6 +22,7 @@ from rlsweep.tracking.runs import (
     trial_run_name,
 )
 from rlsweep.tracking.tracker import Tracker
+from rlsweep.tuning.bucket import folder_of
 
 
 def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
@@ -43,7 +44,7 @@ def confirmation_summary(tracker: Tracker, parent_run_id: str, run_dir: str, *, 
     score against its confirmed score, with their intervals), a plot of the two, the winner's confirmed
     score as `confirmed_<metric>`, and `search_optimism`: the median of how much better the search
     scored the confirmed configurations than their fresh seeds did (the sweep's optimism)."""
-    rows = [r for r in rank(sweep_rows(run_dir), metric, mode)
+    rows = [r for r in rank(sweep_rows(folder_of(run_dir)), metric, mode)
             if isinstance(r.get(CONFIRMED + metric), (int, float)) and math.isfinite(r[CONFIRMED + metric])]
     if not rows:
         return
@@ -94,7 +95,7 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
         target: the experiment's `stop.target_return`, drawn on the learning curves.
     """
     rows = []
-    for row in sweep_rows(run_dir):
+    for row in sweep_rows(folder_of(run_dir)):
         flat = flatten(row["config"])
         run_id = runs.get(row["trial_id"])
         rows.append({
@@ -171,8 +172,10 @@ def load_study(storage: str, name: str) -> Any:
     """The Optuna study, or None where there is none yet or its storage cannot be opened."""
     import optuna
 
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
+    from rlsweep.tuning.bucket import relocate
+
+    try:  # (a sweep resumed on another machine: its study there)
+        return optuna.load_study(study_name=name, storage=relocate(storage))
     except Exception:  # no study yet, or a storage that cannot be opened: the report goes without it
         return None
 

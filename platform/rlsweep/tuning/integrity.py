@@ -23,8 +23,10 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rlsweep.config import ConfigError
 from rlsweep.ranking import CONFIRM_DIR
@@ -115,6 +117,7 @@ class Signer:
     def __init__(self, directory: str | Path, staging: Path | None = None):
         self.directory = Path(directory)
         self.staging = staging
+        self._mirror: Any = None  # a mirrored sweep's pushes to its bucket (`tuning.bucket`)
         self._key: bytes | None = None
         self._seen: dict[str, tuple[int, int, str]] = {}  # rel path -> (mtime_ns, size, sha256)
         self._trials_at = 0.0
@@ -124,7 +127,9 @@ class Signer:
         """Signs what changed; trials' files are scanned at most once a second unless `trials` is forced.
 
         On a full disk the manifest stays as last signed (a resume goes on from that state; rlsweep
-        names the full disk where a trial fails, `full_disk.StopOnFullDisk`)."""
+        names the full disk where a trial fails, `full_disk.StopOnFullDisk`). A mirrored sweep's signed
+        files then go to its bucket (`tuning.bucket.Mirror`), with the record and the study; while the
+        bucket does not answer they wait for the next signature."""
         try:
             self._sign(trials)
         except OSError as e:
@@ -132,6 +137,24 @@ class Signer:
 
             if not no_space(str(e)):
                 raise
+        self._push()
+
+    def _push(self) -> None:
+        from rlsweep.tuning.bucket import Mirror, remote_of
+
+        if self._mirror is None:
+            bucket = remote_of(self.directory)  # (marked once the sweep's folder is made)
+            if bucket is None:
+                return
+            self._mirror = Mirror(self.directory, bucket)
+        try:
+            self._mirror.push_changed()
+            self._push_failed = False
+        except Exception as e:  # noqa: BLE001 - the bucket's own words; a Tune callback must not fail on it
+            if not getattr(self, "_push_failed", False):
+                print(f"rlsweep: {self._mirror.bucket.location} does not answer ({str(e).strip().splitlines()[0][:200]}); "
+                      "the signed state is pushed once it does", file=sys.stderr, flush=True)
+            self._push_failed = True
 
     def _sign(self, trials: bool) -> None:
         if self._key is None:
@@ -147,6 +170,8 @@ class Signer:
         if scan_trials:
             self._trials_at = now
             paths.update({p.relative_to(d).as_posix(): p for p in _scan(d, TRIAL_PATTERNS)})
+            if self.staging is not None and self.staging.is_dir():  # (a sweep in a bucket has its trials' here)
+                paths.update({p.relative_to(self.staging).as_posix(): p for p in _scan(self.staging, TRIAL_PATTERNS)})
         changed, current = False, {}
         for rel, p in paths.items():
             try:
@@ -201,10 +226,29 @@ class Signer:
         return (st.st_mtime_ns, st.st_size) == self._manifest[1]
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks into tuner.pkl: never the key
-        return {"directory": self.directory}
+        from rlsweep.tuning.bucket import remote_of
+
+        bucket = remote_of(self.directory)
+        return {"directory": self.directory, "bucket": bucket.uri if bucket else None}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["directory"])
+        from rlsweep.tuning.bucket import Bucket
+
+        # a mirrored sweep resumed on another machine: its mirror there
+        bucket = state.get("bucket")
+        self.__init__(Bucket(bucket).mirror() if bucket else state["directory"])
+
+
+def take_backup_manifest(directory: str | Path) -> None:
+    """A sweep pulled from a bucket (`tuning.bucket`): its manifest as rlsweep last wrote it. Tune's
+    upload of its staging folder may have brought a manifest a moment older over the one rlsweep
+    pushed; the backup in SIGNED/ is written by rlsweep alone (and checked by `verify` as any manifest)."""
+    d = Path(directory)
+    try:
+        _read_manifest(d / SIGNED / BACKUP)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return
+    shutil.copyfile(d / SIGNED / BACKUP, d / MANIFEST)
 
 
 def _read_manifest(path: Path) -> tuple[dict, str]:

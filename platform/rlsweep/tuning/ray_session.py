@@ -24,15 +24,19 @@ from rlsweep.tuning.storage import check_shared_storage
 SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
               "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCESS_KEY")
+# what the trials need where results are in a bucket (`tuning.bucket`): the Ray rlsweep starts keeps
+# them in its processes' environment (which no log records), never in a runtime env
+BUCKET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
 
 @contextlib.contextmanager
-def _secrets_kept_from_ray() -> Iterator[None]:
-    """Starts Ray's processes without the driver's credentials, and stops Tune from copying them into
-    trial actors (results storage is local: the trials need none)."""
+def _secrets_kept_from_ray(bucket: bool) -> Iterator[None]:
+    """Starts Ray's processes without the driver's credentials (but the bucket's, where results are in
+    one: its trials write their checkpoints there), and stops Tune from copying any into trial actors'
+    runtime envs."""
     compat.keep_env_out_of_trials(SECRET_ENV)
-    saved = {k: os.environ.pop(k) for k in SECRET_ENV if k in os.environ}
+    saved = {k: os.environ.pop(k) for k in SECRET_ENV if k in os.environ and not (bucket and k in BUCKET_ENV)}
     try:
         yield
     finally:
@@ -125,9 +129,11 @@ def check_cluster(cfg: ExperimentConfig, storage: str | Path | None = None) -> N
 
 
 
-def init_ray(*meanwhile: Callable[[], None]) -> None:
+def init_ray(*meanwhile: Callable[[], None], bucket: bool = False) -> None:
     """Start (or join, where RAY_ADDRESS says so) Ray with little noise; `meanwhile` run on a thread
-    while it starts (ray.init mostly waits on the processes it starts)."""
+    while it starts (ray.init mostly waits on the processes it starts). `bucket`: results are in a
+    bucket, whose credentials a Ray started here passes on to its processes (a joined cluster's nodes
+    have their own)."""
     if ray.is_initialized():
         for fn in meanwhile:
             fn()
@@ -164,7 +170,7 @@ def init_ray(*meanwhile: Callable[[], None]) -> None:
     # every check here would take that cluster for the local Ray.
     address = None if os.environ.get("RAY_ADDRESS") else "local"
     timeline.mark("ray_starting")
-    with _secrets_kept_from_ray():
+    with _secrets_kept_from_ray(bucket):
         ray.init(address=address, include_dashboard=False, logging_level=verbosity.level(), log_to_driver=True,
                  configure_logging=True)
     interrupt_on_termination()

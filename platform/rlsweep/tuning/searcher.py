@@ -38,12 +38,16 @@ def searcher_class() -> type:
     """`ResumableOptunaSearch` (defined on first use: importing Tune's Optuna searcher takes seconds)."""
     import optuna
 
+    from rlsweep.tuning.bucket import relocate
+
     class ResumableOptunaSearch(compat.optuna_search_base()):
         """OptunaSearch that, after a crash, hands the Optuna trials Tune never recorded to the new
         Tune trials that replace them, so the study holds each trial once; whose trial configs hold
         only what the define-by-run function returns (the values used, never 1 - gamma); and that
         checks each suggestion (`check`: suggestion -> None or why it is invalid) before a trial
         starts: an invalid one is told to the study as failed, and the sampler asked again."""
+
+        relocate_storage = staticmethod(relocate)  # (a sweep's study in its mirror: `tuning.bucket`)
 
         def __init__(self, *args: Any, check: Callable[[dict], str | None] | None = None, **kwargs: Any):
             super().__init__(*args, **kwargs)

@@ -3,12 +3,13 @@ state (`integrity.Signer`) and keeps checkpoints until no signed state names the
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from rlsweep import compat
+from rlsweep.tuning.bucket import refresh
 from rlsweep.tuning.integrity import Signer
 from rlsweep.tuning.retention import Retainer
 
@@ -27,22 +28,24 @@ class SignTuneState(tune.Callback):
         if "retainer" not in state:
             self.retainer = Retainer(self.signer.directory)
 
-    def _find_staging(self) -> None:
+    def _find_staging(self, trials: list) -> None:
         """Tune's driver staging folder for this sweep (`<Ray session>/artifacts/<time>/<name>/
-        driver_artifacts`, made at its first save): signing there keeps up with Tune's writes (see
-        `integrity.Signer`; `compat.tune_staging_dirs`). Fenced by tests/e2e/test_sweep.py's SIGKILL test."""
+        driver_artifacts`, the parent of each trial's `local_path`): signing there keeps up with Tune's
+        writes (see `integrity.Signer`). Fenced by tests/e2e/test_sweep.py's SIGKILL test."""
         if self.signer.staging is not None:
             return
-        # another Tune run of the same name on this Ray cluster (a sweep's confirmation round is always
-        # "confirm") has a folder of the same name: ours is the one that stages our trials
-        ours = {p.name for p in self.signer.directory.glob("trial_*")}
-        found = [d for d in compat.tune_staging_dirs(self.signer.directory.name)
-                 if ours & {p.name for p in d.glob("trial_*")}]
-        if found:
-            self.signer.staging = found[-1]
+        for trial in trials:
+            if getattr(trial, "local_path", None):
+                self.signer.staging = Path(trial.local_path).parent
+                return
 
     def setup(self, **info: Any) -> None:
-        """Tune starts (or resumes): sign what is there, keep every checkpoint there is."""
+        """Tune starts (or resumes): sign what is there, keep every checkpoint there is. (A sweep kept
+        in a bucket: what Tune wrote there directly, its `tuner.pkl`, is fetched into the mirror first.)"""
+        try:
+            refresh(self.signer.directory)
+        except Exception as e:  # noqa: BLE001 - signed as it is here; `resume` pulls the rest
+            print(f"rlsweep: {e}", file=sys.stderr)
         self.signer.sign()
         self.retainer.keep_all()
 
@@ -54,7 +57,7 @@ class SignTuneState(tune.Callback):
         """After each step of Tune's loop (Tune snapshots its state just before): sign it, and
         let go of the checkpoints no signed state names any more.
         """
-        self._find_staging()
+        self._find_staging(trials)
         self.signer.sign(trials=False)
         self.retainer.prune(self.signer.state_signed_at)
 

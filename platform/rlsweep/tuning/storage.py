@@ -1,6 +1,7 @@
 """Shared storage on a joined cluster: every node must reach `results_dir` at the same path, since
 checkpoints and Tune's state are written where a trial runs and read back where the driver is (resume,
-best checkpoint). A probe task on each node writes a file there and the driver must see each one.
+best checkpoint). A probe task on each node writes a file there and the driver must see each one. A
+bucket (`s3://`, `tuning.bucket`) is probed the same way, with each node's own credentials.
 
 A module of its own on purpose: a probe task imports the module its function lives in on every node,
 and this one imports no more than Ray and the config (the `tuning` package's `__init__` imports
@@ -20,11 +21,26 @@ from rlsweep.config import ConfigError
 PROBE_TIMEOUT_S = 120.0
 _FIX = ("every node must reach results_dir at the same path: a shared filesystem (NFS, a cloud volume) mounted "
         "there on each node")
+_FIX_BUCKET = ("every node must reach the bucket's endpoint, with credentials in its own environment "
+               "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, as the driver has them)")
+
+
+def _bucket(directory: str) -> tuple[object, str] | None:
+    if not directory.startswith("s3://"):
+        return None
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(directory)
 
 
 def _probe(directory: str, token: str) -> str:
     """On one node: write a probe file into `directory`; returns its name."""
     name = f".rlsweep_probe_{token}_{ray.get_runtime_context().get_node_id()[:8]}"
+    if (bucket := _bucket(directory)) is not None:
+        fs, path = bucket
+        with fs.open_output_stream(f"{path}/{name}") as f:
+            f.write(token.encode())
+        return name
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, name), "w") as f:
         f.write(token)
@@ -39,15 +55,17 @@ def check_shared_storage(directory: str, timeout_s: float = PROBE_TIMEOUT_S) -> 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     token = secrets.token_hex(4)
+    bucket = _bucket(directory)
+    fix = _FIX_BUCKET if bucket else _FIX
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe)
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
             .remote(directory, token) for n in nodes]
+    outcomes: dict = {}
     try:
         ready, late = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         for ref in late:
             ray.cancel(ref, force=True)
-        outcomes = {}
         for ref in refs:
             try:
                 outcomes[ref] = ray.get(ref, timeout=10 if ref in late else None)
@@ -62,13 +80,30 @@ def check_shared_storage(directory: str, timeout_s: float = PROBE_TIMEOUT_S) -> 
             if isinstance(got, Exception):
                 text = str(got).strip()
                 first = text.splitlines()[-1] if text else type(got).__name__
-                raise ConfigError(f"results_dir {directory}: {where} cannot write there ({first}): {_FIX}")
-            path = Path(directory) / got
-            if not path.exists() or path.read_text() != token:
+                raise ConfigError(f"results_dir {directory}: {where} cannot write there ({first}): {fix}")
+            if not _reads(directory, bucket, got, token):
                 raise ConfigError(f"results_dir {directory}: {where} wrote a file there that this machine "
-                                  f"does not see: {_FIX}")
+                                  f"does not see: {fix}")
     finally:
         with contextlib.suppress(OSError):
-            for p in Path(directory).glob(f".rlsweep_probe_{token}_*"):
-                p.unlink(missing_ok=True)
+            if bucket is None:
+                for p in Path(directory).glob(f".rlsweep_probe_{token}_*"):
+                    p.unlink(missing_ok=True)
+            else:
+                fs, path = bucket
+                for name in (v for v in outcomes.values() if isinstance(v, str)):
+                    fs.delete_file(f"{path}/{name}")
+
+
+def _reads(directory: str, bucket: tuple | None, name: str, token: str) -> bool:
+    """Whether this machine reads the probe file `name` with `token` in it."""
+    if bucket is not None:
+        fs, path = bucket
+        try:
+            with fs.open_input_stream(f"{path}/{name}") as f:
+                return f.read().decode() == token
+        except OSError:
+            return False
+    path = Path(directory) / name
+    return path.exists() and path.read_text() == token
 
