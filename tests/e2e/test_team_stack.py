@@ -215,10 +215,10 @@ tracking: {{local_dir: '{store}'}}
 
 
 def test_a_sweep_in_the_bucket_resumes_from_it_on_another_machine(stack, tmp_path, monkeypatch):
-    """Results in the stack's bucket, on a Ray of the driver's own: the driver is stopped (Ctrl-C) once a
-    checkpoint is in the bucket; `rlsweep resume` by a driver with nothing of the sweep on its disk (a
-    cache folder of its own) pulls it from the bucket, verifies what Tune will unpickle, and finishes
-    it, every step logged once."""
+    """Results in the stack's bucket, on a Ray of the driver's own: the driver (and its Ray) is SIGKILLed
+    once a checkpoint is in the bucket, as a machine is lost; `rlsweep resume` by a driver with nothing
+    of the sweep on its disk (a cache folder of its own) pulls it from the bucket, verifies what Tune
+    will unpickle, and finishes it, every step logged once."""
     from mlflow.tracking import MlflowClient
 
     results_dir = stack_bucket(stack, "resumed")
@@ -239,19 +239,15 @@ def test_a_sweep_in_the_bucket_resumes_from_it_on_another_machine(stack, tmp_pat
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no checkpoint reached the bucket"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, out[-2000:] + err[-3000:]
-    assert "rlsweep resume 's3://results/resumed/cut?endpoint_override=" in err, err[-2000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
 
     resumed = rlsweep("resume", "cut", "--results-dir", results_dir,
                       env=cli_env(**stack_s3_env(), XDG_CACHE_HOME=str(tmp_path / "second-machine")))
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "sweep cut done: 1 trials finished" in resumed.stdout, resumed.stdout
-    assert "not signed" not in resumed.stderr and "changed after" not in resumed.stderr, resumed.stderr
+    assert "rlsweep resume 's3://results/resumed/cut?endpoint_override=" not in resumed.stderr
     assert str(tmp_path / "second-machine") in resumed.stdout  # the best checkpoint, pulled there
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     [trial] = [r for r in client.search_runs([client.get_experiment_by_name("inthebucket").experiment_id])

@@ -3,12 +3,14 @@ real S3 server (SeaweedFS): what the driver pushes, what it pulls, what it sets 
 
 import os
 import secrets
+import shutil
 
 import pytest
 
 from rlsweep.config import ConfigError
 from rlsweep.tuning import bucket
 from rlsweep.tuning.bucket import Bucket, Mirror
+from rlsweep.tuning.retention import KEPT, Retainer, restore
 from tests.conftest import stack_bucket, stack_s3_env
 
 
@@ -126,6 +128,7 @@ def test_the_mirror_against_a_real_bucket(stack, tmp_path, monkeypatch):
 
     # Tune's objects (its state, a trial's checkpoints), pulled into another machine's mirror
     put("tuner.pkl", b"tuner")
+    put("trial_x/params.pkl", b"params")
     put("trial_x/result.json", b'{"a": 1}')
     put("trial_x/checkpoint_000001/learner.pt", b"w1")
     put("trial_x/checkpoint_000002/learner.pt", b"w2")
@@ -147,13 +150,31 @@ def test_the_mirror_against_a_real_bucket(stack, tmp_path, monkeypatch):
     bucket.pull(b, second, remote_wins=True)
     assert study_value((second / "optuna.db").read_bytes()) == "two"
 
-    # what a verify set right here goes back: a file moved aside is deleted there, a changed one uploaded
+    # what a verify set right here goes back: a file moved aside is deleted there, a changed one uploaded;
+    # nothing verify does not check is touched
     (second / "tuner.pkl").unlink()
+    (second / "trial_x/params.pkl").write_bytes(b"params, signed")
     (second / "trial_x/result.json").write_bytes(b'{"a": 2}')
+    shutil.rmtree(second / "trial_x/checkpoint_000002")
     bucket.push_fixes(second)
     after = stored()
-    assert "tuner.pkl" not in after and after["trial_x/result.json"] == b'{"a": 2}'
-    assert after["trial_x/checkpoint_000002/learner.pt"] == b"w2" and study_value(after["optuna.db"]) == "two"
+    assert "tuner.pkl" not in after and after["trial_x/params.pkl"] == b"params, signed"
+    assert after["trial_x/result.json"] == b'{"a": 1}' and after["trial_x/checkpoint_000002/learner.pt"] == b"w2"
+    assert study_value(after["optuna.db"]) == "two"
+
+    # checkpoints Tune deletes stay in the bucket until no signed state names them, as in a folder
+    r = Retainer(second)
+    r.keep(f"{path}/trial_x/checkpoint_000002")
+    r.keep(f"{tmp_path}/elsewhere/checkpoint_000001")  # not the sweep's: ignored
+    assert stored()[f"{KEPT}/trial_x/checkpoint_000002/learner.pt"] == b"w2"
+    fs.delete_dir(f"{path}/trial_x/checkpoint_000002")  # Tune lets it go; a driver killed now...
+    assert restore(second) == ["trial_x/checkpoint_000002 put back: Tune had deleted it after the last state signed"]
+    after = stored()
+    assert after["trial_x/checkpoint_000002/learner.pt"] == b"w2" and not any(k.startswith(KEPT) for k in after)
+    r.keep_all()
+    assert f"{KEPT}/trial_x/checkpoint_000002/learner.pt" in stored()
+    r.drop()  # the sweep's final state signed
+    assert not any(k.startswith(KEPT) for k in stored()) and "trial_x/checkpoint_000002/learner.pt" in stored()
 
     # nothing under a place: nothing made here
     empty = b.child("nothing")

@@ -344,15 +344,24 @@ def _sqlite_snapshot(src: Path) -> bytes:
 
 
 def push_fixes(directory: Path) -> None:
-    """After `integrity.verify` and `retention.restore` set a freshly pulled mirror right (a file put
-    back from its signed copy, an unsigned one moved aside): the bucket gets the same, so that what
-    Tune downloads on restore is what was verified. Each of Tune's objects that is gone here is removed
-    there, each that changed here is uploaded."""
+    """After `integrity.verify` set a freshly pulled mirror right (a file put back from its signed copy,
+    an unsigned one moved aside): the bucket gets the same, so that what Tune downloads on restore is
+    what was verified. Of the files verify checks (what Tune unpickles), each that is gone here is
+    removed there, each that changed here is uploaded; nothing else is touched."""
+    from fnmatch import fnmatch
+
+    from rlsweep.tuning.integrity import SWEEP_PATTERNS, TRIAL_PATTERNS
+
     b = remote_of(directory)
     if b is None:
         return
     fs, path = b.filesystem()
-    remote = {rel: i for rel, i in _listing(fs, path).items() if not _local_only(rel) and not _driver_file(rel)}
+
+    def checked(rel: str) -> bool:
+        return any(fnmatch(rel, p) and rel.count("/") == p.count("/") for p in SWEEP_PATTERNS + TRIAL_PATTERNS)
+
+    remote = {rel: i for rel, i in _listing(fs, path).items()
+              if checked(rel) and not _local_only(rel) and not _driver_file(rel)}
     for rel, info in remote.items():
         local = Path(directory) / rel
         try:
@@ -363,7 +372,3 @@ def push_fixes(directory: Path) -> None:
             continue
         if st.st_size != info.size or st.st_mtime_ns != int(info.mtime_ns or 0):
             _upload(fs, local, info.path)
-    for p in Path(directory).glob("**/*"):  # what was put back here (a kept checkpoint)
-        rel = p.relative_to(directory).as_posix()
-        if p.is_file() and _in_trial(rel) and rel not in remote and not _local_only(rel):
-            _upload(fs, p, f"{path}/{rel}")
