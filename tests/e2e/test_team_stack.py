@@ -6,6 +6,7 @@ node, with Ray's token authentication on. Started once for this module and stopp
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -239,6 +240,14 @@ def test_a_sweep_in_the_bucket_resumes_from_it_on_another_machine(stack, tmp_pat
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no checkpoint reached the bucket"
             time.sleep(0.2)
+        # a second driver elsewhere, while this one runs: refused by the sweep's lease in the bucket,
+        # before it touches anything
+        second = rlsweep("resume", "cut", "--results-dir", results_dir,
+                         env=cli_env(**stack_s3_env(), XDG_CACHE_HOME=str(tmp_path / "meanwhile")))
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"sweep cut is running on {socket.gethostname()} in process {proc.pid} (its lease in " \
+            "s3://results/resumed/cut was renewed" in second.stderr, second.stderr
+        assert proc.poll() is None
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=60)

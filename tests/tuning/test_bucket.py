@@ -1,9 +1,13 @@
 """Results in a bucket (`tuning.bucket`): the URI's rules, and a sweep's mirror against the team stack's
 real S3 server (SeaweedFS): what the driver pushes, what it pulls, what it sets right after a verify."""
 
+import json
 import os
 import secrets
 import shutil
+import socket
+import subprocess
+import time
 
 import pytest
 
@@ -115,7 +119,7 @@ def test_the_mirror_against_a_real_bucket(stack, tmp_path, monkeypatch):
     mirror = Mirror(first, b)
     mirror.push_changed()
     assert set(stored()) == {"rlsweep_sweep.json", "optuna.db", ".rlsweep_manifest.json", ".rlsweep_signed/aa",
-                             ".rlsweep_signed/manifest.json"}
+                             ".rlsweep_signed/manifest.json", bucket.LEASE}  # (the driver's lease, renewed)
     assert stored()[".rlsweep_manifest.json"] == b"m1" and study_value(stored()["optuna.db"]) == "one"
     (first / "optuna.db").write_bytes(study("two"))
     os.utime(first / "optuna.db", ns=(1, 1))  # (changed: its stamp differs from the one pushed)
@@ -175,6 +179,24 @@ def test_the_mirror_against_a_real_bucket(stack, tmp_path, monkeypatch):
     assert f"{KEPT}/trial_x/checkpoint_000002/learner.pt" in stored()
     r.drop()  # the sweep's final state signed
     assert not any(k.startswith(KEPT) for k in stored()) and "trial_x/checkpoint_000002/learner.pt" in stored()
+
+    # one driver at a time: a fresh lease of another driver is refused, naming it; a lapsed one, or one
+    # of a process gone from this machine, is taken over
+    def lease(host: str, pid: int, age: float) -> None:
+        put(bucket.LEASE, json.dumps({"host": host, "pid": pid, "at": time.time() - age}).encode())
+
+    lease("elsewhere", 4242, 5)
+    with pytest.raises(ConfigError, match=r"sweep s is running on elsewhere in process 4242 \(its lease in s3://"):
+        bucket.take_lease(b, "s")
+    lease("elsewhere", 4242, bucket.LEASE_S + 1)
+    bucket.take_lease(b, "s")
+    assert json.loads(stored()[bucket.LEASE])["pid"] == os.getpid()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lease(socket.gethostname(), dead.pid, 1)
+    bucket.take_lease(b, "s")
+    bucket.drop_lease(b)
+    assert bucket.LEASE not in stored()
 
     # nothing under a place: nothing made here
     empty = b.child("nothing")

@@ -1,6 +1,6 @@
 """`rlsweep best`: a sweep's best trial as an experiment file that `rlsweep train` runs as is.
 
-The story: find the sweep and read its record, rank its trials (`ranking.ranked_rows`, the rows every
+The story: find the sweep (pulled from its bucket, where it is kept in one) and read its record, rank its trials (`ranking.ranked_rows`, the rows every
 other report of the best trial uses), and write the winner's config, never over an existing file.
 No Ray, no MLflow.
 """
@@ -46,8 +46,10 @@ def best(name_or_path: str, results_dir: str = "results", output: str | None = N
     """
     from rlsweep.ranking import ranked_rows
     from rlsweep.tracking.report import best_config_yaml
+    from rlsweep.tuning.bucket import refresh
 
     directory = find_sweep(name_or_path, results_dir)
+    refresh(directory)  # (a bucket's mirror named by its path: what Tune stored there since)
     record = SweepRecord.read(directory)
     if output:
         _refuse_existing(output)

@@ -119,11 +119,13 @@ class SweepLock:
     """The one process that runs a sweep: an exclusive `flock` on `<sweep>/.rlsweep_running`, which
     holds that process's pid. The operating system lets go of it however the process ends (SIGKILL
     included), so a stale lock never blocks a resume. (On a network filesystem that does not carry
-    locks across machines, two machines are not kept apart.)"""
+    locks across machines, two machines are not kept apart; a sweep kept in a bucket is also leased
+    there, which keeps another machine's driver out: `tuning.bucket.take_lease`.)"""
 
     def __init__(self, directory: Path):
         self.path = directory / LOCK_FILE
         self._file = None
+        self._bucket = None
 
     def acquire(self, name: str) -> SweepLock:
         """Takes the lock, or a ConfigError naming the process that holds it."""
@@ -141,10 +143,24 @@ class SweepLock:
         f.write(f"{os.getpid()}\n")
         f.flush()
         self._file = f
+        from rlsweep.tuning.bucket import remote_of, take_lease
+
+        self._bucket = remote_of(self.path.parent)
+        if self._bucket is not None:  # another machine's driver is kept out by a lease in the bucket
+            try:
+                take_lease(self._bucket, name)
+            except BaseException:
+                self.release()
+                raise
         return self
 
     def release(self) -> None:
         """Lets go (the file stays: it is the lock's place, not its state)."""
+        bucket, self._bucket = getattr(self, "_bucket", None), None
+        if bucket is not None:
+            from rlsweep.tuning.bucket import drop_lease
+
+            drop_lease(bucket)
         if self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()

@@ -21,8 +21,10 @@ AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, an instance role). No Ray, no MLflow 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +41,11 @@ GRACE_S = 60.0  # how long a signed copy stays in the bucket after the manifest 
 SECRET_KEYS = ("access_key", "secret_key", "session_token", "role_arn", "external_id")
 # what the driver writes into a sweep directory, or its confirmation round's (pushed to the bucket)
 DRIVER_FILES = ("rlsweep_sweep.json", "optuna.db", ".rlsweep_manifest.json", ".rlsweep_signed/*", "confirms.json")
+LEASE = ".rlsweep_lease.json"  # in the bucket: which driver runs the sweep (`take_lease`)
+LEASE_S = 60.0  # a lease not renewed for this long is let go (its driver's machine was lost)
+RENEW_S = 10.0
 # driver-local only: never pushed, never pulled
-LOCAL_ONLY = (".rlsweep_running", ".rlsweep_journal", MARK, ".rlsweep_untrusted", ".rlsweep_kept")
+LOCAL_ONLY = (".rlsweep_running", ".rlsweep_journal", MARK, ".rlsweep_untrusted", ".rlsweep_kept", LEASE)
 
 
 def is_uri(path: str | Path) -> bool:
@@ -186,7 +191,7 @@ def pull(b: Bucket, local: Path, remote_wins: bool = False) -> None:
                           "not a sweep rlsweep wrote")
     local.mkdir(parents=True, exist_ok=True)
     claim(local, b)
-    for rel, info in remote.items():
+    for rel, info in list(remote.items()):
         dst = local / rel
         mtime_ns = int(info.mtime_ns or 0)
         try:
@@ -284,6 +289,7 @@ class Mirror:
         self._fs: tuple[Any, str] | None = None
         self._pushed: dict[str, tuple[int, int]] = {}  # rel path -> (mtime_ns, size) as pushed
         self._gone: dict[str, float] = {}  # rel path -> when it was first seen gone here
+        self._leased_at = 0.0
 
     def push_changed(self) -> None:
         """Uploads each driver file that is new or changed since it was last pushed. A signed copy no
@@ -293,6 +299,10 @@ class Mirror:
         if self._fs is None:
             self._fs = self.bucket.filesystem()
         fs, path = self._fs
+        clock = time.monotonic()
+        if clock - self._leased_at >= RENEW_S:  # this driver still runs the sweep (`take_lease`)
+            _write_lease(fs, path)
+            self._leased_at = clock
         now: dict[str, tuple[int, int]] = {}
         for pattern in DRIVER_FILES:
             for p in self.local.glob(pattern):
@@ -304,7 +314,6 @@ class Mirror:
             if self._pushed.get(rel) != now[rel]:
                 _upload(fs, self.local / rel, f"{path}/{rel}")
                 self._pushed[rel] = now[rel]
-        clock = time.monotonic()
         for rel in set(self._pushed) - set(now):
             self._gone.setdefault(rel, clock)
             del self._pushed[rel]
@@ -322,6 +331,59 @@ class Mirror:
         except FileNotFoundError:
             return
         into[p.relative_to(self.local).as_posix()] = (st.st_mtime_ns, st.st_size)
+
+
+def _me() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _write_lease(fs: Any, path: str) -> None:
+    with fs.open_output_stream(f"{path}/{LEASE}") as f:
+        f.write(json.dumps({**_me(), "at": time.time()}).encode())
+
+
+def take_lease(b: Bucket, name: str) -> None:
+    """This driver runs the sweep at `b`, or a ConfigError naming the driver (host and process) whose
+    lease there is fresh: the lock on the driver's own machine (`record.SweepLock`) cannot keep a
+    second machine out, and two drivers of one sweep would undo each other's work in the bucket. The
+    lease is renewed while the sweep runs (`Mirror.push_changed`) and dropped when it ends; a driver
+    whose machine was lost lets go `LEASE_S` after its last renewal."""
+    fs, path = b.filesystem()
+    try:
+        with fs.open_input_stream(f"{path}/{LEASE}") as f:
+            held = json.loads(f.read())
+    except FileNotFoundError:
+        held = None
+    except ValueError:  # not a lease rlsweep wrote: taken over
+        held = None
+    except OSError as e:
+        raise ConfigError(f"sweep {name} at {b.location}: cannot read its lease ({_first_line(e)})") from None
+    if isinstance(held, dict) and {k: held.get(k) for k in ("host", "pid")} != _me():
+        age = time.time() - float(held.get("at") or 0)
+        if age < LEASE_S and not (held.get("host") == _me()["host"] and not _alive(held.get("pid"))):
+            raise ConfigError(f"sweep {name} is running on {held.get('host')} in process {held.get('pid')} (its lease in "
+                              f"{b.location} was renewed {max(age, 0):.0f} s ago): wait for it to end, or stop it "
+                              f"(Ctrl-C) and resume then; a lost machine's lease lapses {LEASE_S:.0f} s after its last "
+                              "renewal")
+    _write_lease(fs, path)
+
+
+def _alive(pid: Any) -> bool:
+    """Whether a process of this machine runs under `pid`."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def drop_lease(b: Bucket) -> None:
+    """The sweep's driver lets go (it ended, or was stopped)."""
+    fs, path = b.filesystem()
+    with contextlib.suppress(OSError):
+        fs.delete_file(f"{path}/{LEASE}")
 
 
 def _upload(fs: Any, src: Path, dst: str) -> None:
