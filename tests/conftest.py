@@ -13,7 +13,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -105,9 +104,11 @@ def mlflow_store(tmp_path_factory):
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port that no process asking the kernel for any port takes meanwhile (a Ray's, on
+    the other test worker): `stack.native.free_port`."""
+    from rlsweep.stack.native import free_port as pick
+
+    return pick()
 
 
 def wait_http(url, proc, seconds=90):

@@ -160,7 +160,23 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     assert "system/tracking_s" in parent.data.metrics  # what tracking cost, beside MLflow's system metrics
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "results.csv", "optimization_history.png", "param_importance.png",
-            "learning_curves.png"} <= parent_arts
+            "learning_curves.png", "reproducibility.md"} <= parent_arts
+    # where every run came from: this checkout's commit, the command, the versions, the machine
+    import ray
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    for run in [parent, *children]:
+        tags = run.data.tags
+        assert tags["mlflow.source.git.commit"] == head and tags["rlsweep.git_dirty"] in ("true", "false")
+        assert tags["rlsweep.command"].startswith("rlsweep sweep ") and " --name s1" in tags["rlsweep.command"]
+        assert tags["rlsweep.version.ray"] == ray.__version__ and tags["rlsweep.cpus"] == str(os.cpu_count())
+    checklist = Path(client.download_artifacts(parent.info.run_id, "reproducibility.md", str(tmp_path))).read_text()
+    winner_number = best_child.info.run_name.split(" ", 1)[0]
+    for fragment in (f"trial {winner_number} (trial id {best_child.data.tags['rlsweep.trial_id']}",
+                     "sampler: tpe (seed 3); scheduler: fifo", "tuning seeds (the search's agents): 2", "confirmation seeds: none",
+                     f"rlsweep best {tmp_path / 'results' / 's1'} -o best.yaml && rlsweep train best.yaml",
+                     f"- mlflow.source.git.commit: {head}"):
+        assert fragment in checklist, (fragment, checklist)
     import optuna  # the study names its objective (optuna-dashboard shows it, not "Objective 0")
 
     study = optuna.load_study(study_name="s1", storage=f"sqlite:///{tmp_path / 'results' / 's1' / 'optuna.db'}")

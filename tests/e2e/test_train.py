@@ -159,6 +159,8 @@ def test_train_then_restore_continues(exp, tmp_path):
     assert len(runs) == 2
     for run, steps in zip(runs, ([256, 512, 768, 1024], [1280, 1536, 1792, 2048]), strict=True):
         assert "mlflow.parentRunId" not in run.data.tags and run.data.tags["rlsweep.kind"] == "train"
+        assert run.data.tags["rlsweep.command"].startswith(f"rlsweep train {exp}")  # where it came from
+        assert "rlsweep.version.torch" in run.data.tags and run.data.tags["rlsweep.host"]
         assert run.data.tags["rlsweep.status"] == "finished" and run.info.status == "FINISHED"
         assert run.data.params["ppo.train_batch_size"] == "256" and run.data.params["seed"] == "1"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "rollouts/env_steps")] == steps

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,7 +42,23 @@ RAY_STARTED = "Ray runtime started."  # what `ray start` logs once its node runs
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free on loopback now, chosen below the kernel's ephemeral range (and above Ray's worker
+    ports, 10002-19999): a process that asks the kernel for any port (Ray's, SeaweedFS's own) is never
+    handed it between this choice and the service's bind."""
+    first = 32768
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = random.randint(20000, max(20001, min(first, 32768) - 1))
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # (a range that is all taken: any port the kernel hands)
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
 

@@ -27,6 +27,7 @@ from ray import tune
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig, flatten
 from rlsweep.ranking import better, trial_number
+from rlsweep.tracking import provenance
 from rlsweep.tracking.journal import Journal
 from rlsweep.tracking.parents import SingleRun, SweepParent
 from rlsweep.tracking.runs import (
@@ -199,8 +200,8 @@ class MlflowCallback(tune.Callback):
             if best is not None:
                 self._best[tid] = float(best)
         else:
-            tags = {TAG_KIND: kind, TAG_DIR: self.run_dir, TAG_TRIAL: tid, TAG_SEED: str(config["seed"]),
-                    TAG_STATUS: RunStatus.RUNNING.value}
+            tags = {**provenance.tags(), TAG_KIND: kind, TAG_DIR: self.run_dir, TAG_TRIAL: tid,
+                    TAG_SEED: str(config["seed"]), TAG_STATUS: RunStatus.RUNNING.value}
             if self.parent_run_id:
                 tags[TAG_PARENT] = self.parent_run_id
             name, more = self.parent.trial_run(config, number)

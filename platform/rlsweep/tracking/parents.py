@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlsweep.tracking import report
+from rlsweep.tracking import provenance, report
 from rlsweep.tracking.runs import (
     TAG_CONFIRMS,
     TAG_DESCRIPTION,
@@ -117,7 +117,8 @@ class SweepParent:
         if run_id is not None:
             tracker.reopen(run_id)
             return run_id, True
-        run_id = tracker.start(self.name, {TAG_KIND: "sweep", TAG_DIR: self.run_dir, TAG_STATUS: RunStatus.RUNNING.value,
+        run_id = tracker.start(self.name, {**provenance.tags(), TAG_KIND: "sweep", TAG_DIR: self.run_dir,
+                                           TAG_STATUS: RunStatus.RUNNING.value,
                                            TAG_DESCRIPTION: f"Sweep {self.name} over {', '.join(self.searched)}: "
                                            f"{self.mode} {self.metric}. Once it ends, this says which trial won and by how much."})
         tracker.log_params(run_id, self.params)

@@ -121,6 +121,8 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
                 w.writerow({"rank": place if place <= len(ranked) else "", **{k: v for k, v in row.items() if k != "config"}})
         if ranked:
             (out / "best_config.yaml").write_text(best_config_yaml(ranked[0], name, metric))
+        (out / CHECKLIST).write_text(checklist(rows, ranked, metric, tracker.params(parent_run_id), name, run_dir,
+                                               params))
         _plot_history(rows, metric, mode, out / "optimization_history.png")
         _plot_importance(load_study(*study) if study else None, len(ranked), out / "param_importance.png")
         _plot_curves(curve_series(tracker, ranked, metric), target, out / "learning_curves.png")
@@ -136,6 +138,65 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
             tracker.set_tag(parent_run_id, TAG_BEST_RUN, best["mlflow_run_id"])
         return best
     return None
+
+
+CHECKLIST = "reproducibility.md"
+
+
+def _ranges(values: list[int]) -> str:
+    """`0-3, 7, 1000000-1000007` for a list of seeds."""
+    out: list[str] = []
+    for v in sorted(set(values)):
+        if out and out[-1][1] == v - 1:
+            out[-1][1] = v
+        else:
+            out.append([v, v])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in out) or "-"
+
+
+def _seeds(config: dict[str, Any]) -> list[int]:
+    first, k = int(config.get("seed", 0)), int((config.get("sweep") or {}).get("seeds_per_trial") or 1)
+    return list(range(first, first + k))
+
+
+def checklist(rows: list[dict[str, Any]], ranked: list[dict[str, Any]], metric: str, logged: dict[str, str],
+              name: str, run_dir: str, searched: list[str]) -> str:
+    """The sweep's reproducibility checklist (Markdown): what was searched and how (space, budget,
+    sampler and scheduler with their seeds), the tuning and confirmation seeds, the winner with its
+    scores and the commands that rerun it, and where it ran (`provenance`)."""
+    import shlex
+
+    from rlsweep.tracking import provenance
+
+    g = logged.get
+    lines = [f"# Reproducibility checklist: sweep {name}", "", "## What was searched",
+             f"- search space: {g('search_space', '?')} (keys: {', '.join(searched) or '-'})",
+             f"- budget: {g('trials', '?')} trials asked, {len(rows)} started, at most {g('max_concurrent', '?')} at "
+             f"once" + (f", {g('time_budget_s')} s in all" if g("time_budget_s") not in (None, "None") else ""),
+             f"- sampler: {g('sampler', '?')} (seed {g('sampler_seed', '?')}); scheduler: {g('scheduler', '?')}",
+             f"- metric: {metric} ({g('mode', '?')})"]
+    if rows:
+        stop = rows[0]["config"].get("stop") or {}
+        lines.append("- each trial's stop: " + ", ".join(f"{k}={v}" for k, v in stop.items() if v is not None))
+    lines += ["", "## Seeds",
+              f"- tuning seeds (the search's agents): {_ranges([s for r in rows for s in _seeds(r['config'])])}"]
+    confirmed = [s for r in rows for s in (r.get(CONFIRMED + "seeds") or [])]
+    lines.append(f"- confirmation seeds (no search agent had one): {_ranges(confirmed)}" if confirmed
+                 else "- confirmation seeds: none (no confirmation round)")
+    lines += ["", "## The winner"]
+    if ranked:
+        best = ranked[0]
+        flat = flatten(best["config"])
+        lines += [f"- trial {best['trial']} (trial id {best['trial_id']}, MLflow run {best.get('mlflow_run_id')}): "
+                  f"{metric} = {best.get(metric)}"
+                  + (f", confirmed on fresh seeds = {best[CONFIRMED + metric]}" if CONFIRMED + metric in best else ""),
+                  "- its searched values: " + (", ".join(f"{k}={flat.get(k)}" for k in searched) or "-"),
+                  f"- rerun it: `rlsweep best {shlex.quote(run_dir)} -o best.yaml && rlsweep train best.yaml` "
+                  "(best_config.yaml here is that file)"]
+    else:
+        lines.append(f"- none: no trial reported {metric}")
+    lines += ["", "## Where it ran"] + [f"- {k}: {v}" for k, v in provenance.tags().items()]
+    return "\n".join(lines) + "\n"
 
 
 def answer(ranked: list[dict[str, Any]], metric: str, params: list[str], sweep: str) -> str:
@@ -164,7 +225,8 @@ def answer(ranked: list[dict[str, Any]], metric: str, params: list[str], sweep: 
                      f"({'confirmed' if key != metric else 'search'} scores).")
     lines.append("Plots (Artifacts): learning_curves.png, optimization_history.png, param_importance.png"
                  + (", search_vs_confirmed.png" if key != metric else "")
-                 + "; every trial ranked in results.csv; the winner's experiment in best_config.yaml.")
+                 + "; every trial ranked in results.csv; the winner's experiment in best_config.yaml; how to "
+                 f"reproduce it in {CHECKLIST}.")
     return "\n\n".join(lines)
 
 

@@ -300,7 +300,8 @@ class Mirror:
             self._fs = self.bucket.filesystem()
         fs, path = self._fs
         clock = time.monotonic()
-        if clock - self._leased_at >= RENEW_S:  # this driver still runs the sweep (`take_lease`)
+        # this driver still runs the sweep (`take_lease`; a confirmation round's folder is the sweep's)
+        if clock - self._leased_at >= RENEW_S and not (self.local.parent / MARK).is_file():
             _write_lease(fs, path)
             self._leased_at = clock
         now: dict[str, tuple[int, int]] = {}
