@@ -649,6 +649,9 @@ def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     assert parent.data.metrics["confirmed_eval_return_mean"] == winner["confirmed_eval_return_mean"]
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"confirmation.csv", "search_vs_confirmed.png", "results.csv", "best_config.yaml"} <= arts
+    checklist = Path(client.download_artifacts(parent.info.run_id, "reproducibility.md", str(tmp_path))).read_text()
+    assert "- tuning seeds (the search's agents): 2-3\n" in checklist, checklist
+    assert "- confirmation seeds (no search agent had one): 1000002-1000003\n" in checklist, checklist
     out = tmp_path / "best.yaml"
     b = rlsweep("best", sweep_dir, "-o", out)
     assert b.returncode == 0 and "confirmed on fresh seeds" in b.stdout, b.stdout + b.stderr

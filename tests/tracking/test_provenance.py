@@ -48,13 +48,14 @@ def test_the_checklist_names_space_budget_seeds_winner_and_the_command_that_reru
              "config": {"seed": seed, "sweep": {"seeds_per_trial": k}, "ppo": {"lr": 0.001 * int(number)},
                         "stop": {"env_steps": 4096, "target_return": None}}}
         if confirmed is not None:
-            r["confirmed_eval_return_mean"], r["confirmed_seeds"] = confirmed, [1_000_000, 1_000_001]
+            r["confirmed_eval_return_mean"] = confirmed
         return r
 
     rows = [row("001", 0, 4, 300.0), row("002", 0, 4, 450.0, confirmed=420.0)]
     logged = {"search_space": "search_spaces/ppo_core.yaml", "trials": "8", "max_concurrent": "2", "sampler": "tpe",
               "sampler_seed": "7", "scheduler": "asha", "mode": "max"}
-    text = checklist(rows, [rows[1], rows[0]], "eval_return_mean", logged, "s", "/r/my sweep", ["ppo.lr"])
+    text = checklist(rows, [rows[1], rows[0]], "eval_return_mean", logged, "s", "/r/my sweep", ["ppo.lr"],
+                     [1_000_000, 1_000_001])
     for fragment in ("# Reproducibility checklist: sweep s", "search space: search_spaces/ppo_core.yaml (keys: ppo.lr)",
                      "budget: 8 trials asked, 2 started, at most 2 at once", "sampler: tpe (seed 7); scheduler: asha",
                      "each trial's stop: env_steps=4096\n", "tuning seeds (the search's agents): 0-3",
@@ -64,4 +65,4 @@ def test_the_checklist_names_space_budget_seeds_winner_and_the_command_that_reru
                      "rerun it: `rlsweep best '/r/my sweep' -o best.yaml && rlsweep train best.yaml`",
                      "- rlsweep.version.ray: "):
         assert fragment in text, (fragment, text)
-    assert "no trial reported eval_return_mean" in checklist([], [], "eval_return_mean", {}, "s", "/r", [])
+    assert "no trial reported eval_return_mean" in checklist([], [], "eval_return_mean", {}, "s", "/r", [], [])

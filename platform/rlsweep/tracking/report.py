@@ -94,8 +94,9 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
         study: the Optuna (storage URL, study name), for parameter importance.
         target: the experiment's `stop.target_return`, drawn on the learning curves.
     """
-    rows = []
+    rows, confirmation_seeds = [], []
     for row in sweep_rows(folder_of(run_dir)):
+        confirmation_seeds += row.get(CONFIRMED + "seeds") or []
         flat = flatten(row["config"])
         run_id = runs.get(row["trial_id"])
         rows.append({
@@ -122,7 +123,7 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
         if ranked:
             (out / "best_config.yaml").write_text(best_config_yaml(ranked[0], name, metric))
         (out / CHECKLIST).write_text(checklist(rows, ranked, metric, tracker.params(parent_run_id), name, run_dir,
-                                               params))
+                                               params, confirmation_seeds))
         _plot_history(rows, metric, mode, out / "optimization_history.png")
         _plot_importance(load_study(*study) if study else None, len(ranked), out / "param_importance.png")
         _plot_curves(curve_series(tracker, ranked, metric), target, out / "learning_curves.png")
@@ -160,7 +161,7 @@ def _seeds(config: dict[str, Any]) -> list[int]:
 
 
 def checklist(rows: list[dict[str, Any]], ranked: list[dict[str, Any]], metric: str, logged: dict[str, str],
-              name: str, run_dir: str, searched: list[str]) -> str:
+              name: str, run_dir: str, searched: list[str], confirmation_seeds: list[int]) -> str:
     """The sweep's reproducibility checklist (Markdown): what was searched and how (space, budget,
     sampler and scheduler with their seeds), the tuning and confirmation seeds, the winner with its
     scores and the commands that rerun it, and where it ran (`provenance`)."""
@@ -180,9 +181,8 @@ def checklist(rows: list[dict[str, Any]], ranked: list[dict[str, Any]], metric: 
         lines.append("- each trial's stop: " + ", ".join(f"{k}={v}" for k, v in stop.items() if v is not None))
     lines += ["", "## Seeds",
               f"- tuning seeds (the search's agents): {_ranges([s for r in rows for s in _seeds(r['config'])])}"]
-    confirmed = [s for r in rows for s in (r.get(CONFIRMED + "seeds") or [])]
-    lines.append(f"- confirmation seeds (no search agent had one): {_ranges(confirmed)}" if confirmed
-                 else "- confirmation seeds: none (no confirmation round)")
+    lines.append(f"- confirmation seeds (no search agent had one): {_ranges(confirmation_seeds)}"
+                 if confirmation_seeds else "- confirmation seeds: none (no confirmation round)")
     lines += ["", "## The winner"]
     if ranked:
         best = ranked[0]
