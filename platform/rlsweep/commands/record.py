@@ -156,7 +156,7 @@ class SweepLock:
 
     def release(self) -> None:
         """Lets go (the file stays: it is the lock's place, not its state)."""
-        bucket, self._bucket = getattr(self, "_bucket", None), None
+        bucket, self._bucket = self._bucket, None
         if bucket is not None:
             from rlsweep.tuning.bucket import drop_lease
 

@@ -126,8 +126,9 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     stopper = TrialStopper(cfg.stop, cfg.sweep.seeds_per_trial)
     sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
                     "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
+    place = bucket.Bucket(p.storage).child(p.name) if bucket.is_uri(p.storage) else None  # (a sweep in a bucket)
     # what MLflow's runs name the sweep by (`rlsweep.dir`): its bucket place, or its folder
-    run_dir = bucket.Bucket(p.storage).child(p.name).uri if bucket.is_uri(p.storage) else str(p.directory)
+    run_dir = place.uri if place is not None else str(p.directory)
     parent = SweepParent(name=p.name, run_dir=run_dir, metric=s.metric, mode=s.mode,
                          searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
                          time_budget_s=s.time_budget_s, confirm=s.confirm is not None, target=cfg.stop.target_return)
@@ -135,15 +136,15 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     tracker = MlflowCallback(p.store, run_dir, cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(p.directory)
     # Ray first: a trial that can never fit is bad input, refused before the sweep's folder exists
-    init_ray(tracker.open, bucket=bucket.is_uri(p.storage))
+    init_ray(tracker.open, bucket=place is not None)
     check_cluster(cfg)
     try:
         p.directory.mkdir(parents=True)
     except FileExistsError:
         raise ConfigError(f"sweep {p.name!r} was created at {p.directory} meanwhile (another `rlsweep sweep "
                           f"--name {p.name}`?): pick another --name") from None
-    if bucket.is_uri(p.storage):
-        bucket.claim(p.directory, bucket.Bucket(p.storage).child(p.name))
+    if place is not None:
+        bucket.claim(p.directory, place)
     lock = SweepLock(p.directory).acquire(p.name)  # held until this process ends
     try:  # the study first: if its storage cannot be opened, no half-made sweep is left to block the name
         storage = optuna.storages.RDBStorage(p.study_storage)
@@ -162,8 +163,8 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
         "params": list(p.space.params), "tracking_uri": p.store.uri, "study_storage": p.study_storage,
         "metric": s.metric, "mode": s.mode, "trials": s.trials, "time_budget_s": s.time_budget_s,
     })
-    if bucket.is_uri(p.storage):  # the record and the study in the bucket before any trial
-        bucket.Mirror(p.directory, bucket.Bucket(p.storage).child(p.name)).push_changed()
+    if place is not None:  # the record and the study in the bucket before any trial
+        bucket.Mirror(p.directory, place).push_changed()
     searcher = searcher_class()(
         space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),
         study_name=p.name, storage=storage, check=p.space.check,

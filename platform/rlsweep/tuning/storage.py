@@ -26,11 +26,11 @@ _FIX_BUCKET = ("every node must reach the bucket's endpoint, with credentials in
 
 
 def _bucket(directory: str) -> tuple[object, str] | None:
-    if not directory.startswith("s3://"):
-        return None
-    import pyarrow.fs
+    """(filesystem, path) of a bucket results_dir (`tuning.bucket`, which imports no more than the
+    config), or None for a folder."""
+    from rlsweep.tuning.bucket import Bucket, is_uri
 
-    return pyarrow.fs.FileSystem.from_uri(directory)
+    return Bucket(directory).filesystem() if is_uri(directory) else None
 
 
 def _probe(directory: str, token: str) -> str:
