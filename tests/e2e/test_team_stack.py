@@ -31,7 +31,7 @@ ppo: {{train_batch_size: 512, minibatch_size: 128, num_epochs: 4}}
 rollouts: {{num_rollout_workers: 1, num_envs_per_worker: 8}}
 learners: {{num_learners: 1, cpus_per_learner: 0.25}}
 evaluation: {{interval: 1, episodes: 2}}
-stop: {{env_steps: 10240}}
+stop: {{env_steps: {steps}}}
 resources: {{learner_cpus: 0.25, worker_cpus: 0.25, evaluation_cpus: 0.25}}
 sweep: {{trials: 2, max_concurrent: 2, n_startup_trials: 2, seed: 3}}
 """
@@ -73,10 +73,12 @@ def test_a_sweep_through_the_stack_survives_its_faults_and_lands_in_postgres_and
     _check_the_stack_as_started(stack)  # (one test: a module's fixture may be set up again per test)
     ports, env = stack["state"]["ports"], stack["env"]
     tracking = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
-    steps = 10240
+    # long enough that both trials still run once both have begun: under load the second trial's actors
+    # can take 10 s to start, while the first runs on (CI saw one finish before the other began)
+    steps = 20480
     exp = tmp_path / "exp.yaml"
     results_dir = stack_bucket(stack, "sweeps")
-    exp.write_text(EXP.format(results=results_dir))
+    exp.write_text(EXP.format(results=results_dir, steps=steps))
     (tmp_path / "space.yaml").write_text(LR_ONLY)
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{ports['S3_PORT']}", region_name="us-east-1",
                       aws_access_key_id=SECRETS["S3_ACCESS_KEY_ID"], aws_secret_access_key=SECRETS["S3_SECRET_KEY"])
