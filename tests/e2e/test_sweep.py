@@ -596,11 +596,13 @@ def _wait_for_confirmation(client, proc, ready, timeout=300):
 
 
 @pytest.mark.slow
-def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
-    """A sweep with two seeds per trial and a confirmation round (its best two on two fresh seeds):
-    SIGKILL while a confirmation trial is part-way, then `resume`. Every run and every step once; the
-    confirmation trials are children of the parent marked as such, on seeds no search agent had; the
-    winner is the best confirmed configuration, and `best` exports it."""
+def test_ctrl_c_then_sigkill_in_the_confirmation_round_then_resume(tmp_path):
+    """A sweep with two seeds per trial and a confirmation round (its best two on two fresh seeds).
+    Ctrl-C while the round runs: exit 130 with the resume command, the parent and the cut confirmation
+    trial interrupted. `resume`, then SIGKILL while a confirmation trial is part-way, then `resume`
+    again: the search is not run again; every run and every step once; the confirmation trials are
+    children of the parent marked as such, on seeds no search agent had; the winner is the best
+    confirmed configuration, and `best` exports it."""
     from rlsweep.ranking import ranked_rows
 
     per_trial = 6144
@@ -609,15 +611,33 @@ def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     proc = _sweep_process(exp, tmp_path / "space.yaml", "conf", "--trials", "2", "--set", "sweep.seeds_per_trial=2",
                           "--set", "sweep.confirm.top=2", "--set", "sweep.confirm.seeds=2")
     client = store_client(tmp_path, "sweeptest", proc)
-    try:  # part-way, past its last checkpoint (every 3 iterations), so that resuming replays iterations
+    sweep_dir = tmp_path / "results" / "conf"
+    try:
+        _wait_for_confirmation(client, proc, lambda run, n: n >= 2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "rlsweep resume" in err, err[-3000:]
+        runs = runs_of(client)
+        [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
+        assert parent.data.tags["rlsweep.status"] == "interrupted" and parent.data.tags["rlsweep.phase"] == "confirm"
+        [cut] = [x for x in runs if x.data.tags.get("rlsweep.phase") == "confirm" and x.data.tags.get("rlsweep.kind") == "trial"]
+        assert cut.data.tags["rlsweep.status"] == "interrupted"
+        search_state = sorted((p.name, p.stat().st_mtime) for p in sweep_dir.glob("experiment_state-*.json"))
+
+        proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "resume", "conf", "--results-dir",
+                                 str(tmp_path / "results")], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                preexec_fn=lambda: os.nice(10))
+        # part-way, past its last checkpoint (every 3 iterations), so that resuming replays iterations
         _wait_for_confirmation(client, proc, lambda run, n: run.data.tags.get("rlsweep.status") == "running"
                                and 4 <= n and n % 3 and n * 512 < per_trial - 512)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    sweep_dir = tmp_path / "results" / "conf"
     r = rlsweep("resume", "conf", "--results-dir", tmp_path / "results")
     assert r.returncode == 0, r.stderr[-4000:]
+    # the search's own Tune state was left as it was: only the round was run again
+    assert sorted((p.name, p.stat().st_mtime) for p in sweep_dir.glob("experiment_state-*.json")) == search_state
 
     runs = runs_of(client)
     [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
@@ -627,7 +647,7 @@ def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     assert parent.info.status == "FINISHED" and len(search) == 2 and len(confirming) == 2
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert {c.data.tags["rlsweep.confirms_trial_id"] for c in confirming} == {c.data.tags["rlsweep.trial_id"] for c in search}
-    for c in children:  # one run per trial, every step once, though the cut one replayed iterations
+    for c in children:  # one run per trial, every step once, though the cut ones replayed iterations
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "rollouts/env_steps")]
         assert steps == list(range(512, per_trial + 1, 512)), (c.info.run_name, steps)
         assert c.info.status == "FINISHED"
@@ -656,37 +676,3 @@ def test_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     b = rlsweep("best", sweep_dir, "-o", out)
     assert b.returncode == 0 and "confirmed on fresh seeds" in b.stdout, b.stdout + b.stderr
     assert out.read_text().startswith(f"# best trial {winner['number']} (trial id {winner['trial_id']}) of sweep conf: ")
-
-
-@pytest.mark.slow
-def test_ctrl_c_in_the_confirmation_round_then_resume(tmp_path):
-    """Ctrl-C while the confirmation round runs: exit 130 with the resume command, the parent and the cut
-    confirmation trial interrupted; `resume` finishes the round (the search is not run again)."""
-    per_trial = 4096
-    exp = experiment(tmp_path, steps=per_trial, concurrent=1)
-    (tmp_path / "space.yaml").write_text(LR_ONLY)
-    proc = _sweep_process(exp, tmp_path / "space.yaml", "cc", "--trials", "2",
-                          "--set", "sweep.confirm.top=1", "--set", "sweep.confirm.seeds=2")
-    client = store_client(tmp_path, "sweeptest", proc)
-    _wait_for_confirmation(client, proc, lambda run, n: n >= 2)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "rlsweep resume" in err, err[-3000:]
-    runs = runs_of(client)
-    [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
-    assert parent.data.tags["rlsweep.status"] == "interrupted" and parent.data.tags["rlsweep.phase"] == "confirm"
-    [cut] = [x for x in runs if x.data.tags.get("rlsweep.phase") == "confirm" and x.data.tags.get("rlsweep.kind") == "trial"]
-    assert cut.data.tags["rlsweep.status"] == "interrupted"
-    search_dir = tmp_path / "results" / "cc"
-    search_state = sorted((p.name, p.stat().st_mtime) for p in search_dir.glob("experiment_state-*.json"))
-
-    r = rlsweep("resume", "cc", "--results-dir", tmp_path / "results")
-    assert r.returncode == 0 and "confirmed:   eval_return_mean = " in r.stdout, r.stderr[-3000:]
-    assert sorted((p.name, p.stat().st_mtime) for p in search_dir.glob("experiment_state-*.json")) == search_state
-    runs = runs_of(client)
-    [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
-    children = [x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"]
-    assert parent.info.status == "FINISHED" and len(children) == 3
-    for c in children:
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "rollouts/env_steps")]
-        assert steps == list(range(512, per_trial + 1, 512)) and c.info.status == "FINISHED", (c.info.run_name, steps)
