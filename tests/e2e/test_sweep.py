@@ -310,6 +310,9 @@ def _check_resumed(tmp_path, name, per_trial, trials=4):
     assert len(studied) == trials
     assert sorted(t.user_attrs["tune_trial_id"] for t in studied) == sorted(res)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in studied)
+    for t in studied:  # each trial's curve for optuna-dashboard (every iteration at flush_s 0), by env steps
+        assert sorted(t.intermediate_values) == list(range(512, per_trial + 1, 512)), t.intermediate_values
+        assert t.intermediate_values[per_trial] == t.value
     assert_one_best_trial(r.stdout, sweep_dir, client, tmp_path)  # and again after a resume
     return r
 
@@ -561,6 +564,11 @@ def test_make_sweep_job_finds_a_solving_config(tmp_path):
     assert len([k for k in winner.data.metrics if k.startswith("evaluation/eval_return_mean/seed_")]) == 8
     # the cost-aware objective tells the trials apart (the return, capped at 500, tied several at the top)
     assert len({c.data.metrics["cost/env_steps_to_target"] for c in search}) >= 3, [c.data.metrics for c in search]
+    # optuna-dashboard's curves: intermediate values every tracking.flush_s seconds, the last at the trial's end
+    study = optuna.load_study(study_name="make-sweep", storage=f"sqlite:///{tmp_path / 'results/make-sweep/optuna.db'}")
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        steps = sorted(t.intermediate_values)
+        assert steps and steps[0] >= 1024 and t.intermediate_values[steps[-1]] == t.value, (t.number, t.intermediate_values)
 
 
 @pytest.mark.slow

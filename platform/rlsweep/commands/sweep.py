@@ -167,7 +167,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
         bucket.Mirror(p.directory, place).push_changed()
     searcher = searcher_class()(
         space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),
-        study_name=p.name, storage=storage, check=p.space.check,
+        study_name=p.name, storage=storage, check=p.space.check, report_every_s=cfg.tracking.flush_s,
     )
     if s.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr=M.ENV_STEPS, metric=s.metric, mode=s.mode, max_t=cfg.stop.env_steps,

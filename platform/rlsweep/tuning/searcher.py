@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 from rlsweep import compat
+from rlsweep import metrics as M
 from rlsweep.config import ConfigError, ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -45,21 +49,51 @@ def searcher_class() -> type:
         Tune trials that replace them, so the study holds each trial once; whose trial configs hold
         only what the define-by-run function returns (the values used, never 1 - gamma); and that
         checks each suggestion (`check`: suggestion -> None or why it is invalid) before a trial
-        starts: an invalid one is told to the study as failed, and the sampler asked again."""
+        starts: an invalid one is told to the study as failed, and the sampler asked again.
+
+        Each trial's metric goes into the study as intermediate values, stepped by env steps, at most
+        every `report_every_s` seconds and at its end, so that optuna-dashboard draws its curve.
+        (OptunaSearch itself writes every iteration, a database write each, stepped by iteration.)"""
 
         relocate_storage = staticmethod(relocate)  # (a sweep's study in its mirror: `tuning.bucket`)
 
-        def __init__(self, *args: Any, check: Callable[[dict], str | None] | None = None, **kwargs: Any):
+        def __init__(self, *args: Any, check: Callable[[dict], str | None] | None = None,
+                     report_every_s: float = 2.0, **kwargs: Any):
             super().__init__(*args, **kwargs)
             self._check = check
+            self._report_every_s = report_every_s
+            self._reported: dict[str, float] = {}  # Tune trial id -> when its last value was written
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {**super().__getstate__(), "_reported": {}}  # times of this process only
 
         def config_from(self, func: Any, ot_trial: Any) -> dict:
             return func(ot_trial)
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            # OptunaSearch reports every iteration to the study (a database write each), for pruners;
-            # it installs a no-op pruner, and MLflow keeps the learning curves: skip the writes.
-            return
+            now = time.monotonic()
+            if now - self._reported.get(trial_id, -math.inf) >= self._report_every_s and self._report(trial_id, result):
+                self._reported[trial_id] = now
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if result:  # the last value, before the study is told the trial ended
+                self._report(trial_id, result)
+            self._reported.pop(trial_id, None)
+            super().on_trial_complete(trial_id, result, error)
+
+        def _report(self, trial_id: str, result: dict) -> bool:
+            """The result's metric as the trial's intermediate value at its env steps; False when there
+            is none to write (no evaluation yet, or the trial is not this study's)."""
+            trial, value, step = self.trials.get(trial_id), result.get(self.metric), result.get(M.ENV_STEPS)
+            if trial is None or step is None or not isinstance(value, int | float) or not math.isfinite(value):
+                return False
+            try:
+                with warnings.catch_warnings():  # a step replayed after a resume: the study keeps the first
+                    warnings.filterwarnings("ignore", message="The reported value is ignored")
+                    trial.report(float(value), int(step))
+            except optuna.exceptions.UpdateFinishedTrialError:  # a resumed sweep's repeated completion
+                return False
+            return True
 
         def suggest(self, trial_id: str) -> dict | None:
             if trial_id not in self.trials:
