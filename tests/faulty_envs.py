@@ -53,3 +53,16 @@ class HangingCartPole(CartPoleEnv):
             while True:
                 time.sleep(3600)
         return super().step(action)
+
+
+class NoRenderCartPole(CartPoleEnv):
+    """CartPole without an rgb_array render mode: it cannot be filmed."""
+
+    metadata = {"render_modes": [], "render_fps": 50}
+
+
+class BrokenRenderCartPole(CartPoleEnv):
+    """CartPole whose renderer fails, as an OpenGL renderer does on a machine without a display."""
+
+    def render(self):
+        raise RuntimeError("no display to render to")

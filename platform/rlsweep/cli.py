@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=int, default=None, help="default: the experiment's evaluation.episodes")
     e.add_argument("--seed", type=int, default=0, help="seeds the evaluation episodes")
     e.add_argument("--tracking-uri", default=None, help="store for runs:/ URIs (default: as `ui` finds it)")
+    e.add_argument("--video", default=None, metavar="FILE.gif",
+                   help="also write a GIF of a deterministic episode (the first agent, on --seed); never overwrites")
 
     u = sub.add_parser("ui", parents=[common], help="start the MLflow UI on rlsweep's store")
     u.add_argument("experiment", nargs="?", default=None, help="use this experiment's tracking settings")
@@ -256,7 +258,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """`rlsweep evaluate`: prints what a checkpoint's policy scored."""
     from rlsweep.commands.evaluate import evaluate
 
-    out = evaluate(args.checkpoint, args.episodes, args.seed, args.tracking_uri)
+    out = evaluate(args.checkpoint, args.episodes, args.seed, args.tracking_uri, args.video)
     agents = f"{out.agents} agents (seeds {out.seed}..{out.seed + out.agents - 1}) x " if out.agents > 1 else ""
     print(f"{out.env_id}: {agents}{out.episodes} episodes, {'deterministic' if out.deterministic else 'sampled'} "
           f"actions, seed {out.seed}")
@@ -273,6 +275,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             print(f"target: below the experiment's target return {_fmt(out.target)} on these episodes "
                   f"({M.EVAL_RETURN_MEAN} {mean}); a trial stops at the first evaluation that reaches it")
+    if isinstance(out.video, str):
+        print(f"rlsweep: note: {out.video}", file=sys.stderr)
+    elif out.video is not None:
+        print(f"video: {out.video.describe()}")
     return 0
 
 

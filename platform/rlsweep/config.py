@@ -222,6 +222,8 @@ class TrackingConfig(_Section):
     experiment: str | None = Field(None, description="MLflow experiment name (default: the experiment's name).")
     local_dir: str = Field(".", description="Where the default store keeps mlflow.db and mlartifacts/.")
     log_checkpoints: bool = Field(True, description="Upload each trial's best and final checkpoint.")
+    log_video: bool = Field(True, description="At a sweep's end, log a GIF of its winner's deterministic episode "
+                            "to the parent run (winner.gif; an env that cannot render gets a note instead).")
     flush_s: float = Field(2.0, ge=0, description="Write a trial's metrics to MLflow at least this often "
                            "(seconds; also at its checkpoints and end); 0 = every iteration.")
     outage_s: float = Field(300.0, gt=0, description="How long the store may stay unreachable (writes are "

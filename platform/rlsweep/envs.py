@@ -12,6 +12,7 @@ import copy
 import importlib
 import logging
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,15 @@ def _made(cfg: EnvConfig, spec: EnvSpec, make: Any) -> Any:
         raise missing_package(cfg, spec, e) from None
     _mujoco_warnings_to_log()
     return env
+
+
+def make_render_env(cfg: EnvConfig) -> Any:
+    """One env that renders rgb_array frames (`engine.video`), with the experiment's kwargs and
+    episode limit."""
+    spec = resolve_spec(cfg)
+    with warnings.catch_warnings():  # an env without the mode is told so by the caller, in one line
+        warnings.filterwarnings("ignore", message=".*not in the possible render_modes")
+        return _made(cfg, spec, lambda: gym.make(spec, render_mode="rgb_array", **cfg.kwargs))
 
 
 def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:

@@ -40,6 +40,35 @@ def test_evaluate_a_checkpoint_without_ray(tmp_path):
                                                "2147483647"], r.stderr
 
 
+def test_evaluate_writes_a_video_and_never_overwrites_a_file(tmp_path):
+    """`evaluate --video FILE.gif`: the GIF of a deterministic episode, described in one line; a file
+    already there, another suffix or a missing folder is one line and exit 2, the file untouched."""
+    from PIL import Image
+
+    cfg = validate(small_config(workers=0))
+    t = Training(cfg, LocalWorkers(cfg))
+    t.iterate()
+    checkpoint.write(tmp_path / "ckpt", *t.state())
+    t.close()
+    out = tmp_path / "play.gif"
+    r = run(["evaluate", tmp_path / "ckpt", "--episodes", "2", "--video", out], tmp_path)
+    assert r.returncode == 0, r.stderr
+    [line] = [x for x in r.stdout.splitlines() if x.startswith("video: ")]
+    with Image.open(out) as im:
+        frames = im.n_frames
+    assert line.startswith(f"video: {out} ({frames} frames, ") and " KiB; the whole episode, return " in line, line
+    assert frames >= 2 and out.stat().st_size > 1_000
+    before = out.read_bytes()
+    for target, fragment in [(out, "the file exists; it is not overwritten"),
+                             (tmp_path / "play.mp4", "expected a file name ending in .gif"),
+                             (tmp_path / "no" / "such" / "play.gif", "does not exist")]:
+        r = run(["evaluate", tmp_path / "ckpt", "--video", target], tmp_path)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0] and "--video" in lines[0], r.stderr
+        assert "eval_return_mean" not in r.stdout  # refused before any episode
+    assert out.read_bytes() == before and not (tmp_path / "play.mp4").exists()
+
+
 def test_evaluate_says_whether_the_policy_meets_the_experiments_target(tmp_path):
     """The verdict against stop.target_return, on the episodes just played (a trial stops at the first
     evaluation that reaches its target: fresh episodes can fall short of it)."""

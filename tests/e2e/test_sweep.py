@@ -43,14 +43,16 @@ evaluation: {{interval: 1, episodes: 3}}
 stop: {{env_steps: {steps}}}
 resources: {{learner_cpus: 0.5, worker_cpus: 0.25, evaluation_cpus: 0.25}}
 sweep: {{trials: 4, max_concurrent: {concurrent}, sampler: tpe, n_startup_trials: 2, seed: 3}}
-tracking: {{local_dir: {store}}}
+tracking: {{local_dir: {store}, log_video: {video}}}
 """
 CORE = "search_spaces/ppo_core.yaml"
 
 
-def experiment(tmp_path, steps=2048, concurrent=2):
+def experiment(tmp_path, steps=2048, concurrent=2, video=False):
+    """The tests' small sweep; `video`: winner.gif at its end (seconds; proven once, against a server)."""
     p = tmp_path / "exp.yaml"
-    p.write_text(EXP.format(results=tmp_path / "results", store=tmp_path, steps=steps, concurrent=concurrent))
+    p.write_text(EXP.format(results=tmp_path / "results", store=tmp_path, steps=steps, concurrent=concurrent,
+                            video=str(video).lower()))
     return p
 
 
@@ -98,7 +100,7 @@ def assert_one_best_trial(stdout, sweep_dir, client, tmp_path, metric="eval_retu
 
 @pytest.mark.slow
 def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
-    exp = experiment(tmp_path)
+    exp = experiment(tmp_path, video=True)
     r = rlsweep("sweep", exp, "--space", CORE, "--name", "s1", uri=mlflow_server)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "best trial:" in r.stdout and "rlsweep ui" in r.stdout
@@ -160,7 +162,13 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     assert "system/tracking_s" in parent.data.metrics  # what tracking cost, beside MLflow's system metrics
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_config.yaml", "results.csv", "optimization_history.png", "param_importance.png",
-            "learning_curves.png", "reproducibility.md"} <= parent_arts
+            "learning_curves.png", "reproducibility.md", "winner.gif"} <= parent_arts
+    # the winner playing a deterministic episode, through the server's proxied artifacts
+    from PIL import Image
+
+    with Image.open(client.download_artifacts(parent.info.run_id, "winner.gif", str(tmp_path))) as im:
+        assert im.format == "GIF" and im.n_frames >= 2
+        assert parent.data.tags["rlsweep.video"].startswith(f"winner.gif: ({im.n_frames} frames, ")
     # where every run came from: this checkout's commit, the command, the versions, the machine
     import ray
 
@@ -553,8 +561,12 @@ def test_make_sweep_job_finds_a_solving_config(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     confirmed = float(r.stdout.split("confirmed:   env_steps_to_target = ")[1].split()[0])
     assert confirmed < 100_000, r.stdout  # below the budget: on fresh seeds too, it reached the target
-    children = [x for x in runs_of(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "cartpole_ppo")
-                if x.data.tags.get("rlsweep.kind") == "trial"]
+    runs = runs_of(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "cartpole_ppo")
+    children = [x for x in runs if x.data.tags.get("rlsweep.kind") == "trial"]
+    [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
+    # the winner filmed playing (at most 10 s of its episode)
+    assert re.match(r"winner\.gif: \(\d+ frames, \d+\.\d s, \d+ KiB; ", parent.data.tags["rlsweep.video"]), \
+        parent.data.tags
     search = [c for c in children if c.data.tags.get("rlsweep.phase") != "confirm"]
     confirming = [c for c in children if c.data.tags.get("rlsweep.phase") == "confirm"]
     assert len(search) == 8 and len(confirming) == 3  # the shipped round: the best 3 on 8 fresh seeds

@@ -38,3 +38,28 @@ def test_the_learning_curves_are_each_trials_evaluation_return_named_by_number_b
     text = answer(rows, "eval_return_mean", ["ppo.lr"], "s")
     assert text.startswith("**Winner: trial 002 lr=0.1**, eval_return_mean 300 in the search.")
     assert "It leads the runner-up, trial 001 (120), by 180 (search scores)." in text
+
+
+def test_the_winners_video_goes_to_the_parent_or_its_reason_does(store, tmp_path):
+    """winner.gif on the parent run, recorded in a child process from the winner's checkpoint and
+    described by the `rlsweep.video` tag; an env that cannot render leaves the reason there instead."""
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from rlsweep.tracking.report import VIDEO, winner_video
+    from rlsweep.tracking.runs import TAG_VIDEO
+    from tests.engine.test_video import trained_checkpoint
+
+    tracker = store.tracker()
+    client = MlflowClient(store.uri)
+    filmed = tracker.start("filmed", {})
+    winner_video(tracker, filmed, str(trained_checkpoint(tmp_path / "a")))
+    assert [a.path for a in client.list_artifacts(filmed)] == [VIDEO]
+    with Image.open(client.download_artifacts(filmed, VIDEO, str(tmp_path))) as im:
+        frames = im.n_frames
+    assert tracker.tags(filmed)[TAG_VIDEO].startswith(f"{VIDEO}: ({frames} frames, ")
+
+    blind = tracker.start("blind", {})
+    winner_video(tracker, blind, str(trained_checkpoint(tmp_path / "b", "tests.faulty_envs:NoRenderCartPole")))
+    assert client.list_artifacts(blind) == []
+    assert tracker.tags(blind)[TAG_VIDEO] == "no video: the env cannot render: it has no rgb_array render mode"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rlsweep import metrics as M
@@ -27,9 +28,23 @@ class EvaluateOutcome:
     agents: int = 1  # a checkpoint of K agents (sweep.seeds_per_trial): each plays the episodes, agent k on seed + k
     target: float | None = None  # the experiment's stop.target_return
     at_target: int = 0  # agents whose mean return over these episodes meets it
+    video: Any = None  # `engine.video.Video` with --video, or why there is none (a str)
 
 
-def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri: str | None = None) -> EvaluateOutcome:
+def check_video_path(path: str) -> Path:
+    """--video FILE: a new .gif in a folder that exists (a file already there is never overwritten)."""
+    out = Path(path)
+    if out.suffix.lower() != ".gif":
+        raise ConfigError(f"--video {path}: expected a file name ending in .gif (an animated GIF is written)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--video {path}: folder {out.parent} does not exist")
+    if out.exists():
+        raise ConfigError(f"--video {path}: the file exists; it is not overwritten (choose another name)")
+    return out
+
+
+def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri: str | None = None,
+             video: str | None = None) -> EvaluateOutcome:
     """Plays `episodes` episodes (default: the experiment's `evaluation.episodes`) with the policy of
     the checkpoint `ref`.
 
@@ -37,10 +52,13 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
         ref: a checkpoint folder or an MLflow artifact URI (`runs:/<id>/...`).
         seed: seeds the episodes.
         tracking_uri: the store for an MLflow URI (default: as `ui` finds it).
+        video: also write a GIF of the first agent's deterministic episode on `seed` here
+            (`engine.video`); an env that cannot render gets a note instead.
     """
     check_seed(seed, "--seed")
     if episodes is not None and episodes < 1:
         raise ConfigError(f"--episodes {episodes}: expected at least 1")
+    out = check_video_path(video) if video is not None else None
     with tempfile.TemporaryDirectory(prefix="rlsweep-checkpoint-") as scratch:
         if inputs.is_mlflow_uri(ref):
             from rlsweep.tracking.store import check_store, resolve_uri
@@ -61,7 +79,16 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
         per_agent = evaluator.evaluate(weights, stats, iteration=0)
     finally:
         evaluator.close()
+    recorded: Any = None
+    if out is not None:
+        from rlsweep.engine.video import CannotRender, record
+
+        try:
+            recorded = record(cfg, weights, stats, out, seed=seed)
+        except CannotRender as e:
+            recorded = f"no video: the env {cfg.env.id!r} cannot render: {e}"
     target = cfg.stop.target_return
     at_target = 0 if target is None else sum(v >= target for v in per_agent[M.EVAL_RETURN_MEAN])
     return EvaluateOutcome(cfg.env.id, cfg.evaluation.episodes, cfg.evaluation.deterministic, seed,
-                           M.summarise(per_agent, evaluator.seeds), len(evaluator.seeds), target, at_target)
+                           M.summarise(per_agent, evaluator.seeds), len(evaluator.seeds), target, at_target,
+                           recorded)

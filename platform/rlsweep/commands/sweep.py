@@ -131,7 +131,8 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     run_dir = place.uri if place is not None else str(p.directory)
     parent = SweepParent(name=p.name, run_dir=run_dir, metric=s.metric, mode=s.mode,
                          searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
-                         time_budget_s=s.time_budget_s, confirm=s.confirm is not None, target=cfg.stop.target_return)
+                         time_budget_s=s.time_budget_s, confirm=s.confirm is not None, target=cfg.stop.target_return,
+                         video=cfg.tracking.log_video)
     full_disk = StopOnFullDisk(p.directory.parent)
     tracker = MlflowCallback(p.store, run_dir, cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(p.directory)
@@ -309,7 +310,8 @@ def run_confirmation(record: SweepRecord) -> None:
     stopper = TrialStopper(cfg.stop, s.confirm.seeds)
     parent = SweepParent(name=record.name, run_dir=bucket.tag_of(directory), metric=s.metric, mode=s.mode,
                          searched=list(record.params), time_budget_s=None, confirm=True,
-                         confirms=tuple(zip(ids, numbers, strict=True)), target=cfg.stop.target_return)
+                         confirms=tuple(zip(ids, numbers, strict=True)), target=cfg.stop.target_return,
+                         video=cfg.tracking.log_video)
     full_disk = StopOnFullDisk(directory.parent)
     tracker = MlflowCallback(record.store(), bucket.tag_of(confirm_dir), cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(confirm_dir)

@@ -100,6 +100,7 @@ class SweepParent:
     confirm: bool = False
     confirms: tuple[tuple[str, str], ...] = ()  # (a class default: parents pickled before rounds have none)
     target: float | None = None  # stop.target_return, drawn on the learning curves (a class default likewise)
+    video: bool = True  # tracking.log_video: winner.gif on the parent at the end
 
     @property
     def confirming(self) -> bool:
@@ -205,6 +206,8 @@ class SweepParent:
             report.confirmation_summary(tracker, run_id, self.run_dir, metric=self.metric, mode=self.mode)
         if best is not None and best.get("mlflow_run_id"):
             mark_winner(tracker, best["mlflow_run_id"], tracker.search(**{TAG_PARENT: run_id, TAG_KIND: "trial"}))
+        if best is not None and self.video:
+            report.winner_video(tracker, run_id, best.get("checkpoint"))
         tracker.set_status(run_id, Outcome(RunStatus.FINISHED))
 
 

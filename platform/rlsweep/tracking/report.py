@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import tempfile
 from pathlib import Path
@@ -18,11 +19,14 @@ from rlsweep.tracking.runs import (
     TAG_BEST_TRIAL,
     TAG_DESCRIPTION,
     TAG_STATUS,
+    TAG_VIDEO,
     run_config_dict,
     trial_run_name,
 )
 from rlsweep.tracking.tracker import Tracker
 from rlsweep.tuning.bucket import folder_of
+
+log = logging.getLogger(__name__)
 
 
 def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
@@ -82,6 +86,28 @@ def warm_up() -> None:
     import optuna.importance  # noqa: F401
 
 
+_NOT_IN_TABLE = ("config", "checkpoint")  # a row's keys that results.csv leaves out (best_config.yaml has the config)
+VIDEO = "winner.gif"
+
+
+def winner_video(tracker: Tracker, parent_run_id: str, checkpoint: str | None) -> None:
+    """winner.gif on the parent run: the winner's deterministic episode (`engine.video`, recorded in a
+    child process); when there is none (an env that cannot render), the reason as the parent's
+    `rlsweep.video` tag and a warning. Never fails the sweep."""
+    if not checkpoint:
+        return
+    from rlsweep.engine.video import record_apart
+
+    with tempfile.TemporaryDirectory(prefix="rlsweep-video-") as d:
+        got = record_apart(checkpoint, Path(d) / VIDEO)
+        if isinstance(got, str):
+            log.warning("%s (the winner's checkpoint %s)", got, checkpoint)
+            tracker.set_tag(parent_run_id, TAG_VIDEO, got)
+        else:
+            tracker.log_artifacts(parent_run_id, d)
+            tracker.set_tag(parent_run_id, TAG_VIDEO, f"{VIDEO}: {got.describe().removeprefix(got.path + ' ')}")
+
+
 def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict[str, str | None], *,
                   metric: str, mode: str, params: list[str], name: str,
                   study: tuple[str, str] | None = None, target: float | None = None) -> dict[str, Any] | None:
@@ -108,18 +134,20 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
                                    CONFIRMED + "trial_id") if k in row},  # its confirmation round
             M.ENV_STEPS: row.get(M.ENV_STEPS), M.TIME_TOTAL_S: row.get(M.TIME_TOTAL_S),
             **{p: flat.get(p) for p in params}, "mlflow_run_id": run_id, "config": row["config"],
+            "checkpoint": row.get("checkpoint"),
         })
     ranked = rank(rows, metric, mode)
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
         with open(out / "results.csv", "w", newline="") as f:  # ranked; then the trials without the metric
-            fields = ["rank", *dict.fromkeys(k for row in rows for k in row if k != "config")]
+            fields = ["rank", *dict.fromkeys(k for row in rows for k in row if k not in _NOT_IN_TABLE)]
             w = csv.DictWriter(f, fieldnames=fields, restval="")
             w.writeheader()
             placed = {id(r) for r in ranked}
             unranked = [row for row in rows if id(row) not in placed]
             for place, row in enumerate([*ranked, *unranked], 1):
-                w.writerow({"rank": place if place <= len(ranked) else "", **{k: v for k, v in row.items() if k != "config"}})
+                w.writerow({"rank": place if place <= len(ranked) else "",
+                            **{k: v for k, v in row.items() if k not in _NOT_IN_TABLE}})
         if ranked:
             (out / "best_config.yaml").write_text(best_config_yaml(ranked[0], name, metric))
         (out / CHECKLIST).write_text(checklist(rows, ranked, metric, tracker.params(parent_run_id), name, run_dir,

@@ -34,6 +34,7 @@ TAG_RESTORED_STEP = "rlsweep.restored_from_env_steps"  # ... and the env steps i
 TAG_PHASE = "rlsweep.phase"  # a confirmation trial: "confirm"; its sweep's parent, once the search is done: "confirm"
 TAG_CONFIRMS = "rlsweep.confirms_trial_id"  # a confirmation trial: the search trial whose configuration it retrains
 TAG_WINNER = "rlsweep.winner"  # on a sweep's winning trial (the confirmed one, after a confirmation round): "true"
+TAG_VIDEO = "rlsweep.video"  # on a sweep's parent: its winner.gif, or why it has none
 WINNER_MARK = " (winner)"  # after the winning trial's run name, where the runs table and chart legends show it
 TAG_PARENT = "mlflow.parentRunId"
 TAG_DESCRIPTION = "mlflow.note.content"  # the run's description in the MLflow UI
