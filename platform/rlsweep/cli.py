@@ -80,9 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("sweep", metavar="NAME_OR_PATH", help="a sweep name under --results-dir, or its directory")
     b.add_argument("-o", "--output", default=None, help="write here (default: print); never overwrites a file")
     b.add_argument("--results-dir", default="results")
+    b.add_argument("--register", default=None, metavar="NAME",
+                   help="also register the winner's policy as a new version of the MLflow model NAME, alias champion")
 
     e = sub.add_parser("evaluate", parents=[common], help="play deterministic episodes with a checkpoint's policy (no Ray)")
-    e.add_argument("checkpoint", help="a checkpoint directory or an MLflow artifact URI (runs:/<id>/...)")
+    e.add_argument("checkpoint", help="a checkpoint directory, an MLflow artifact URI (runs:/<id>/...) or a "
+                   "registered model (models:/NAME@champion)")
     e.add_argument("--episodes", type=int, default=None, help="default: the experiment's evaluation.episodes")
     e.add_argument("--seed", type=int, default=0, help="seeds the evaluation episodes")
     e.add_argument("--tracking-uri", default=None, help="store for runs:/ URIs (default: as `ui` finds it)")
@@ -198,7 +201,8 @@ def _print_sweep(out: SweepOutcome) -> int:
     if best is None:
         print("no trial reported the metric; nothing to recommend")
         return 1
-    from rlsweep.ranking import CONFIRMED
+    from rlsweep.ranking import CONFIRMED, checkpoint_of
+    from rlsweep.tracking.model import ALIAS, TAG_MODEL
 
     params = list(r.params)
     confirmed = CONFIRMED + r.metric
@@ -218,8 +222,13 @@ def _print_sweep(out: SweepOutcome) -> int:
               f"{len(best[CONFIRMED + 'seeds'])} fresh seeds (trial id "
               f"{best['confirmed_trial_id']}, run {out.confirmation_runs.get(best['confirmed_trial_id'])})")
     print("its config: " + ", ".join(f"{k}={_fmt(v)}" for k, v in flat.items()))
-    print(f"checkpoint:  {best.get('confirmed_checkpoint') or best['checkpoint']}")
+    print(f"checkpoint:  {checkpoint_of(best)}")
     print(f"mlflow run:  {out.runs.get(best['trial_id'])} (experiment {store.experiment}, {redact(store.uri)})")
+    model = out.parent_tags.get(TAG_MODEL)
+    if model:
+        name = model.split(" version ", 1)[0]
+        print(f"model:       {model}" + ("" if model.startswith("not registered") else
+                                        f"; play it with: {me} evaluate models:/{name}@{ALIAS}"))
     server = store.uri.startswith(("http://", "https://"))
     base = store.uri if server else "http://127.0.0.1:5000"
     ui = "" if server else f" (after `{me} ui`)"
@@ -235,11 +244,11 @@ def _print_sweep(out: SweepOutcome) -> int:
 def cmd_best(args: argparse.Namespace) -> int:
     """`rlsweep best`: prints the best trial's experiment file, or says where `-o` wrote it."""
     from rlsweep.commands.best import best
-    from rlsweep.ranking import CONFIRMED
+    from rlsweep.ranking import CONFIRMED, checkpoint_of
 
-    out = best(args.sweep, args.results_dir, args.output)
+    out = best(args.sweep, args.results_dir, args.output, args.register)
     me, row = _self_command(), out.row
-    checkpoint = row.get("confirmed_checkpoint") or row.get("checkpoint")
+    checkpoint = checkpoint_of(row)
     if out.written_to:
         confirmed = row.get(CONFIRMED + out.record.metric)
         also = "" if confirmed is None else f", confirmed on fresh seeds: {_fmt(confirmed)}"
@@ -251,6 +260,8 @@ def cmd_best(args: argparse.Namespace) -> int:
         where = sys.stderr  # stdout is the experiment file alone
     if checkpoint:
         print(f"its checkpoint: {checkpoint}; play it with: {me} evaluate {checkpoint}", file=where)
+    if out.registered:
+        print(f"registered {out.registered}; play it with: {me} evaluate models:/{args.register}@champion", file=where)
     return 0
 
 

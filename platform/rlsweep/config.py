@@ -224,6 +224,17 @@ class TrackingConfig(_Section):
     log_checkpoints: bool = Field(True, description="Upload each trial's best and final checkpoint.")
     log_video: bool = Field(True, description="At a sweep's end, log a GIF of its winner's deterministic episode "
                             "to the parent run (winner.gif; an env that cannot render gets a note instead).")
+    register_model: bool = Field(True, description="At a sweep's end, log its winner as an MLflow Model on the "
+                                 "parent run and register it as a new version of `model_name`, alias `champion`.")
+    model_name: str | None = Field(None, description="The registered model a sweep's winner becomes a version of "
+                                   "(default: the MLflow experiment's name).")
+
+    @field_validator("model_name")
+    @classmethod
+    def _a_name(cls, v: str | None) -> str | None:
+        if v is not None and (not re.fullmatch(NAME_PATTERN, v) or set(v) <= {"."} or len(v) > 200):
+            raise ValueError(f"{NAME_RULE} (at most 200)")
+        return v
     flush_s: float = Field(2.0, ge=0, description="Write a trial's metrics to MLflow at least this often "
                            "(seconds; also at its checkpoints and end); 0 = every iteration.")
     outage_s: float = Field(300.0, gt=0, description="How long the store may stay unreachable (writes are "

@@ -36,6 +36,12 @@ CONFIRM_ORDER = "confirms.json"  # in it, written before it starts: the search t
 CONFIRMED = "confirmed_"  # the prefix of a row's confirmation values
 
 
+def checkpoint_of(row: dict[str, Any]) -> str | None:
+    """The checkpoint that stands for a row's configuration: its confirmation trial's (trained on fresh
+    seeds) when it has one, else its own."""
+    return row.get(CONFIRMED + "checkpoint") or row.get("checkpoint")
+
+
 def trial_number(experiment_tag: str | None, trial_id: str) -> str:
     """`003` for a sweep's third trial (Tune's experiment tag starts with the count, which a resumed
     sweep carries on), else the trial id."""

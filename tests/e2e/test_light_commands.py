@@ -69,6 +69,49 @@ def test_evaluate_writes_a_video_and_never_overwrites_a_file(tmp_path):
     assert out.read_bytes() == before and not (tmp_path / "play.mp4").exists()
 
 
+def test_a_registered_model_plays_in_a_fresh_process_and_a_planted_pickle_is_refused(tmp_path):
+    """`evaluate models:/NAME@champion` (a SQLite store's registry) in a process of its own, without Ray;
+    then a pickle planted in the model's learner.pt (its checksum forged too) is refused in one line,
+    and its payload never runs."""
+    import hashlib
+    import os
+    import pickle
+
+    from rlsweep.tracking import model
+    from rlsweep.tracking.store import Store
+
+    cfg = validate(small_config(workers=0))
+    t = Training(cfg, LocalWorkers(cfg))
+    t.iterate()
+    checkpoint.write(tmp_path / "ckpt", *t.state())
+    t.close()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Store(uri, "exp").tracker()
+    parent = tracker.start("parent", {})
+    assert model.log_and_register(tracker, parent, tmp_path / "ckpt", "cartpole") == "cartpole version 1 (@champion)"
+    r = run(["evaluate", "models:/cartpole@champion", "--tracking-uri", uri, "--episodes", "2"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("CartPole-v1: 2 episodes, deterministic actions, seed 0") and "eval_return_mean" in r.stdout
+
+    folder = model.build(tmp_path / "ckpt", tmp_path / "model")
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    learner = folder / "checkpoint" / checkpoint.LEARNER_FILE
+    learner.write_bytes(pickle.dumps(Payload()))
+    state = json.loads((folder / "checkpoint" / checkpoint.STATE_FILE).read_text())
+    state["learner_sha256"] = hashlib.sha256(learner.read_bytes()).hexdigest()
+    (folder / "checkpoint" / checkpoint.STATE_FILE).write_text(json.dumps(state))
+    r = run(["evaluate", folder], tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "learner.pt is not a weights-only file; refused, nothing in it was run" in lines[0]
+    assert not marker.exists() and "eval_return_mean" not in r.stdout
+
+
 def test_evaluate_says_whether_the_policy_meets_the_experiments_target(tmp_path):
     """The verdict against stop.target_return, on the episodes just played (a trial stops at the first
     evaluation that reaches its target: fresh episodes can fall short of it)."""

@@ -43,16 +43,17 @@ evaluation: {{interval: 1, episodes: 3}}
 stop: {{env_steps: {steps}}}
 resources: {{learner_cpus: 0.5, worker_cpus: 0.25, evaluation_cpus: 0.25}}
 sweep: {{trials: 4, max_concurrent: {concurrent}, sampler: tpe, n_startup_trials: 2, seed: 3}}
-tracking: {{local_dir: {store}, log_video: {video}}}
+tracking: {{local_dir: {store}, log_video: {winner}, register_model: {winner}}}
 """
 CORE = "search_spaces/ppo_core.yaml"
 
 
-def experiment(tmp_path, steps=2048, concurrent=2, video=False):
-    """The tests' small sweep; `video`: winner.gif at its end (seconds; proven once, against a server)."""
+def experiment(tmp_path, steps=2048, concurrent=2, winner=False):
+    """The tests' small sweep; `winner`: winner.gif and the registered model at its end (seconds each;
+    proven once, against a server)."""
     p = tmp_path / "exp.yaml"
     p.write_text(EXP.format(results=tmp_path / "results", store=tmp_path, steps=steps, concurrent=concurrent,
-                            video=str(video).lower()))
+                            winner=str(winner).lower()))
     return p
 
 
@@ -100,7 +101,7 @@ def assert_one_best_trial(stdout, sweep_dir, client, tmp_path, metric="eval_retu
 
 @pytest.mark.slow
 def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
-    exp = experiment(tmp_path, video=True)
+    exp = experiment(tmp_path, winner=True)
     r = rlsweep("sweep", exp, "--space", CORE, "--name", "s1", uri=mlflow_server)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "best trial:" in r.stdout and "rlsweep ui" in r.stdout
@@ -169,6 +170,17 @@ def test_sweep_against_an_mlflow_server(tmp_path, mlflow_server):
     with Image.open(client.download_artifacts(parent.info.run_id, "winner.gif", str(tmp_path))) as im:
         assert im.format == "GIF" and im.n_frames >= 2
         assert parent.data.tags["rlsweep.video"].startswith(f"winner.gif: ({im.n_frames} frames, ")
+    # the winner as a registered model: a new version of the experiment's model, alias champion, which a
+    # fresh process plays from the server's registry; `best --register` makes another
+    assert parent.data.tags["rlsweep.model"] == "sweeptest version 1 (@champion)"
+    assert "model:       sweeptest version 1 (@champion); play it with: " in r.stdout
+    assert "model/MLmodel" in {a.path for a in client.list_artifacts(parent.info.run_id, "model")}
+    played = rlsweep("evaluate", "models:/sweeptest@champion", "--tracking-uri", mlflow_server, "--episodes", "2")
+    assert played.returncode == 0 and played.stdout.startswith("CartPole-v1: 2 episodes, "), played.stderr
+    again = rlsweep("best", tmp_path / "results" / "s1", "--register", "s1-winner", uri=mlflow_server)
+    assert again.returncode == 0, again.stderr
+    assert "registered s1-winner version 1 (@champion); play it with: " in again.stdout + again.stderr
+    assert client.get_model_version_by_alias("s1-winner", "champion").run_id == parent.info.run_id
     # where every run came from: this checkout's commit, the command, the versions, the machine
     import ray
 
@@ -580,7 +592,7 @@ def test_make_sweep_job_finds_a_solving_config(tmp_path):
     study = optuna.load_study(study_name="make-sweep", storage=f"sqlite:///{tmp_path / 'results/make-sweep/optuna.db'}")
     for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
         steps = sorted(t.intermediate_values)
-        assert steps and steps[0] >= 1024 and t.intermediate_values[steps[-1]] == t.value, (t.number, t.intermediate_values)
+        assert steps and steps[0] > 0 and t.intermediate_values[steps[-1]] == t.value, (t.number, t.intermediate_values)
 
 
 @pytest.mark.slow

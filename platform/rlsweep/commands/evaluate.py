@@ -49,7 +49,8 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
     the checkpoint `ref`.
 
     Args:
-        ref: a checkpoint folder or an MLflow artifact URI (`runs:/<id>/...`).
+        ref: a checkpoint folder, an MLflow artifact URI (`runs:/<id>/...`), or a registered model
+            (`models:/NAME@champion`, `models:/NAME/VERSION`) or its folder.
         seed: seeds the episodes.
         tracking_uri: the store for an MLflow URI (default: as `ui` finds it).
         video: also write a GIF of the first agent's deterministic episode on `seed` here
@@ -59,6 +60,7 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
     if episodes is not None and episodes < 1:
         raise ConfigError(f"--episodes {episodes}: expected at least 1")
     out = check_video_path(video) if video is not None else None
+    given = ref
     with tempfile.TemporaryDirectory(prefix="rlsweep-checkpoint-") as scratch:
         if inputs.is_mlflow_uri(ref):
             from rlsweep.tracking.store import check_store, resolve_uri
@@ -67,8 +69,9 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
             check_store(uri, must_exist=True)  # an unreachable server fails in seconds; no empty store is made
             ref = inputs.download(ref, uri, scratch)
         from rlsweep.ppo import checkpoint
+        from rlsweep.tracking.model import policy_folder
 
-        cfg, weights, stats = checkpoint.load_policy(ref)
+        cfg, weights, stats = checkpoint.load_policy(policy_folder(ref, given))  # (a model: the checkpoint in it)
     if episodes is not None:
         cfg = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"episodes": episodes})})
 

@@ -90,6 +90,13 @@ def prepare(experiment: str, overrides: list[str], space: str | None = None, tri
     return p
 
 
+def model_name(cfg: ExperimentConfig) -> str | None:
+    """The registered model a sweep's winner becomes a version of (`tracking.register_model`), or None."""
+    from rlsweep.tracking.store import experiment_name
+
+    return (cfg.tracking.model_name or experiment_name(cfg)) if cfg.tracking.register_model else None
+
+
 def max_concurrent(cfg: ExperimentConfig) -> int:
     """`sweep.max_concurrent`, else as many trials as the Ray cluster's CPUs hold at once."""
     import ray
@@ -132,7 +139,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     parent = SweepParent(name=p.name, run_dir=run_dir, metric=s.metric, mode=s.mode,
                          searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
                          time_budget_s=s.time_budget_s, confirm=s.confirm is not None, target=cfg.stop.target_return,
-                         video=cfg.tracking.log_video)
+                         video=cfg.tracking.log_video, model_name=model_name(cfg))
     full_disk = StopOnFullDisk(p.directory.parent)
     tracker = MlflowCallback(p.store, run_dir, cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(p.directory)
@@ -311,7 +318,7 @@ def run_confirmation(record: SweepRecord) -> None:
     parent = SweepParent(name=record.name, run_dir=bucket.tag_of(directory), metric=s.metric, mode=s.mode,
                          searched=list(record.params), time_budget_s=None, confirm=True,
                          confirms=tuple(zip(ids, numbers, strict=True)), target=cfg.stop.target_return,
-                         video=cfg.tracking.log_video)
+                         video=cfg.tracking.log_video, model_name=model_name(cfg))
     full_disk = StopOnFullDisk(directory.parent)
     tracker = MlflowCallback(record.store(), bucket.tag_of(confirm_dir), cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(confirm_dir)
@@ -418,7 +425,8 @@ class SweepOutcome:
         rows: the trials with the metric, best first (`ranking.ranked_rows`).
         runs: trial id -> its MLflow run id.
         confirmation_runs: a confirmation trial's id -> its MLflow run id.
-        experiment_id: the MLflow experiment's id; `parent_run_id`: the sweep's parent run.
+        experiment_id: the MLflow experiment's id; `parent_run_id`: the sweep's parent run, `parent_tags`
+            its tags (its registered model and video among them).
     """
 
     record: SweepRecord
@@ -431,6 +439,7 @@ class SweepOutcome:
     confirmation_runs: dict[str, str] = field(default_factory=dict)
     experiment_id: str | None = None
     parent_run_id: str | None = None
+    parent_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -461,7 +470,8 @@ def outcome(record: SweepRecord) -> SweepOutcome:
         children = {r.tags.get(TAG_TRIAL): r for r in tracker.search(**{TAG_KIND: "trial", TAG_DIR: directory})}
         confirming = {r.tags.get(TAG_TRIAL): r.run_id
                       for r in tracker.search(**{TAG_KIND: "trial", TAG_DIR: tag_of(record.directory / CONFIRM_DIR)})}
-        parent_status = tracker.tags(parent).get(TAG_STATUS) if parent else None
+        parent_tags = tracker.tags(parent) if parent else {}
+        parent_status = parent_tags.get(TAG_STATUS)
     except Exception as e:  # noqa: BLE001 - the store went away: what Tune saved is still resumable
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         return SweepOutcome(record, store_error=first)
@@ -475,4 +485,4 @@ def outcome(record: SweepRecord) -> SweepOutcome:
         rows=ranked_rows(record.directory, record.metric, record.mode) if finished else [],
         runs={tid: r.run_id for tid, r in children.items() if tid},
         confirmation_runs={tid: run for tid, run in confirming.items() if tid}, experiment_id=tracker.experiment_id,
-        parent_run_id=parent)
+        parent_run_id=parent, parent_tags=parent_tags)

@@ -127,6 +127,7 @@ def load_policy(directory: str | Path) -> tuple[Any, Any, Any]:
     """(experiment config, numpy policy weights of its K agents, their observation statistics or None)
     of a checkpoint, for acting without a learner or Ray."""
     import io
+    import warnings
 
     import torch
 
@@ -138,7 +139,15 @@ def load_policy(directory: str | Path) -> tuple[Any, Any, Any]:
     learner, state = read(directory)
     cfg = ExperimentConfig.model_validate(state["config"])
     net = ActorCritic(space_info(cfg.env), cfg.policy, state.get("seeds", [cfg.seed]))
-    net.load_state_dict(upgrade_state_dict(torch.load(io.BytesIO(learner), map_location="cpu", weights_only=True)["model"]))
+    try:  # tensors and plain containers only: a pickled object in it is refused, never run
+        with warnings.catch_warnings():  # (torch warns of a foreign pickle protocol before refusing it)
+            warnings.simplefilter("ignore", UserWarning)
+            saved = torch.load(io.BytesIO(learner), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch says UnpicklingError, RuntimeError or others by version
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"checkpoint {directory}: {LEARNER_FILE} is not a weights-only file; refused, nothing "
+                          f"in it was run ({first[:200]})") from None
+    net.load_state_dict(upgrade_state_dict(saved["model"]))
     saved = state["obs_stats"]
     stats = None if not saved else [RunningMeanStd.from_dict(d) for d in (saved if isinstance(saved, list) else [saved])]
     return cfg, net.export_weights(), stats

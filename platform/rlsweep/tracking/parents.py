@@ -101,6 +101,7 @@ class SweepParent:
     confirms: tuple[tuple[str, str], ...] = ()  # (a class default: parents pickled before rounds have none)
     target: float | None = None  # stop.target_return, drawn on the learning curves (a class default likewise)
     video: bool = True  # tracking.log_video: winner.gif on the parent at the end
+    model_name: str | None = None  # tracking.register_model: the registered model the winner becomes a version of
 
     @property
     def confirming(self) -> bool:
@@ -208,7 +209,23 @@ class SweepParent:
             mark_winner(tracker, best["mlflow_run_id"], tracker.search(**{TAG_PARENT: run_id, TAG_KIND: "trial"}))
         if best is not None and self.video:
             report.winner_video(tracker, run_id, best.get("checkpoint"))
+        if best is not None and self.model_name and best.get("checkpoint"):
+            register_winner(tracker, run_id, best["checkpoint"], self.model_name)
         tracker.set_status(run_id, Outcome(RunStatus.FINISHED))
+
+
+def register_winner(tracker: Tracker, run_id: str, checkpoint: str, name: str) -> None:
+    """The winner as an MLflow Model on the parent, registered as `name`@champion (`tracking.model`); a
+    store without a model registry, or any failure of it, is a note (the tag and a warning), never the
+    sweep's failure."""
+    from rlsweep.tracking.model import TAG_MODEL, log_and_register
+
+    try:
+        log_and_register(tracker, run_id, checkpoint, name)
+    except Exception as e:  # noqa: BLE001 - the model is a courtesy on top of the finished sweep
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        log.warning("the winner was not registered as model %s: %s", name, first)
+        tracker.set_tag(run_id, TAG_MODEL, f"not registered: {first}")
 
 
 def mark_winner(tracker: Tracker, winner: str, trials: list[Any]) -> None:

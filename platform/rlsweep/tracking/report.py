@@ -13,7 +13,7 @@ import yaml
 
 from rlsweep import metrics as M
 from rlsweep.config import flatten
-from rlsweep.ranking import CONFIRMED, better, rank, sweep_rows
+from rlsweep.ranking import CONFIRMED, better, checkpoint_of, rank, sweep_rows
 from rlsweep.tracking.runs import (
     TAG_BEST_RUN,
     TAG_BEST_TRIAL,
@@ -134,7 +134,7 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
                                    CONFIRMED + "trial_id") if k in row},  # its confirmation round
             M.ENV_STEPS: row.get(M.ENV_STEPS), M.TIME_TOTAL_S: row.get(M.TIME_TOTAL_S),
             **{p: flat.get(p) for p in params}, "mlflow_run_id": run_id, "config": row["config"],
-            "checkpoint": row.get("checkpoint"),
+            "checkpoint": checkpoint_of(row),
         })
     ranked = rank(rows, metric, mode)
     with tempfile.TemporaryDirectory() as d:

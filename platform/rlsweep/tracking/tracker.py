@@ -69,10 +69,32 @@ class Tracker:
 
     @staticmethod
     def download(uri: str, artifact_uri: str, dest: str) -> str:
-        """An MLflow artifact URI (`runs:/...`, `mlflow-artifacts:/...`) downloaded into `dest`; its local path."""
+        """An MLflow artifact URI (`runs:/...`, `mlflow-artifacts:/...`, `models:/NAME@ALIAS`) downloaded into
+        `dest`; its local path."""
         import mlflow.artifacts
 
+        if artifact_uri.startswith("models:/"):  # resolved here: MLflow would ask its process-wide registry
+            artifact_uri = Tracker.model_version_uri(uri, artifact_uri)
         return mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=dest, tracking_uri=uri)
+
+    @staticmethod
+    def model_version_uri(uri: str, ref: str) -> str:
+        """Where the files of `models:/NAME@ALIAS` or `models:/NAME/VERSION` (a path may follow) are, in
+        the store `uri`'s registry; an MlflowException or ValueError when it names none."""
+        from mlflow.tracking import MlflowClient
+
+        head, _, path = ref.removeprefix("models:/").partition("/")
+        client = MlflowClient(uri, registry_uri=uri)
+        if "@" in head:
+            name, alias = head.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias).version
+        else:
+            name, _, rest = ref.removeprefix("models:/").partition("/")
+            version, _, path = rest.partition("/")
+            if not version.isdigit():
+                raise ValueError(f"expected models:/NAME@ALIAS or models:/NAME/VERSION, not {ref!r}")
+        base = client.get_model_version_download_uri(name, version).rstrip("/")
+        return f"{base}/{path}" if path else base
 
     # -- finding runs
 
@@ -180,6 +202,21 @@ class Tracker:
             if path.is_file():
                 parent = path.parent.relative_to(d).as_posix()
                 self._client.log_artifact(run_id, str(path), folder if parent == "." else f"{folder}/{parent}")
+
+    def register(self, run_id: str, folder: str, name: str, alias: str) -> str:
+        """Registers the MLflow Model in the run's artifact `folder` as a new version of the registered
+        model `name` (made when missing) and points `alias` at it; the version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{self._client.get_run(run_id).info.artifact_uri}/{folder}"
+        version = self._client.create_model_version(name, source, run_id=run_id).version
+        self._client.set_registered_model_alias(name, alias, version)
+        return str(version)
 
     def set_status(self, run_id: str, outcome: Outcome) -> None:
         """rlsweep's status tag and its reason; a status that ends a run ends it in MLflow too."""
