@@ -25,14 +25,17 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def _step(envs: list[Any], actions: np.ndarray) -> tuple[np.ndarray, ...]:
+def _step(envs: list[Any], actions: np.ndarray, out: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
     """Steps agent k's vector env with actions[k]: (observations, rewards, terminated, truncated),
-    each with the agent axis in front."""
-    if len(envs) == 1:  # the common case, without the stacking
+    each with the agent axis in front. With several agents they are written into `out` (arrays of
+    those shapes, reused from step to step: no stacking of K results on every step)."""
+    if len(envs) == 1:  # the common case, as the env returned them
         obs, r, term, trunc, _ = envs[0].step(actions[0])
         return obs[None], r[None], term[None], trunc[None]
-    steps = [env.step(a) for env, a in zip(envs, actions, strict=True)]
-    return tuple(np.stack([s[i] for s in steps]) for i in range(4))
+    for k, (env, a) in enumerate(zip(envs, actions, strict=True)):
+        for buffer, value in zip(out, env.step(a)[:4], strict=True):
+            buffer[k] = value
+    return out
 
 
 class Sampler:
@@ -92,6 +95,10 @@ class Sampler:
         terminated, truncated, valid = (np.zeros((T, K, N), bool) for _ in range(3))
         ep_returns: list[list[float]] = [[] for _ in range(K)]
         ep_lengths: list[list[int]] = [[] for _ in range(K)]
+        out = None  # several agents: each step lands in these (the observations in place: each step's are
+        if K > 1:   # copied into the buffers before the envs step)
+            self.obs = np.array(self.obs)
+            out = (self.obs, np.zeros((K, N)), np.zeros((K, N), bool), np.zeros((K, N), bool))
 
         for t in range(T):
             obs = self.obs.reshape(K, N, dim)
@@ -102,7 +109,7 @@ class Sampler:
             obs_buf[t], actions[t], logp[t], values[t] = obs, a, lp, v
             valid[t] = ~self.prev_done
             to_env = self.policy.to_env(a)
-            self.obs, r, terminated[t], truncated[t] = _step(self.envs, to_env)
+            self.obs, r, terminated[t], truncated[t] = _step(self.envs, to_env, out)
             rewards[t] = r
 
             live = valid[t]
@@ -218,22 +225,27 @@ class Evaluator:
         returns = np.zeros((k, n))
         lengths = np.zeros((k, n), np.int64)
         finished = np.zeros((k, n), bool)
+        rewards, ended = np.zeros((k, n)), np.zeros((k, n), bool)  # each step's, every agent's at once
+        playing = range(k)
         for _ in range(self.MAX_STEPS):
             x = obs.reshape(k, n, -1)
             if obs_stats is not None:
                 x = normalize_each(obs_stats, x)
             a = self.policy.greedy(x) if self.cfg.evaluation.deterministic else self.policy.act(x, rngs)[0]
             a = self.policy.to_env(a)
-            playing = [i for i in range(k) if not finished[i].all()]
             for i in playing:  # an agent whose episodes all ended steps no more
                 o, r, term, trunc, _ = self.envs[i].step(a[i])
-                obs[i] = o
-                live = ~finished[i]
-                returns[i, live] += r[live]
-                lengths[i, live] += 1
-                finished[i] |= term | trunc
-            if finished.all():
+                obs[i], rewards[i] = o, r
+                np.logical_or(term, trunc, out=ended[i])
+            live = ~finished  # (the agents that stepped no more are all finished: their rows count nothing)
+            returns += np.where(live, rewards, 0.0)
+            lengths += live
+            finished |= ended
+            done = finished.all(axis=1)
+            if done.all():
                 break
+            if done.any():
+                playing = np.flatnonzero(~done).tolist()
         return {
             M.EVAL_RETURN_MEAN: returns.mean(axis=1).tolist(),
             M.EVAL_RETURN_STD: returns.std(axis=1).tolist(),

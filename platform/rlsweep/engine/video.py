@@ -3,7 +3,7 @@
 `record` makes one env with `render_mode="rgb_array"`, plays agent `agent` of the policy greedily from
 a seeded reset, keeps at most `MAX_SECONDS` of the episode at no more than `FPS` frames a second,
 scaled to at most `WIDTH` pixels wide, and writes a looping GIF with Pillow (matplotlib's own
-dependency: nothing more to install). CartPole's full 500-step episode is 10 s, 250 frames, ~0.3 MB.
+dependency: nothing more to install). CartPole's full 500-step episode is 10 s, ~250 frames, ~130 KiB.
 
 An env that cannot render (no rgb_array mode, a renderer that is not installed or fails on this
 machine) raises `CannotRender` with the reason: callers turn it into a note, never a failure.
