@@ -109,3 +109,16 @@ def test_an_env_module_that_fails_to_import_is_one_line(tmp_path, monkeypatch, s
     with pytest.raises(ConfigError) as e:
         resolve_spec(EnvConfig(id=f"{name}:Env"))
     assert "\n" not in str(e.value) and f"cannot import module '{name}'" in str(e.value) and fragment in str(e.value)
+
+
+def test_an_env_id_naming_a_class_that_is_not_an_env_is_refused_before_it_is_called(tmp_path):
+    """A config (a downloaded checkpoint's, say) naming `module:Class` gets that class called with its
+    kwargs only when it is a gymnasium.Env: `subprocess:Popen` would run a command."""
+    from rlsweep.envs import resolve_spec
+
+    marker = tmp_path / "ran"
+    cfg = EnvConfig(id="subprocess:Popen", kwargs={"args": f"touch {marker}", "shell": True})
+    for call in (resolve_spec, space_info):
+        with pytest.raises(ConfigError, match="'subprocess:Popen' is a class but not a gymnasium.Env"):
+            call(cfg)
+    assert not marker.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -228,7 +229,8 @@ def _print_sweep(out: SweepOutcome) -> int:
     if model:
         name = model.split(" version ", 1)[0]
         print(f"model:       {model}" + ("" if model.startswith("not registered") else
-                                        f"; play it with: {me} evaluate models:/{name}@{ALIAS}"))
+                                        f"; play it with: {me} evaluate models:/{name}@{ALIAS} "
+                                        f"--tracking-uri {shlex.quote(redact(store.uri))}"))
     server = store.uri.startswith(("http://", "https://"))
     base = store.uri if server else "http://127.0.0.1:5000"
     ui = "" if server else f" (after `{me} ui`)"
@@ -261,7 +263,11 @@ def cmd_best(args: argparse.Namespace) -> int:
     if checkpoint:
         print(f"its checkpoint: {checkpoint}; play it with: {me} evaluate {checkpoint}", file=where)
     if out.registered:
-        print(f"registered {out.registered}; play it with: {me} evaluate models:/{args.register}@champion", file=where)
+        from rlsweep.tracking.model import ALIAS
+        from rlsweep.tracking.store import redact
+
+        print(f"registered {out.registered}; play it with: {me} evaluate models:/{args.register}@{ALIAS} "
+              f"--tracking-uri {shlex.quote(redact(out.record.tracking_uri or ''))}", file=where)
     return 0
 
 

@@ -54,6 +54,8 @@ def resolve_spec(cfg: EnvConfig) -> EnvSpec:
         if name in gym.registry:
             spec = gym.spec(name)
         elif isinstance(getattr(module, name, None), type):
+            if not issubclass(getattr(module, name), gym.Env):  # nothing else is called with the config's kwargs
+                raise ConfigError(f"key 'env.id': {env_id!r} is a class but not a gymnasium.Env")
             spec = EnvSpec(id=f"{module_name}.{name}", entry_point=env_id)
         else:
             raise ConfigError(f"key 'env.id': {env_id!r}: {module_name!r} has no class or registered env {name!r}")

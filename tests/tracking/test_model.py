@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from rlsweep.config import ConfigError
 from rlsweep.ppo import checkpoint
+from rlsweep.ppo.normalization import CLIP, EPS
 from rlsweep.tracking import model
 from tests.engine.test_video import trained_checkpoint
 
@@ -54,9 +55,12 @@ def test_a_registered_model_loads_by_alias_and_acts_as_the_checkpoint(store, tmp
     # MLflow's own pyfunc loader: imports rlsweep's loader, which reads the weights itself
     pyfunc = mlflow.pyfunc.load_model(str(folder))
     actions = pyfunc.predict(example)
-    _, weights, stats = checkpoint.load_policy(ckpt)
-    direct = model.Policy(ckpt).predict(example)
-    assert actions.shape == (2,) and actions.tolist() == direct.tolist()
+    _, weights, stats = checkpoint.load_policy(ckpt)  # agent 0's greedy actions, worked out here
+    x = np.clip((example - stats[0].mean) / np.sqrt(stats[0].var + EPS), -CLIP, CLIP).astype(np.float32)
+    for w, b in zip(weights["actor"][:-2:2], weights["actor"][1:-2:2], strict=True):
+        x = np.tanh(x @ w[0] + b[0])
+    logits = x @ weights["actor"][-2][0] + weights["actor"][-1][0]
+    assert actions.shape == (2,) and actions.tolist() == logits.argmax(-1).tolist()
 
 
 def test_a_pickle_planted_in_a_model_is_refused_and_never_runs(tmp_path):

@@ -96,7 +96,7 @@ def _register(record: SweepRecord, row: dict[str, Any], name: str) -> str:
         raise ConfigError(f"--register {name}: sweep {record.name} has no parent run in {redact(store.uri)} "
                           f"(experiment {store.experiment}) to log the model to")
     try:
-        return log_and_register(tracker, parent, checkpoint, name)
+        return log_and_register(tracker, parent, checkpoint, name, folder=f"model-{name}")
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - a store without a registry, a refused name: one line

@@ -113,7 +113,9 @@ class Checkpoint:
         """Reads and verifies the checkpoint at `local` once: whole, and (with `cfg`) trained on the
         same env with the same network."""
         from rlsweep.ppo import checkpoint
+        from rlsweep.tracking.model import policy_folder
 
+        local = str(policy_folder(local, ref))  # (a registered model: the checkpoint it holds)
         folder, state = checkpoint.check(local, cfg.model_dump(mode="json") if cfg is not None else None)
         return cls(ref, str(Path(folder).resolve()), state)
 

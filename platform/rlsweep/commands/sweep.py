@@ -92,9 +92,14 @@ def prepare(experiment: str, overrides: list[str], space: str | None = None, tri
 
 def model_name(cfg: ExperimentConfig) -> str | None:
     """The registered model a sweep's winner becomes a version of (`tracking.register_model`), or None."""
+    import re
+
     from rlsweep.tracking.store import experiment_name
 
-    return (cfg.tracking.model_name or experiment_name(cfg)) if cfg.tracking.register_model else None
+    if not cfg.tracking.register_model:
+        return None
+    # (an MLflow experiment may be named "/Shared/x"; a registered model may not)
+    return cfg.tracking.model_name or re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment_name(cfg)).strip("-.") or "rlsweep"
 
 
 def max_concurrent(cfg: ExperimentConfig) -> int:

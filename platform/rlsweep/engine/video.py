@@ -53,11 +53,17 @@ class Video:
                 f"{episode}, return {self.episode_return:.6g})")
 
 
+def _why(e: BaseException) -> str:
+    """An exception in one line: its type, and its message's first line when it has one."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def _frame(env: Any) -> np.ndarray:
     try:
         frame = env.render()
     except Exception as e:  # noqa: BLE001 - a renderer's own failure (no display, no GL) is the note
-        raise CannotRender(f"its renderer failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        raise CannotRender(f"its renderer failed: {_why(e)}") from None
     if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] not in (3, 4):
         raise CannotRender("render() gave no RGB frame")
     return frame[..., :3]
@@ -83,7 +89,7 @@ def record(cfg: Any, weights: dict[str, list[np.ndarray]], stats: list[Any] | No
     try:
         env = make_render_env(cfg.env)
     except Exception as e:  # noqa: BLE001 - an env that cannot be made to render is a note
-        raise CannotRender(f"it cannot be made with render_mode='rgb_array': {str(e).strip().splitlines()[0]}") from None
+        raise CannotRender(f"it cannot be made with render_mode='rgb_array': {_why(e)}") from None
     try:
         if "rgb_array" not in (env.metadata.get("render_modes") or []):
             raise CannotRender("it has no rgb_array render mode")
@@ -126,10 +132,13 @@ def _write_gif(frames: list[np.ndarray], fps: float, path: Path) -> int:
     # one palette for every frame (the first's): small files, no flicker between frames' palettes
     palette = images[0].quantize(colors=64, method=Image.Quantize.MEDIANCUT)
     images = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
-    partial = path.with_name(path.name + ".partial")
-    images[0].save(partial, format="GIF", save_all=True, append_images=images[1:], loop=0,
-                   duration=max(20, round(1000 / fps)), optimize=False)
-    os.replace(partial, path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        images[0].save(partial, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                       duration=max(20, round(1000 / fps)), optimize=False)
+        os.link(partial, path)  # whole or not at all, and never over a file that appeared meanwhile
+    finally:
+        partial.unlink(missing_ok=True)
     with Image.open(path) as written:
         return written.n_frames
 
@@ -149,7 +158,7 @@ def record_apart(checkpoint: str, path: str | Path, seed: int = 0, timeout_s: fl
         try:
             done = subprocess.run([sys.executable, "-m", "rlsweep.engine.video", str(checkpoint), str(path),
                                    "--seed", str(seed), "--answer", str(answer)],
-                                  capture_output=True, text=True, timeout=timeout_s)
+                                  capture_output=True, text=True, errors="replace", timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return f"no video: recording took over {timeout_s:.0f} s"
         if answer.exists():

@@ -56,12 +56,12 @@ def build(checkpoint: str | Path, out: str | Path) -> Path:
         shutil.copyfile(Path(checkpoint) / name, out / CHECKPOINT / name)
     env = make_vector_env(cfg.env, 2)
     try:
-        example = np.asarray(env.reset(seed=0)[0], np.float32).reshape(2, -1)
+        example = np.asarray(env.reset(seed=0)[0]).reshape(2, -1)  # the env's own dtype: raw observations fit
     finally:
         env.close()
     action = TensorSpec(np.dtype(np.int64), (-1,), "action") if space.discrete else \
         TensorSpec(np.dtype(np.float32), (-1, space.act_dim), "action")
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, example.shape[1]), "observation")]),
+    signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, (-1, example.shape[1]), "observation")]),
                                outputs=Schema([action]))
     for name in (EXAMPLE, SERVING_EXAMPLE):
         (out / name).write_text(json.dumps({"inputs": example.tolist()}))
@@ -92,15 +92,15 @@ def policy_folder(folder: str | Path, ref: str) -> Path:
     return path
 
 
-def log_and_register(tracker: Any, run_id: str, checkpoint: str | Path, name: str) -> str:
-    """Builds the model of `checkpoint`, logs it to the run's artifacts (`model/`) and registers it as a
-    new version of `name` with the alias `champion`; returns what the run's `rlsweep.model` tag says."""
+def log_and_register(tracker: Any, run_id: str, checkpoint: str | Path, name: str, folder: str = FOLDER) -> str:
+    """Builds the model of `checkpoint`, logs it to the run's artifact `folder` and registers it as a
+    new version of `name` with the alias `champion` (moved to it from any earlier version); returns
+    what the run's `rlsweep.model` tag then says."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="rlsweep-model-") as d:
-        folder = build(checkpoint, Path(d) / FOLDER)
-        tracker.log_artifacts(run_id, folder, FOLDER)
-    version = tracker.register(run_id, FOLDER, name, ALIAS)
+        tracker.log_artifacts(run_id, build(checkpoint, Path(d) / FOLDER), folder)
+    version = tracker.register(run_id, folder, name, ALIAS)
     said = f"{name} version {version} (@{ALIAS})"
     tracker.set_tag(run_id, TAG_MODEL, said)
     return said

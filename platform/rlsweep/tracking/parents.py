@@ -221,11 +221,17 @@ def register_winner(tracker: Tracker, run_id: str, checkpoint: str, name: str) -
     from rlsweep.tracking.model import TAG_MODEL, log_and_register
 
     try:
+        said = tracker.tags(run_id).get(TAG_MODEL, "")
+        if said and not said.startswith("not registered"):  # this summary ran before (killed after it): once
+            return
         log_and_register(tracker, run_id, checkpoint, name)
     except Exception as e:  # noqa: BLE001 - the model is a courtesy on top of the finished sweep
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         log.warning("the winner was not registered as model %s: %s", name, first)
-        tracker.set_tag(run_id, TAG_MODEL, f"not registered: {first}")
+        try:
+            tracker.set_tag(run_id, TAG_MODEL, f"not registered: {first}")
+        except Exception:  # noqa: BLE001 - the store itself is gone: the warning said it
+            pass
 
 
 def mark_winner(tracker: Tracker, winner: str, trials: list[Any]) -> None:

@@ -98,14 +98,17 @@ def winner_video(tracker: Tracker, parent_run_id: str, checkpoint: str | None) -
         return
     from rlsweep.engine.video import record_apart
 
-    with tempfile.TemporaryDirectory(prefix="rlsweep-video-") as d:
-        got = record_apart(checkpoint, Path(d) / VIDEO)
-        if isinstance(got, str):
-            log.warning("%s (the winner's checkpoint %s)", got, checkpoint)
-            tracker.set_tag(parent_run_id, TAG_VIDEO, got)
-        else:
-            tracker.log_artifacts(parent_run_id, d)
-            tracker.set_tag(parent_run_id, TAG_VIDEO, f"{VIDEO}: {got.describe().removeprefix(got.path + ' ')}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="rlsweep-video-") as d:
+            got = record_apart(checkpoint, Path(d) / VIDEO)
+            if isinstance(got, str):
+                log.warning("%s (the winner's checkpoint %s)", got, checkpoint)
+                tracker.set_tag(parent_run_id, TAG_VIDEO, got)
+            else:
+                tracker.log_artifacts(parent_run_id, d)
+                tracker.set_tag(parent_run_id, TAG_VIDEO, f"{VIDEO}: {got.describe().removeprefix(got.path + ' ')}")
+    except Exception as e:  # noqa: BLE001 - the video is a courtesy on top of the finished sweep
+        log.warning("no video of the winner: %s", (str(e).strip().splitlines() or [type(e).__name__])[0][:300])
 
 
 def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict[str, str | None], *,

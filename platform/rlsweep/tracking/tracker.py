@@ -38,7 +38,7 @@ class Tracker:
         unless `create` is False: then a missing experiment is a LookupError."""
         from mlflow.tracking import MlflowClient
 
-        self._client = MlflowClient(uri)
+        self._client = MlflowClient(uri, registry_uri=uri)  # the store's own model registry
         self.experiment = experiment
         exp = self._client.get_experiment_by_name(experiment)
         if exp is None and not create:
@@ -79,8 +79,8 @@ class Tracker:
 
     @staticmethod
     def model_version_uri(uri: str, ref: str) -> str:
-        """Where the files of `models:/NAME@ALIAS` or `models:/NAME/VERSION` (a path may follow) are, in
-        the store `uri`'s registry; an MlflowException or ValueError when it names none."""
+        """Where the files of `models:/NAME@ALIAS`, `models:/NAME/VERSION` or `models:/NAME/latest` (a path
+        may follow) are, in the store `uri`'s registry; an MlflowException or ValueError when it names none."""
         from mlflow.tracking import MlflowClient
 
         head, _, path = ref.removeprefix("models:/").partition("/")
@@ -91,8 +91,14 @@ class Tracker:
         else:
             name, _, rest = ref.removeprefix("models:/").partition("/")
             version, _, path = rest.partition("/")
-            if not version.isdigit():
-                raise ValueError(f"expected models:/NAME@ALIAS or models:/NAME/VERSION, not {ref!r}")
+            if version == "latest":
+                versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
+                if not versions:
+                    raise ValueError(f"registered model {name!r} has no version")
+                version = str(max(versions))
+            elif not version.isdigit():
+                raise ValueError(f"expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/NAME/latest, "
+                                 f"not {ref!r}")
         base = client.get_model_version_download_uri(name, version).rstrip("/")
         return f"{base}/{path}" if path else base
 

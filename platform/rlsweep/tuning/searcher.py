@@ -91,7 +91,9 @@ def searcher_class() -> type:
                 with warnings.catch_warnings():  # a step replayed after a resume: the study keeps the first
                     warnings.filterwarnings("ignore", message="The reported value is ignored")
                     trial.report(float(value), int(step))
-            except optuna.exceptions.UpdateFinishedTrialError:  # a resumed sweep's repeated completion
+            except Exception as e:  # noqa: BLE001 - a curve for the dashboard never stops the sweep (a
+                # finished trial's repeated completion after a resume, a busy database)
+                log.debug("no intermediate value for trial %s: %s", trial_id, e)
                 return False
             return True
 
