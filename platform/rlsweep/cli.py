@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="train K agents side by side on seeds seed..seed+K-1 (default 1: the experiment's "
                         "sweep.seeds_per_trial is for sweeps)")
     t.add_argument("--restore", metavar="CHECKPOINT", default=None,
-                   help="continue from a checkpoint directory or an MLflow artifact URI (runs:/<id>/...)")
+                   help="continue from a checkpoint: a directory, an MLflow artifact URI (runs:/<id>/...), a "
+                   "registered model (models:/NAME@champion) or a place in a bucket (s3://...)")
     set_arg(t)
     address_arg(t)  # (flags in the order people need them: the cluster's last)
 
@@ -85,8 +86,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="also register the winner's policy as a new version of the MLflow model NAME, alias champion")
 
     e = sub.add_parser("evaluate", parents=[common], help="play deterministic episodes with a checkpoint's policy (no Ray)")
-    e.add_argument("checkpoint", help="a checkpoint directory, an MLflow artifact URI (runs:/<id>/...) or a "
-                   "registered model (models:/NAME@champion)")
+    e.add_argument("checkpoint", help="a checkpoint directory, an MLflow artifact URI (runs:/<id>/...), a "
+                   "registered model (models:/NAME@champion) or a place in a bucket (s3://...)")
     e.add_argument("--episodes", type=int, default=None, help="default: the experiment's evaluation.episodes")
     e.add_argument("--seed", type=int, default=0, help="seeds the evaluation episodes")
     e.add_argument("--tracking-uri", default=None, help="store for runs:/ URIs (default: as `ui` finds it)")

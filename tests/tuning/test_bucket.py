@@ -202,3 +202,38 @@ def test_the_mirror_against_a_real_bucket(stack, tmp_path, monkeypatch):
     empty = b.child("nothing")
     bucket.pull(empty, tmp_path / "empty")
     assert not (tmp_path / "empty").exists() and not bucket.exists(empty)
+
+
+@pytest.mark.xdist_group("stack")
+@pytest.mark.slow
+def test_a_checkpoint_in_a_bucket_is_evaluated_from_its_uri(stack, tmp_path, monkeypatch):
+    """The checkpoint URI a run kept in a bucket prints (`s3://...?endpoint_override=...`) is what
+    `evaluate` (and `train --restore`, through the same fetch) takes: fetched with the environment's
+    keys; a place with nothing stored is one line."""
+    import pyarrow.fs
+
+    from rlsweep.config import validate
+    from rlsweep.engine.training import Training
+    from rlsweep.engine.workers import LocalWorkers
+    from rlsweep.ppo import checkpoint
+    from tests.conftest import cli_env, rlsweep, small_config
+
+    cfg = validate(small_config(workers=0))
+    t = Training(cfg, LocalWorkers(cfg))
+    t.iterate()
+    checkpoint.write(tmp_path / "ckpt", *t.state())
+    t.close()
+    for k, v in stack_s3_env().items():
+        monkeypatch.setenv(k, v)
+    place = Bucket.parse(stack_bucket(stack, f"ckpt-{secrets.token_hex(4)}"))
+    b = place.child("checkpoint_000001")
+    fs, path = b.filesystem()
+    pyarrow.fs.copy_files(str(tmp_path / "ckpt"), path, destination_filesystem=fs)
+    env = cli_env(**stack_s3_env())
+    r = rlsweep("evaluate", b.uri, "--episodes", "2", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("CartPole-v1: 2 episodes, deterministic actions, seed 0"), r.stdout
+    r = rlsweep("evaluate", place.child("nothing").uri, env=env, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and f"{place.location}/nothing: nothing is stored there" in lines[0], \
+        r.stderr

@@ -68,6 +68,8 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
             uri = tracking_uri or resolve_uri(TrackingConfig())
             check_store(uri, must_exist=True)  # an unreachable server fails in seconds; no empty store is made
             ref = inputs.download(ref, uri, scratch)
+        elif inputs.is_remote(ref):  # a checkpoint in a bucket
+            ref = inputs.fetch(ref, "", scratch)
         from rlsweep.ppo import checkpoint
         from rlsweep.tracking.model import policy_folder
 

@@ -83,6 +83,33 @@ def is_mlflow_uri(ref: str) -> bool:
     return ref.startswith(("runs:/", "mlflow-artifacts:/", "models:/"))
 
 
+def is_remote(ref: str) -> bool:
+    """Whether a checkpoint reference is fetched before use: an MLflow URI, or a place in a bucket
+    (`s3://BUCKET/PATH?endpoint_override=...`, as `train` prints a checkpoint kept in one)."""
+    return is_mlflow_uri(ref) or ref.startswith("s3://")
+
+
+def fetch(ref: str, uri: str, dest: str) -> str:
+    """A remote checkpoint reference (`is_remote`) fetched into `dest` (a temporary folder the caller
+    removes); its local path. `uri`: the MLflow store, for an MLflow URI."""
+    if is_mlflow_uri(ref):
+        return download(ref, uri, dest)
+    from rlsweep.tuning.bucket import Bucket, pull
+
+    place = Bucket.parse(ref)  # (credentials come from the environment, never from the URI)
+    local = Path(dest) / (place.name or "checkpoint")
+    try:
+        pull(place, local, remote_wins=True)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unreachable, refused, anything: one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{place.location}: cannot download ({first[:300]})") from None
+    if not local.is_dir():
+        raise ConfigError(f"{place.location}: nothing is stored there")
+    return str(local)
+
+
 def download(ref: str, uri: str, dest: str) -> str:
     """An MLflow artifact URI downloaded into `dest` (a temporary folder the caller removes)."""
     from rlsweep.tracking.tracker import Tracker
@@ -123,7 +150,7 @@ class Checkpoint:
         """Where a `train --restore` run continued from: the checkpoint as given, its run, its env steps."""
         from rlsweep.tracking.runs import TAG_RESTORED_FROM, TAG_RESTORED_RUN, TAG_RESTORED_STEP
 
-        tags = {TAG_RESTORED_FROM: self.ref if is_mlflow_uri(self.ref) else str(Path(self.ref).resolve()),
+        tags = {TAG_RESTORED_FROM: self.ref if is_remote(self.ref) else str(Path(self.ref).resolve()),
                 TAG_RESTORED_STEP: str(self.state.get("env_steps", ""))}
         if self.ref.startswith("runs:/"):
             tags[TAG_RESTORED_RUN] = self.ref.removeprefix("runs:/").split("/", 1)[0]

@@ -54,7 +54,8 @@ def train(experiment: str, overrides: list[str], seed: int | None = None, restor
         experiment: the experiment YAML.
         overrides: `--set KEY=VALUE` strings.
         seed: replaces the experiment's seed.
-        restore: a checkpoint folder or MLflow artifact URI to continue from.
+        restore: a checkpoint to continue from: a folder, an MLflow artifact URI or registered model,
+            or a place in a bucket (`s3://...`, as a run kept in one prints its checkpoint).
         seeds: train this many agents side by side (seeds `seed`, `seed` + 1, ...). By default one:
             the experiment's `sweep.seeds_per_trial` is for its sweeps (a `--set` of it counts).
 
@@ -69,12 +70,12 @@ def train(experiment: str, overrides: list[str], seed: int | None = None, restor
         overrides = [*overrides, "sweep.seeds_per_trial=1"]
     cfg = inputs.experiment(experiment, overrides, seed=seed)
     local = None
-    if restore and not inputs.is_mlflow_uri(restore):  # a bad local checkpoint is refused before the store opens
+    if restore and not inputs.is_remote(restore):  # a bad local checkpoint is refused before the store opens
         local = inputs.Checkpoint.verified(restore, restore, cfg)
     uri = inputs.store_uri(cfg)
     with tempfile.TemporaryDirectory(prefix="rlsweep-checkpoint-") as scratch:
         if restore and local is None:
-            local = inputs.Checkpoint.verified(restore, inputs.download(restore, uri, scratch), cfg)
+            local = inputs.Checkpoint.verified(restore, inputs.fetch(restore, uri, scratch), cfg)
         out = run_train(cfg, restore_from=local.path if local else None, tags=local.restore_tags() if local else None)
     out.store = uri
     return out
