@@ -18,6 +18,7 @@ imports this module and gets a greedy policy of the first agent, again without u
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ def build(checkpoint: str | Path, out: str | Path) -> Path:
         (out / name).write_text(json.dumps({"inputs": example.tolist()}))
     model = Model(signature=signature, saved_input_example_info={
         "artifact_path": EXAMPLE, "type": "ndarray", "serving_input_path": SERVING_EXAMPLE})
-    model.add_flavor("python_function", loader_module=__name__, data=CHECKPOINT, env=None)
+    model.add_flavor("python_function", loader_module=__name__, data=CHECKPOINT, env=None,
+                     python_version=platform.python_version())
     model.add_flavor(FLAVOR, checkpoint=CHECKPOINT, format_version=ckpt.FORMAT_VERSION, env_id=cfg.env.id,
                      agents=int(weights["actor"][0].shape[0]))
     model.save(str(out / "MLmodel"))
