@@ -293,10 +293,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             print(f"target: below the experiment's target return {_fmt(out.target)} on these episodes "
                   f"({M.EVAL_RETURN_MEAN} {mean}); a trial stops at the first evaluation that reaches it")
-    if isinstance(out.video, str):
-        print(f"rlsweep: note: {out.video}", file=sys.stderr)
-    elif out.video is not None:
-        print(f"video: {out.video.describe()}")
+    if out.film is not None:
+        sys.stdout.flush()  # the scores are out before a renderer runs
+        video = out.film()
+        if isinstance(video, str):
+            print(f"rlsweep: note: {video}", file=sys.stderr)
+        else:
+            print(f"video: {video.describe()}")
     return 0
 
 

@@ -7,6 +7,7 @@ its policy once (verified whole), play the episodes in one evaluator, and return
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ class EvaluateOutcome:
     agents: int = 1  # a checkpoint of K agents (sweep.seeds_per_trial): each plays the episodes, agent k on seed + k
     target: float | None = None  # the experiment's stop.target_return
     at_target: int = 0  # agents whose mean return over these episodes meets it
-    video: Any = None  # `engine.video.Video` with --video, or why there is none (a str)
+    # with --video: records it once called (after the scores are out, so that a renderer that crashes
+    # the process cannot take them along), returning the `engine.video.Video` or why there is none
+    film: Callable[[], Any] | None = None
 
 
 def check_video_path(path: str) -> Path:
@@ -54,7 +57,8 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
         seed: seeds the episodes.
         tracking_uri: the store for an MLflow URI (default: as `ui` finds it).
         video: also write a GIF of the first agent's deterministic episode on `seed` here
-            (`engine.video`); an env that cannot render gets a note instead.
+            (`engine.video`), when the outcome's `film` is called; an env that cannot render gets a
+            note instead.
     """
     check_seed(seed, "--seed")
     if episodes is not None and episodes < 1:
@@ -84,16 +88,15 @@ def evaluate(ref: str, episodes: int | None = None, seed: int = 0, tracking_uri:
         per_agent = evaluator.evaluate(weights, stats, iteration=0)
     finally:
         evaluator.close()
-    recorded: Any = None
-    if out is not None:
+    def film() -> Any:
         from rlsweep.engine.video import CannotRender, record
 
         try:
-            recorded = record(cfg, weights, stats, out, seed=seed)
+            return record(cfg, weights, stats, out, seed=seed)
         except CannotRender as e:
-            recorded = f"no video: the env {cfg.env.id!r} cannot render: {e}"
+            return f"no video: the env {cfg.env.id!r} cannot render: {e}"
     target = cfg.stop.target_return
     at_target = 0 if target is None else sum(v >= target for v in per_agent[M.EVAL_RETURN_MEAN])
     return EvaluateOutcome(cfg.env.id, cfg.evaluation.episodes, cfg.evaluation.deterministic, seed,
                            M.summarise(per_agent, evaluator.seeds), len(evaluator.seeds), target, at_target,
-                           recorded)
+                           film if out is not None else None)
