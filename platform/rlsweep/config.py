@@ -20,6 +20,13 @@ class ConfigError(ValueError):
     """Bad user input: the message is one line a user can act on."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception in one line for a message: its text's first line (at most 300 characters), or its
+    type's name when it has no text."""
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
 # one rule for every name rlsweep makes folders and runs from (experiments, sweeps): ASCII letters,
 # digits, '-', '_' and '.', so that a sweep's `best -o` file is a valid experiment again
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rlsweep.commands.record import SweepRecord, find_sweep
-from rlsweep.config import ConfigError, check_name
+from rlsweep.config import ConfigError, check_name, first_line
 
 
 @dataclass(frozen=True)
@@ -100,5 +100,4 @@ def _register(record: SweepRecord, row: dict[str, Any], name: str) -> str:
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - a store without a registry, a refused name: one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ConfigError(f"--register {name}: {redact(store.uri)} did not register it ({first})") from None
+        raise ConfigError(f"--register {name}: {redact(store.uri)} did not register it ({first_line(e)})") from None

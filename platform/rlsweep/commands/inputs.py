@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlsweep.config import ConfigError, ExperimentConfig, check_seed, load_experiment
+from rlsweep.config import ConfigError, ExperimentConfig, check_seed, first_line, load_experiment
 
 
 def experiment(path: str, overrides: list[str], seed: int | None = None) -> ExperimentConfig:
@@ -103,8 +103,7 @@ def fetch(ref: str, uri: str, dest: str) -> str:
     except ConfigError:
         raise
     except Exception as e:  # noqa: BLE001 - unreachable, refused, anything: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{place.location}: cannot download ({first[:300]})") from None
+        raise ConfigError(f"{place.location}: cannot download ({first_line(e)})") from None
     if not local.is_dir():
         raise ConfigError(f"{place.location}: nothing is stored there")
     return str(local)

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rlsweep.config import ConfigError
+from rlsweep.config import ConfigError, first_line
 
 FORMAT_VERSION = 1
 LEARNER_FILE = "learner.pt"
@@ -144,9 +144,8 @@ def load_policy(directory: str | Path) -> tuple[Any, Any, Any]:
             warnings.simplefilter("ignore", UserWarning)
             saved = torch.load(io.BytesIO(learner), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch says UnpicklingError, RuntimeError or others by version
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ConfigError(f"checkpoint {directory}: {LEARNER_FILE} is not a weights-only file; refused, nothing "
-                          f"in it was run ({first[:200]})") from None
+                          f"in it was run ({first_line(e)[:200]})") from None
     net.load_state_dict(upgrade_state_dict(saved["model"]))
     saved = state["obs_stats"]
     stats = None if not saved else [RunningMeanStd.from_dict(d) for d in (saved if isinstance(saved, list) else [saved])]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlsweep.config import first_line
 from rlsweep.tracking import provenance, report
 from rlsweep.tracking.runs import (
     TAG_CONFIRMS,
@@ -226,7 +227,7 @@ def register_winner(tracker: Tracker, run_id: str, checkpoint: str, name: str) -
             return
         log_and_register(tracker, run_id, checkpoint, name)
     except Exception as e:  # noqa: BLE001 - the model is a courtesy on top of the finished sweep
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        first = first_line(e)
         log.warning("the winner was not registered as model %s: %s", name, first)
         try:
             tracker.set_tag(run_id, TAG_MODEL, f"not registered: {first}")

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from rlsweep import metrics as M
-from rlsweep.config import flatten
+from rlsweep.config import first_line, flatten
 from rlsweep.ranking import CONFIRMED, better, checkpoint_of, rank, sweep_rows
 from rlsweep.tracking.runs import (
     TAG_BEST_RUN,
@@ -108,7 +108,7 @@ def winner_video(tracker: Tracker, parent_run_id: str, checkpoint: str | None) -
                 tracker.log_artifacts(parent_run_id, d)
                 tracker.set_tag(parent_run_id, TAG_VIDEO, f"{VIDEO}: {got.describe().removeprefix(got.path + ' ')}")
     except Exception as e:  # noqa: BLE001 - the video is a courtesy on top of the finished sweep
-        log.warning("no video of the winner: %s", (str(e).strip().splitlines() or [type(e).__name__])[0][:300])
+        log.warning("no video of the winner: %s", first_line(e))
 
 
 def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict[str, str | None], *,

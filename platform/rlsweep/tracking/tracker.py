@@ -89,8 +89,7 @@ class Tracker:
             name, alias = head.split("@", 1)
             version = client.get_model_version_by_alias(name, alias).version
         else:
-            name, _, rest = ref.removeprefix("models:/").partition("/")
-            version, _, path = rest.partition("/")
+            name, (version, _, path) = head, path.partition("/")
             if version == "latest":
                 versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
                 if not versions:

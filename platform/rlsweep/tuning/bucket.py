@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from rlsweep.config import ConfigError
+from rlsweep.config import ConfigError, first_line
 
 SCHEME = "s3"
 MARK = ".rlsweep_bucket"  # in a mirror: the sweep's URI
@@ -103,7 +103,7 @@ class Bucket:
         try:
             return pyarrow.fs.FileSystem.from_uri(self.uri)
         except Exception as e:  # noqa: BLE001 - pyarrow's own message says which part it refused
-            raise ConfigError(f"results_dir {self.uri}: {_first_line(e)}") from None
+            raise ConfigError(f"results_dir {self.uri}: {first_line(e)}") from None
 
     def mirror(self) -> Path:
         """The driver's local folder for this place (see the module's docstring)."""
@@ -126,11 +126,6 @@ def relocate(url: str) -> str:
     return prefix + str(mirrors() / url.split(marker, 1)[1])
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
 def check(b: Bucket, what: str = "results_dir") -> None:
     """Before Ray starts: the bucket answers, these credentials may write, read and delete there (a
     probe object comes and goes). A ConfigError in one line otherwise."""
@@ -143,7 +138,7 @@ def check(b: Bucket, what: str = "results_dir") -> None:
             f.read()
         fs.delete_file(probe)
     except Exception as e:  # noqa: BLE001 - pyarrow raises OSError with S3's own words
-        raise ConfigError(f"{what} {b.location}: cannot write there ({_first_line(e)}); the endpoint is set by "
+        raise ConfigError(f"{what} {b.location}: cannot write there ({first_line(e)}); the endpoint is set by "
                           "?endpoint_override=HOST:PORT&scheme=http, the credentials by AWS_ACCESS_KEY_ID / "
                           "AWS_SECRET_ACCESS_KEY") from None
 
@@ -155,7 +150,7 @@ def _listing(fs: Any, path: str) -> dict[str, Any]:
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))
     except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"cannot list {path} in its bucket ({_first_line(e)})") from None
+        raise ConfigError(f"cannot list {path} in its bucket ({first_line(e)})") from None
     return {i.path[len(path):].lstrip("/"): i for i in infos if i.type == pyarrow.fs.FileType.File}
 
 
@@ -358,7 +353,7 @@ def take_lease(b: Bucket, name: str) -> None:
     except ValueError:  # not a lease rlsweep wrote: taken over
         held = None
     except OSError as e:
-        raise ConfigError(f"sweep {name} at {b.location}: cannot read its lease ({_first_line(e)})") from None
+        raise ConfigError(f"sweep {name} at {b.location}: cannot read its lease ({first_line(e)})") from None
     if isinstance(held, dict) and {k: held.get(k) for k in ("host", "pid")} != _me():
         age = time.time() - float(held.get("at") or 0)
         if age < LEASE_S and not (held.get("host") == _me()["host"] and not _alive(held.get("pid"))):
