@@ -18,6 +18,7 @@ from rlsweep.config import ConfigError
 from rlsweep.ppo import checkpoint
 from rlsweep.ppo.normalization import CLIP, EPS
 from rlsweep.tracking import model
+from rlsweep.tracking.tracker import Tracker
 from tests.engine.test_video import trained_checkpoint
 
 
@@ -49,6 +50,10 @@ def test_a_registered_model_loads_by_alias_and_acts_as_the_checkpoint(store, tmp
     assert inputs[0]["tensor-spec"] == {"dtype": "float32", "shape": [-1, 4]}
     example = np.asarray(json.loads((folder / "input_example.json").read_text())["inputs"], np.float32)
     assert example.shape == (2, 4)
+    for ref in (f"models:/{name}/1", f"models:/{name}/latest"):  # by number, and the newest
+        assert (Path(tracker.download(store.uri, ref, str(tmp_path / ref.rsplit("/", 1)[1]))) / "MLmodel").is_file()
+    assert Tracker.model_version_uri(store.uri, f"models:/{name}/latest") == \
+        Tracker.model_version_uri(store.uri, f"models:/{name}@champion")
     inner = model.policy_folder(folder, "models:/x")
     assert inner == (folder / "checkpoint").resolve() and checkpoint.is_whole(inner)
 
