@@ -64,13 +64,25 @@ class EnvConfig(_Section):
         description="auto: the env's own vectorised implementation where it has one, else sync.",
     )
     max_episode_steps: int | None = Field(None, ge=1, description="Override the env's time limit.")
+    preset: Literal["atari"] | None = Field(
+        None, description="atari: the standard Atari pipeline on an ALE game id (rlsweep[atari]): no-op starts, "
+        "frame skip 4 with max-pooling, 84x84 grayscale, 4 stacked frames, FIRE at the start of each life; a lost "
+        "life ends a training episode and training rewards are clipped to their sign, while evaluation and the "
+        "reported episode returns are the unclipped scores of whole games.")
 
 
 class PolicyConfig(_Section):
-    """The actor-critic network (separate actor and critic MLPs)."""
+    """The actor-critic network: separate actor and critic MLPs, or for images a convolutional trunk."""
 
-    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], description="Hidden layer widths.")
-    activation: Literal["tanh", "relu"] = Field("tanh", description="Hidden activation.")
+    encoder: Literal["auto", "mlp", "cnn"] = Field(
+        "auto", description="mlp: observations flattened into MLPs; cnn: the Nature-DQN convolutional trunk (32 8x8/4, "
+        "64 4x4/2, 64 3x3/1, a dense layer of cnn_dense) for image observations (H x W x C or C x H x W; uint8 "
+        "pixels are scaled by 1/255 in the network); auto: cnn for 3-d uint8 observations, else mlp.")
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], description="Hidden layer widths (mlp).")
+    activation: Literal["tanh", "relu"] = Field("tanh", description="Hidden activation (mlp; the cnn uses relu).")
+    cnn_dense: int = Field(512, ge=1, le=65_536, description="Width of the cnn's dense layer after its convolutions.")
+    shared_trunk: bool = Field(True, description="cnn: actor and critic heads on one trunk; false gives each its "
+                               "own trunk (mlp policies always have separate actor and critic networks).")
     log_std_init: float = Field(0.0, description="Initial log std of the Gaussian (Box actions only).")
     normalize_observations: bool = Field(False, description="Running mean/std normalisation of obs.")
 

@@ -30,20 +30,49 @@ log = logging.getLogger(__name__)
 EXTRAS = {"gymnasium.envs.mujoco": "mujoco", "gymnasium.envs.box2d": "box2d"}
 
 
+# The rlsweep extra for an env id's namespace, imported before the id is looked up: gymnasium finds
+# these ids only once their package registered them.
+NAMESPACES = {"ALE": ("ale_py", "atari")}
+
+# A vector env may report whole-episode scores in its info under SCORE (NaN where no episode ended),
+# with their lengths under SCORE_LENGTH: the sampler then reports those as the episodes' returns and
+# lengths instead of summing rewards (the Atari preset: the unclipped score of a whole game, while the
+# rewards learned from are clipped and a lost life ends an episode).
+SCORE, SCORE_LENGTH = "rlsweep_episode_score", "rlsweep_episode_length"
+
+
 @dataclass(frozen=True)
 class SpaceInfo:
-    """What the networks need to know about an env: flat observation size and the action space."""
+    """What the networks need to know about an env: its observations' shape and dtype, and the action space."""
 
-    obs_dim: int
+    obs_dim: int  # the observation's size, flattened
     discrete: bool
     act_dim: int  # number of actions (Discrete) or action vector size (Box)
     act_low: np.ndarray | None = None
     act_high: np.ndarray | None = None
+    obs_shape: tuple[int, ...] = ()
+    obs_dtype: str = "float32"
+
+
+def _import_namespace(cfg: EnvConfig) -> None:
+    """Imports the package that registers the env's namespace (`NAMESPACES`; the Atari preset's is
+    ale_py's); a ConfigError naming the rlsweep extra when it is not installed."""
+    namespace = cfg.id.partition("/")[0] if "/" in cfg.id else ("ALE" if cfg.preset == "atari" else None)
+    if namespace not in NAMESPACES or ":" in cfg.id:
+        return
+    package, extra = NAMESPACES[namespace]
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        what = "env.preset" if cfg.preset else "env.id"
+        raise ConfigError(f"key '{what}': {cfg.preset or cfg.id!r} needs a package that is not installed "
+                          f"({package}): pip install 'rlsweep[{extra}]'") from None
 
 
 def resolve_spec(cfg: EnvConfig) -> EnvSpec:
     """A registered id, 'module:Registered-v0', or 'package.module:Class' -> an EnvSpec."""
     env_id = cfg.id
+    _import_namespace(cfg)
     if ":" in env_id:
         module_name, _, name = env_id.partition(":")
         try:
@@ -118,9 +147,14 @@ def make_render_env(cfg: EnvConfig) -> Any:
         return _made(cfg, spec, lambda: gym.make(spec, render_mode="rgb_array", **cfg.kwargs))
 
 
-def make_vector_env(cfg: EnvConfig, num_envs: int) -> VectorEnv:
-    """A vector env of `num_envs` copies in NEXT_STEP autoreset mode (not yet reset)."""
+def make_vector_env(cfg: EnvConfig, num_envs: int, training: bool = True) -> VectorEnv:
+    """A vector env of `num_envs` copies in NEXT_STEP autoreset mode (not yet reset); `training` False
+    for evaluation (a preset's training-only parts left out: see `EnvConfig.preset`)."""
     spec = resolve_spec(cfg)
+    if cfg.preset == "atari":
+        from rlsweep import atari
+
+        return atari.make(cfg, spec, num_envs, training)
     mode = cfg.vectorization
     if mode == "auto":
         mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
@@ -150,26 +184,34 @@ def space_info(cfg: EnvConfig) -> SpaceInfo:
     """Build one sub-env to read its spaces; raises ConfigError for envs rlsweep cannot drive."""
     spec = resolve_spec(cfg)
     try:
-        env = _made(cfg, spec, lambda: gym.make(spec, **cfg.kwargs))
+        if cfg.preset == "atari":
+            from rlsweep import atari
+
+            env = atari.make(cfg, spec, 1, training=False)
+        else:
+            env = _made(cfg, spec, lambda: gym.make(spec, **cfg.kwargs))
     except ConfigError:
         raise
     except Exception as e:  # the env's own constructor failed: report it as bad input
         raise ConfigError(f"key 'env.kwargs': {cfg.id!r} cannot be created with kwargs {cfg.kwargs}: {e}") from None
     try:
-        obs, act = env.observation_space, env.action_space
+        obs, act = (env.single_observation_space, env.single_action_space) if isinstance(env, VectorEnv) else \
+            (env.observation_space, env.action_space)
     finally:
         env.close()
     if not isinstance(obs, gym.spaces.Box):
         raise ConfigError(f"key 'env.id': {cfg.id!r} has observation space {obs}; rlsweep needs a Box")
+    observations = {"obs_dim": int(np.prod(obs.shape)), "obs_shape": tuple(int(n) for n in obs.shape),
+                    "obs_dtype": np.dtype(obs.dtype).name}
     if isinstance(act, gym.spaces.Discrete):
-        return SpaceInfo(obs_dim=int(np.prod(obs.shape)), discrete=True, act_dim=int(act.n))
+        return SpaceInfo(discrete=True, act_dim=int(act.n), **observations)
     if isinstance(act, gym.spaces.Box) and len(act.shape) == 1:
         return SpaceInfo(
-            obs_dim=int(np.prod(obs.shape)),
             discrete=False,
             act_dim=int(act.shape[0]),
             act_low=act.low.astype(np.float32),
             act_high=act.high.astype(np.float32),
+            **observations,
         )
     raise ConfigError(f"key 'env.id': {cfg.id!r} has action space {act}, neither Discrete nor a 1-d Box")
 
@@ -182,6 +224,9 @@ def space_info(cfg: EnvConfig) -> SpaceInfo:
 # and their episodes restart after a restore.
 
 _SCALARS = (bool, int, float, str, type(None))
+# Simulators whose state lives in native objects: an env holding one of their objects cannot be
+# snapshotted from its attributes (its episodes restart after a restore)
+_OPAQUE = ("mujoco", "ale_py", "Box2D")
 
 
 def encode_value(value: Any) -> Any:
@@ -239,6 +284,8 @@ def env_state(env: Any) -> dict[str, Any] | None:
     for name, value in vars(env).items():
         if name in ("env", "envs"):
             continue
+        if type(value).__module__.split(".")[0] in _OPAQUE:
+            return None
         try:
             own[name] = encode_value(value)
         except TypeError:

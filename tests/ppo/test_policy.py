@@ -23,7 +23,7 @@ def test_numpy_forward_matches_torch(space, activation, seeds):
     # perturb the last actor layer so the distribution is far from uniform
     with torch.no_grad():
         net.pi_w.normal_()
-    pol = NumpyPolicy(space, activation)
+    pol = NumpyPolicy(space, PolicyConfig(activation=activation))
     pol.load(net.export_weights())
     obs = np.random.default_rng(0).normal(size=(k, 64, space.obs_dim)).astype(np.float32)
     actions, logp, values = pol.act(obs, [np.random.default_rng(1 + i) for i in range(k)])
@@ -36,7 +36,7 @@ def test_numpy_forward_matches_torch(space, activation, seeds):
 
 
 def test_categorical_sampling_follows_the_probabilities():
-    pol = NumpyPolicy(DISCRETE, "tanh")
+    pol = NumpyPolicy(DISCRETE, PolicyConfig())
     # zero hidden weights, output bias = log-probs of [0.2, 0.3, 0.5]
     probs = np.array([0.2, 0.3, 0.5], np.float32)
     pol.load({
@@ -58,12 +58,12 @@ def test_each_agent_draws_from_its_own_rng():
     net = ActorCritic(DISCRETE, PolicyConfig(hidden_sizes=[8]), [4, 5])
     with torch.no_grad():
         net.pi_w.normal_()
-    both = NumpyPolicy(DISCRETE, "tanh")
+    both = NumpyPolicy(DISCRETE, PolicyConfig())
     both.load(net.export_weights())
     obs = np.random.default_rng(0).normal(size=(2, 100, 4)).astype(np.float32)
     a, logp, values = both.act(obs, [np.random.default_rng(10), np.random.default_rng(11)])
     for k in range(2):
-        alone = NumpyPolicy(DISCRETE, "tanh")
+        alone = NumpyPolicy(DISCRETE, PolicyConfig())
         alone.load({key: [w[k : k + 1] for w in ws] for key, ws in net.export_weights().items()})
         ak, lk, vk = alone.act(obs[k : k + 1], [np.random.default_rng(10 + k)])
         np.testing.assert_array_equal(a[k : k + 1], ak)
@@ -72,7 +72,7 @@ def test_each_agent_draws_from_its_own_rng():
 
 
 def test_box_actions_are_clipped_only_at_the_env():
-    pol = NumpyPolicy(BOX, "tanh")
+    pol = NumpyPolicy(BOX, PolicyConfig())
     raw = np.array([[3.0, -0.5]], np.float32)
     assert pol.to_env(raw).tolist() == [[1.0, -0.5]]
     assert raw.tolist() == [[3.0, -0.5]]

@@ -25,12 +25,13 @@ def experiment(path: str, overrides: list[str], seed: int | None = None) -> Expe
         seed: replaces the experiment's seed.
     """
     from rlsweep.envs import space_info
+    from rlsweep.ppo import encoders
     from rlsweep.tracking.store import take_credentials
 
     cfg = load_experiment(path, overrides, seed=None if seed is None else check_seed(seed, "--seed"))
     cfg.tracking.uri = take_credentials(cfg.tracking.uri)  # a password stays out of params, files and Ray
     try:
-        space_info(cfg.env)
+        encoders.choose(space_info(cfg.env), cfg.policy)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     results_dir(cfg)

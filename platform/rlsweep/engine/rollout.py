@@ -12,7 +12,16 @@ import numpy as np
 
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig
-from rlsweep.envs import decode_value, encode_value, env_state, make_vector_env, set_env_state, space_info
+from rlsweep.envs import (
+    SCORE,
+    SCORE_LENGTH,
+    decode_value,
+    encode_value,
+    env_state,
+    make_vector_env,
+    set_env_state,
+    space_info,
+)
 from rlsweep.ppo.batch import Rollout
 from rlsweep.ppo.normalization import RunningMeanStd, normalize_each
 from rlsweep.ppo.policy import NumpyPolicy, Weights
@@ -25,17 +34,21 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def _step(envs: list[Any], actions: np.ndarray, out: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+def _step(envs: list[Any], actions: np.ndarray, out: tuple[np.ndarray, ...]) -> tuple[tuple[np.ndarray, ...], list]:
     """Steps agent k's vector env with actions[k]: (observations, rewards, terminated, truncated),
-    each with the agent axis in front. With several agents they are written into `out` (arrays of
-    those shapes, reused from step to step: no stacking of K results on every step)."""
+    each with the agent axis in front, and the agents' infos. With several agents they are written
+    into `out` (arrays of those shapes, reused from step to step: no stacking of K results on every
+    step)."""
     if len(envs) == 1:  # the common case, as the env returned them
-        obs, r, term, trunc, _ = envs[0].step(actions[0])
-        return obs[None], r[None], term[None], trunc[None]
+        obs, r, term, trunc, info = envs[0].step(actions[0])
+        return (obs[None], r[None], term[None], trunc[None]), [info]
+    infos = []
     for k, (env, a) in enumerate(zip(envs, actions, strict=True)):
-        for buffer, value in zip(out, env.step(a)[:4], strict=True):
+        *values, info = env.step(a)
+        for buffer, value in zip(out, values, strict=True):
             buffer[k] = value
-    return out
+        infos.append(info)
+    return out, infos
 
 
 class Sampler:
@@ -52,11 +65,11 @@ class Sampler:
         self.index = worker_index
         self.seeds = cfg.agent_seeds
         self.num_envs = cfg.rollouts.num_envs_per_worker
-        self.policy = NumpyPolicy(space_info(cfg.env), cfg.policy.activation)
+        self.policy = NumpyPolicy(space_info(cfg.env), cfg.policy)
         self.envs = []
         try:
             for _ in self.seeds:
-                self.envs.append(make_vector_env(cfg.env, self.num_envs))
+                self.envs.append(make_vector_env(cfg.env, self.num_envs, training=True))
         except BaseException:
             self.close()
             raise
@@ -81,14 +94,16 @@ class Sampler:
         Returns:
             A `Rollout` of (T, K, N, ...) arrays, T = rollout_length, K agents and N =
             num_envs_per_worker, with each agent's returns and lengths of the episodes that ended
-            during these T steps.
+            during these T steps (the scores the env reports, where it reports them: `envs.SCORE`).
+            Observations are as the policy reads them: float32 for an mlp, the env's own (uint8
+            pixels) for a cnn.
         """
         T, N, K = self.cfg.rollout_length, self.num_envs, len(self.seeds)
-        self.policy.load(weights)
-        dim = int(np.prod(self.obs.shape[2:]))
-        obs_buf = np.zeros((T, K, N, dim), np.float32)
+        policy = self.policy
+        policy.load(weights)
+        obs_buf = np.zeros((T, K, N, *policy.obs_shape), policy.obs_dtype)
         raw_buf = np.zeros_like(obs_buf) if obs_stats is not None else None
-        space = self.policy.space
+        space = policy.space
         act_shape = (T, K, N) if space.discrete else (T, K, N, space.act_dim)
         actions = np.zeros(act_shape, np.int64 if space.discrete else np.float32)
         logp, values, rewards = (np.zeros((T, K, N), np.float32) for _ in range(3))
@@ -101,15 +116,15 @@ class Sampler:
             out = (self.obs, np.zeros((K, N)), np.zeros((K, N), bool), np.zeros((K, N), bool))
 
         for t in range(T):
-            obs = self.obs.reshape(K, N, dim)
+            obs = policy.prepare(self.obs)
             if raw_buf is not None:
                 raw_buf[t] = obs
                 obs = normalize_each(obs_stats, obs)
-            a, lp, v = self.policy.act(obs, self.rngs)
+            a, lp, v = policy.act(obs, self.rngs)
             obs_buf[t], actions[t], logp[t], values[t] = obs, a, lp, v
             valid[t] = ~self.prev_done
-            to_env = self.policy.to_env(a)
-            self.obs, r, terminated[t], truncated[t] = _step(self.envs, to_env, out)
+            to_env = policy.to_env(a)
+            (self.obs, r, terminated[t], truncated[t]), infos = _step(self.envs, to_env, out)
             rewards[t] = r
 
             live = valid[t]
@@ -117,14 +132,20 @@ class Sampler:
             self.ep_length[live] += 1
             done = terminated[t] | truncated[t]
             if done.any():
-                for k in np.flatnonzero(done.any(axis=1)):
-                    ep_returns[k] += self.ep_return[k, done[k]].tolist()
-                    ep_lengths[k] += self.ep_length[k, done[k]].tolist()
+                if SCORE in infos[0]:  # the env scores its episodes itself (a game's end is an episode's)
+                    for k, info in enumerate(infos):
+                        scored = ~np.isnan(info[SCORE])
+                        ep_returns[k] += info[SCORE][scored].tolist()
+                        ep_lengths[k] += info[SCORE_LENGTH][scored].tolist()
+                else:
+                    for k in np.flatnonzero(done.any(axis=1)):
+                        ep_returns[k] += self.ep_return[k, done[k]].tolist()
+                        ep_lengths[k] += self.ep_length[k, done[k]].tolist()
                 self.ep_return[done] = 0.0
                 self.ep_length[done] = 0
             self.prev_done = done
 
-        last_obs = self.obs.reshape(K, N, dim)
+        last_obs = policy.prepare(self.obs)
         if obs_stats is not None:
             last_obs = normalize_each(obs_stats, last_obs)
         return Rollout(
@@ -132,7 +153,7 @@ class Sampler:
             terminated=terminated, truncated=truncated, valid=valid,
             last_value=self.policy.value(last_obs).astype(np.float32),
             episode_returns=ep_returns, episode_lengths=ep_lengths,
-            raw_obs=None if raw_buf is None else raw_buf.transpose(1, 0, 2, 3).reshape(K, T * N, dim),
+            raw_obs=None if raw_buf is None else raw_buf.transpose(1, 0, 2, 3).reshape(K, T * N, -1),
             pid=os.getpid(),
         )
 
@@ -195,11 +216,11 @@ class Evaluator:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
         self.seeds = cfg.agent_seeds
-        self.policy = NumpyPolicy(space_info(cfg.env), cfg.policy.activation)
+        self.policy = NumpyPolicy(space_info(cfg.env), cfg.policy)
         self.envs = []
         try:
             for _ in self.seeds:
-                self.envs.append(make_vector_env(cfg.env, cfg.evaluation.episodes))
+                self.envs.append(make_vector_env(cfg.env, cfg.evaluation.episodes, training=False))
         except BaseException:
             self.close()
             raise
@@ -228,7 +249,7 @@ class Evaluator:
         rewards, ended = np.zeros((k, n)), np.zeros((k, n), bool)  # each step's, every agent's at once
         playing = range(k)
         for _ in range(self.MAX_STEPS):
-            x = obs.reshape(k, n, -1)
+            x = self.policy.prepare(obs)
             if obs_stats is not None:
                 x = normalize_each(obs_stats, x)
             a = self.policy.greedy(x) if self.cfg.evaluation.deterministic else self.policy.act(x, rngs)[0]

@@ -86,6 +86,8 @@ def record(cfg: Any, weights: dict[str, list[np.ndarray]], stats: list[Any] | No
     from rlsweep.ppo.normalization import normalize_each
     from rlsweep.ppo.policy import NumpyPolicy
 
+    if cfg.env.preset:  # its pipeline runs inside ALE's vector env, which renders no frames
+        raise CannotRender(f"env.preset {cfg.env.preset} is not filmed (its games render no rgb_array frames)")
     try:
         env = make_render_env(cfg.env)
     except Exception as e:  # noqa: BLE001 - an env that cannot be made to render is a note
@@ -93,7 +95,7 @@ def record(cfg: Any, weights: dict[str, list[np.ndarray]], stats: list[Any] | No
     try:
         if "rgb_array" not in (env.metadata.get("render_modes") or []):
             raise CannotRender("it has no rgb_array render mode")
-        policy = NumpyPolicy(space_info(cfg.env), cfg.policy.activation)
+        policy = NumpyPolicy(space_info(cfg.env), cfg.policy)
         policy.load({key: [w[agent : agent + 1] for w in ws] for key, ws in weights.items()})
         mine = None if stats is None else [stats[agent]]
         source_fps = float(env.metadata.get("render_fps") or FPS)
@@ -104,7 +106,7 @@ def record(cfg: Any, weights: dict[str, list[np.ndarray]], stats: list[Any] | No
         frames = [_frame(env)]
         total, steps, done = 0.0, 0, False
         while not done and len(frames) < limit:
-            x = np.asarray(obs, np.float32).reshape(1, 1, -1)
+            x = policy.prepare(np.asarray(obs)[None, None])
             if mine is not None:
                 x = normalize_each(mine, x)
             action = policy.to_env(policy.greedy(x))[0, 0]

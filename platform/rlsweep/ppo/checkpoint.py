@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rlsweep.config import ConfigError, first_line
+from rlsweep.config import ConfigError, EnvConfig, PolicyConfig, first_line
 
 FORMAT_VERSION = 1
 LEARNER_FILE = "learner.pt"
@@ -106,7 +106,9 @@ def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> tu
     if experiment is not None:
         saved = state.get("config") if isinstance(state.get("config"), dict) else {}
         for section, key in _MUST_MATCH:
-            old, new = (saved.get(section) or {}).get(key), experiment[section][key]
+            model = EnvConfig if section == "env" else PolicyConfig  # a key older checkpoints lack: its default
+            old = (saved.get(section) or {}).get(key, model.model_fields[key].default)
+            new = experiment[section].get(key, model.model_fields[key].default)
             if old != new:
                 raise ConfigError(
                     f"--restore {directory}: checkpoint has {section}.{key}={old!r}, the experiment {new!r}"
@@ -119,7 +121,8 @@ def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> tu
     return d, state
 
 
-_MUST_MATCH = [("env", "id"), ("policy", "hidden_sizes"), ("policy", "activation"),
+_MUST_MATCH = [("env", "id"), ("env", "preset"), ("policy", "encoder"), ("policy", "hidden_sizes"),
+               ("policy", "activation"), ("policy", "cnn_dense"), ("policy", "shared_trunk"),
                ("policy", "normalize_observations")]
 
 
@@ -133,12 +136,12 @@ def load_policy(directory: str | Path) -> tuple[Any, Any, Any]:
 
     from rlsweep.config import ExperimentConfig
     from rlsweep.envs import space_info
-    from rlsweep.ppo.networks import ActorCritic, upgrade_state_dict
+    from rlsweep.ppo import networks
     from rlsweep.ppo.normalization import RunningMeanStd
 
     learner, state = read(directory)
     cfg = ExperimentConfig.model_validate(state["config"])
-    net = ActorCritic(space_info(cfg.env), cfg.policy, state.get("seeds", [cfg.seed]))
+    net = networks.make(space_info(cfg.env), cfg.policy, state.get("seeds", [cfg.seed]))
     try:  # tensors and plain containers only: a pickled object in it is refused, never run
         with warnings.catch_warnings():  # (torch warns of a foreign pickle protocol before refusing it)
             warnings.simplefilter("ignore", UserWarning)
@@ -146,7 +149,7 @@ def load_policy(directory: str | Path) -> tuple[Any, Any, Any]:
     except Exception as e:  # noqa: BLE001 - torch says UnpicklingError, RuntimeError or others by version
         raise ConfigError(f"checkpoint {directory}: {LEARNER_FILE} is not a weights-only file; refused, nothing "
                           f"in it was run ({first_line(e)[:200]})") from None
-    net.load_state_dict(upgrade_state_dict(saved["model"]))
+    net.load_state_dict(networks.upgrade_state_dict(saved["model"]))
     saved = state["obs_stats"]
     stats = None if not saved else [RunningMeanStd.from_dict(d) for d in (saved if isinstance(saved, list) else [saved])]
     return cfg, net.export_weights(), stats

@@ -10,11 +10,26 @@ import torch
 from rlsweep import metrics as M
 from rlsweep.config import PolicyConfig, PPOConfig
 from rlsweep.envs import SpaceInfo
+from rlsweep.ppo import networks
 from rlsweep.ppo.adam import FlatAdam
 from rlsweep.ppo.batch import TrainBatch, explained_variance
 from rlsweep.ppo.losses import policy_shift, ppo_loss
-from rlsweep.ppo.networks import ActorCritic, upgrade_state_dict
+from rlsweep.ppo.networks import upgrade_state_dict
 from rlsweep.ppo.policy import Weights
+
+
+def _memory_order(p: torch.Tensor) -> torch.Tensor:
+    """`p` permuted to the order its elements lie in the flat parameter tensor: a convolution's weight
+    (out, in, kh, kw) channels last, as (out, kh, kw, in); any other as it is."""
+    return p.permute(0, 2, 3, 1) if p.dim() == 4 else p
+
+
+def _view(flat: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A view of `flat` shaped as `p`, laid out as `_memory_order` says."""
+    if p.dim() == 4:
+        out, fan_in, kh, kw = p.shape
+        return flat.view(out, kh, kw, fan_in).permute(0, 3, 1, 2)
+    return flat.view_as(p)
 
 
 class Learner:
@@ -35,19 +50,20 @@ class Learner:
         self.k = len(seeds)
         self.device = torch.device(device)
         torch.manual_seed(seeds[0])
-        self.net = ActorCritic(space, policy, seeds).to(self.device)
+        self.net = networks.make(space, policy, seeds).to(self.device)
         # every parameter is a view into one flat tensor and every gradient into another, so that
         # zeroing, clipping and the Adam step are a few tensor ops each (see adam.py); `agent_of` names
         # each element's agent (a parameter's leading axis is the agents', or 2 per agent: actor, critic)
+        # (a convolution's weight lies channels last, as its input does: oneDNN then reorders neither)
         params = list(self.net.parameters())
-        self.flat = torch.cat([p.detach().reshape(-1) for p in params])
+        self.flat = torch.cat([_memory_order(p.detach()).reshape(-1) for p in params])
         self.grad = torch.zeros_like(self.flat)
         owners = []
         offset = 0
         for p in params:
             n = p.numel()
-            p.data = self.flat[offset : offset + n].view_as(p)
-            p.grad = self.grad[offset : offset + n].view_as(p)  # backward accumulates into it in place
+            p.data = _view(self.flat[offset : offset + n], p)
+            p.grad = _view(self.grad[offset : offset + n], p)  # backward accumulates into it in place
             rows = p.shape[0]
             owners.append(torch.arange(rows).repeat_interleave(n // rows) // (rows // self.k))
             offset += n

@@ -1,5 +1,6 @@
-"""The actor-critic networks in torch: per agent separate actor and critic MLPs, orthogonally
-initialised; all agents of a trial (one per seed) evaluated together."""
+"""The actor-critic networks in torch: per agent separate actor and critic MLPs, or for images a
+convolutional trunk with actor and critic heads; orthogonally initialised; all agents of a trial (one
+per seed) evaluated together. `make` picks the one `encoders.choose` says."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from rlsweep.config import PolicyConfig
 from rlsweep.envs import SpaceInfo
+from rlsweep.ppo import encoders
 from rlsweep.ppo.policy import Weights
 
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
@@ -75,25 +77,9 @@ class ActorCritic(nn.Module):
     def evaluate(self, obs: torch.Tensor, actions: torch.Tensor,
                  with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(log-prob of `actions`, entropy or None, value), each (K, B), for (K, B, obs_dim)
-        observations and (K, B) (Discrete) or (K, B, act_dim) (Box) actions.
-
-        Written out rather than through torch.distributions: on minibatches this small the
-        distribution objects cost more than the arithmetic.
-        """
+        observations and (K, B) (Discrete) or (K, B, act_dim) (Box) actions."""
         features = self._features(obs)
-        out = torch.baddbmm(self.pi_b, features[:, 0], self.pi_w)
-        entropy = None
-        if self.log_std is None:
-            log_probs = torch.log_softmax(out, dim=-1)
-            logp = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
-            if with_entropy:
-                entropy = -(log_probs.exp() * log_probs).sum(-1)
-        else:
-            z = (actions - out) * torch.exp(-self.log_std)
-            logp = (-0.5 * z.pow(2) - self.log_std - _LOG_SQRT_2PI).sum(-1)
-            if with_entropy:
-                entropy = (0.5 + _LOG_SQRT_2PI + self.log_std).sum(-1).expand(out.shape[:2])
-        return logp, entropy, torch.baddbmm(self.v_b, features[:, 1], self.v_w).squeeze(-1)
+        return _heads(self, features[:, 0], features[:, 1], actions, with_entropy)
 
     def export_weights(self) -> Weights:
         """numpy float32 copies in the layout `policy.NumpyPolicy` reads: per network, layer by layer,
@@ -110,6 +96,129 @@ class ActorCritic(nn.Module):
         if self.log_std is not None:
             weights["log_std"] = [self.log_std.detach().cpu().numpy().copy()]
         return weights
+
+
+class ConvActorCritic(nn.Module):
+    """K agents' convolutional actor-critics (`encoders.Encoder` of kind cnn), one per seed, run as one.
+
+    Per agent the Nature-DQN trunk (`encoders.NATURE_CONVS`, each with a ReLU, then a dense layer of
+    `policy.cnn_dense` with a ReLU), shared by the actor and critic heads or one trunk each
+    (`policy.shared_trunk`). The agents' trunks are the groups of grouped convolutions: G = K x trunks
+    groups, agent k's are k x trunks, ...; conv weights (G x out, in, kh, kw), the dense layer (G,
+    flat, dense); the heads (K, dense, out) as `ActorCritic`'s. Initialised orthogonally as CleanRL's
+    ppo_atari does (gain sqrt 2 in the trunk, 0.01 the actor's head, 1 the critic's), agent k from its
+    own seed alone. uint8 pixels are scaled by 1/255 here, in the network (in the first convolution).
+    """
+
+    def __init__(self, space: SpaceInfo, cfg: PolicyConfig, seeds: list[int]):
+        super().__init__()
+        enc = encoders.choose(space, cfg)
+        self.space, self.encoder, self.k, self.trunks = space, enc, len(seeds), enc.trunks
+        convs: list[list[torch.Tensor]] = [[] for _ in encoders.NATURE_CONVS]
+        dense: list[torch.Tensor] = []
+        heads: list[list[torch.Tensor]] = [[], []]
+        for seed in seeds:
+            g = torch.Generator().manual_seed(seed)
+            for _ in range(self.trunks):
+                fan_in = enc.image[0]
+                for layer, (out, kernel, _) in zip(convs, encoders.NATURE_CONVS, strict=True):
+                    w = torch.empty(out, fan_in, kernel, kernel)
+                    layer.append(nn.init.orthogonal_(w, gain=math.sqrt(2), generator=g))
+                    fan_in = out
+                dense.append(_orthogonal(enc.flat_features, enc.dense, math.sqrt(2), g))
+            heads[0].append(_orthogonal(enc.dense, space.act_dim, 0.01, g))
+            heads[1].append(_orthogonal(enc.dense, 1, 1.0, g))
+        groups = self.k * self.trunks
+        self.conv_w = nn.ParameterList(nn.Parameter(torch.cat(ws)) for ws in convs)
+        self.conv_b = nn.ParameterList(nn.Parameter(torch.zeros(groups * out)) for out, _, _ in encoders.NATURE_CONVS)
+        self.dense_w = nn.Parameter(torch.stack(dense))
+        self.dense_b = nn.Parameter(torch.zeros(groups, 1, enc.dense))
+        self.pi_w = nn.Parameter(torch.stack(heads[0]))
+        self.pi_b = nn.Parameter(torch.zeros(self.k, 1, space.act_dim))
+        self.v_w = nn.Parameter(torch.stack(heads[1]))
+        self.v_b = nn.Parameter(torch.zeros(self.k, 1, 1))
+        self.log_std = None if space.discrete else nn.Parameter(
+            torch.full((self.k, 1, space.act_dim), cfg.log_std_init))
+
+    def _features(self, obs: torch.Tensor) -> torch.Tensor:
+        """(K, trunks, B, dense): each agent's trunk output(s), from (K, B, *obs_shape) images."""
+        k, b = obs.shape[:2]
+        x = obs.permute(0, 1, 4, 2, 3) if self.encoder.channels_last else obs
+        c, h, w = x.shape[2:]
+        if self.trunks == 2:
+            x = x.unsqueeze(1).expand(k, 2, b, c, h, w).reshape(2 * k, b, c, h, w)
+        groups = k * self.trunks
+        # channels last (oneDNN's convolutions, forward and backward, run about twice as fast so on
+        # CPUs), laid out while still uint8 (a quarter of the bytes to move), then float; the pixels'
+        # scale is folded into the first layer's weight
+        x = x.transpose(0, 1).reshape(b, groups * c, h, w).contiguous(memory_format=torch.channels_last).float()
+        for i, (weight, bias, (_, _, stride)) in enumerate(
+                zip(self.conv_w, self.conv_b, encoders.NATURE_CONVS, strict=True)):
+            if i == 0 and self.encoder.scale != 1.0:
+                weight = weight * self.encoder.scale
+            x = torch.relu(torch.nn.functional.conv2d(x, weight, bias, stride=stride, groups=groups))
+        x = x.reshape(b, groups, -1).transpose(0, 1)
+        return torch.relu(torch.baddbmm(self.dense_b, x, self.dense_w)).view(k, self.trunks, b, -1)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """The critics' values of (K, B, *obs_shape) observations, shape (K, B)."""
+        return torch.baddbmm(self.v_b, self._features(obs)[:, -1], self.v_w).squeeze(-1)
+
+    def evaluate(self, obs: torch.Tensor, actions: torch.Tensor,
+                 with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """As `ActorCritic.evaluate`, for (K, B, *obs_shape) observations."""
+        features = self._features(obs)
+        return _heads(self, features[:, 0], features[:, -1], actions, with_entropy)
+
+    def export_weights(self) -> Weights:
+        """numpy float32 copies in the layout `policy.NumpyPolicy` reads: "trunk": per convolution W as
+        (G, kh x kw x in, out) (an image patch flattened channels last) and b as (G, 1, out), then the
+        dense layer with its rows in channels-last order; "actor" and "critic": their heads."""
+        groups = self.k * self.trunks
+        trunk: list[torch.Tensor] = []
+        for weight, bias in zip(self.conv_w, self.conv_b, strict=True):
+            out, fan_in, kh, kw = weight.shape
+            w = weight.view(groups, out // groups, fan_in, kh, kw).permute(0, 3, 4, 2, 1)
+            trunk += [w.reshape(groups, kh * kw * fan_in, out // groups), bias.view(groups, 1, -1)]
+        c, h, w = self.encoder.conv_shapes()[-1]
+        dense = self.dense_w.view(groups, c, h, w, -1).permute(0, 2, 3, 1, 4).reshape(groups, c * h * w, -1)
+        trunk += [dense, self.dense_b]
+        weights = {name: [x.detach().cpu().numpy().copy() for x in xs]
+                   for name, xs in (("trunk", trunk), ("actor", [self.pi_w, self.pi_b]),
+                                    ("critic", [self.v_w, self.v_b]))}
+        if self.log_std is not None:
+            weights["log_std"] = [self.log_std.detach().cpu().numpy().copy()]
+        return weights
+
+
+def make(space: SpaceInfo, cfg: PolicyConfig, seeds: list[int]) -> ActorCritic | ConvActorCritic:
+    """The network `policy.encoder` asks for on this env (`encoders.choose`), for agents on `seeds`."""
+    if encoders.choose(space, cfg).kind == "cnn":
+        return ConvActorCritic(space, cfg, seeds)
+    return ActorCritic(space, cfg, seeds)
+
+
+def _heads(net: nn.Module, actor: torch.Tensor, critic: torch.Tensor, actions: torch.Tensor,
+           with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """`evaluate` from the actors' and critics' last features, (K, B, H) each, through `net`'s heads
+    (pi_w, pi_b, v_w, v_b, log_std).
+
+    Written out rather than through torch.distributions: on minibatches this small the distribution
+    objects cost more than the arithmetic.
+    """
+    out = torch.baddbmm(net.pi_b, actor, net.pi_w)
+    entropy = None
+    if net.log_std is None:
+        log_probs = torch.log_softmax(out, dim=-1)
+        logp = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+        if with_entropy:
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+    else:
+        z = (actions - out) * torch.exp(-net.log_std)
+        logp = (-0.5 * z.pow(2) - net.log_std - _LOG_SQRT_2PI).sum(-1)
+        if with_entropy:
+            entropy = (0.5 + _LOG_SQRT_2PI + net.log_std).sum(-1).expand(out.shape[:2])
+    return logp, entropy, torch.baddbmm(net.v_b, critic, net.v_w).squeeze(-1)
 
 
 def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

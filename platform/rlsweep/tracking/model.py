@@ -57,12 +57,12 @@ def build(checkpoint: str | Path, out: str | Path) -> Path:
         shutil.copyfile(Path(checkpoint) / name, out / CHECKPOINT / name)
     env = make_vector_env(cfg.env, 2)
     try:
-        example = np.asarray(env.reset(seed=0)[0]).reshape(2, -1)  # the env's own dtype: raw observations fit
+        example = np.asarray(env.reset(seed=0)[0])  # the env's own dtype and shape: raw observations fit
     finally:
         env.close()
     action = TensorSpec(np.dtype(np.int64), (-1,), "action") if space.discrete else \
         TensorSpec(np.dtype(np.float32), (-1, space.act_dim), "action")
-    signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, (-1, example.shape[1]), "observation")]),
+    signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, (-1, *example.shape[1:]), "observation")]),
                                outputs=Schema([action]))
     for name in (EXAMPLE, SERVING_EXAMPLE):
         (out / name).write_text(json.dumps({"inputs": example.tolist()}))
@@ -117,7 +117,7 @@ class Policy:
         from rlsweep.ppo.policy import NumpyPolicy
 
         cfg, weights, stats = ckpt.load_policy(folder)
-        self.policy = NumpyPolicy(space_info(cfg.env), cfg.policy.activation)
+        self.policy = NumpyPolicy(space_info(cfg.env), cfg.policy)
         self.policy.load({key: [w[:1] for w in ws] for key, ws in weights.items()})
         self.stats = None if stats is None else stats[:1]
 
@@ -126,8 +126,7 @@ class Policy:
 
         if isinstance(model_input, dict):  # MLflow hands a named tensor input over as {name: array}
             model_input = model_input.get("observation", next(iter(model_input.values())))
-        x = np.asarray(model_input, np.float32)
-        x = x.reshape(1, x.shape[0] if x.ndim > 1 else 1, -1)
+        x = self.policy.prepare(np.asarray(model_input).reshape(1, -1, *self.policy.space.obs_shape))
         if self.stats is not None:
             x = normalize_each(self.stats, x)
         return self.policy.to_env(self.policy.greedy(x))[0]
