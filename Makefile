@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # CUDA download. Elsewhere pip simply downloads this version.
 TORCH ?= torch==2.13.0
 
-.PHONY: venv sweep train test test-fast test-unit test-e2e lint bench bench-rllib-venv clean
+.PHONY: venv sweep train test test-fast test-unit test-e2e lint bench bench-rllib-venv bench-atari-venv bench-atari clean
 
 venv: $(STAMP)
 
@@ -58,6 +58,24 @@ bench-rllib-venv: .venv-rllib/.installed
 	.venv-rllib/bin/python -m pip install --quiet "$(TORCH)"
 	.venv-rllib/bin/python -m pip install --quiet "ray[rllib,tune]==2.60.0" optuna pillow
 	touch $@
+
+# The Atari peers in their own virtualenv, on the gymnasium CleanRL pins (0.29; ale-py 0.9 ships the
+# ROMs that CleanRL's ale-py 0.8 downloads), with this project's torch: CleanRL's ppo_atari.py (from a
+# checkout of github.com/vwxyzjn/cleanrl: CLEANRL=path/to/cleanrl) and SB3's CnnPolicy PPO
+bench-atari-venv: .venv-atari-peers/.installed
+.venv-atari-peers/.installed:
+	test -x .venv-atari-peers/bin/python || $(PYTHON) -m venv .venv-atari-peers
+	.venv-atari-peers/bin/python -m pip install --quiet "$(TORCH)"
+	.venv-atari-peers/bin/python -m pip install --quiet "gymnasium==0.29.1" "ale-py==0.9.1" \
+		"stable-baselines3==2.3.2" "opencv-python-headless<5" tyro tensorboard
+	# ale-py 0.8 registered its games with gymnasium at start-up (an entry point), 0.9 on import: a .pth
+	# imports it, so CleanRL's script runs as written
+	echo "import ale_py" > "$$(.venv-atari-peers/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/ale_py_games.pth"
+	touch $@
+
+CLEANRL ?= ../cleanrl
+bench-atari: venv bench-atari-venv
+	$(BIN)/python benchmarks/atari.py --cleanrl $(CLEANRL)
 
 clean:
 	rm -rf results .pytest_cache

@@ -11,11 +11,13 @@ import pytest
 
 from rlsweep.config import EnvConfig
 from rlsweep.envs import make_vector_env, space_info
-from tests.conftest import ROOT, cli_env, rlsweep
+from tests.conftest import ROOT, cli_env, printed, rlsweep
 
 
 @pytest.mark.parametrize("env_id, module, extra", [("Hopper-v5", "mujoco", "mujoco"),
-                                                   ("LunarLander-v3", "Box2D", "box2d")])
+                                                   ("LunarLander-v3", "Box2D", "box2d"),
+                                                   ("ALE/Breakout-v5", "ale_py", "atari"),
+                                                   ("ALE/Breakout-v5, preset: atari", "ale_py", "atari")])
 def test_a_missing_env_package_is_one_line_naming_the_extra(tmp_path, env_id, module, extra):
     exp = tmp_path / "exp.yaml"
     exp.write_text(f"name: extras\nenv: {{id: {env_id}}}\nstop: {{env_steps: 1000}}\n"
@@ -35,6 +37,7 @@ def test_a_missing_env_package_is_one_line_naming_the_extra(tmp_path, env_id, mo
 def test_installed_extras_build_their_envs():
     assert space_info(EnvConfig(id="Hopper-v5")).act_dim == 3
     assert space_info(EnvConfig(id="LunarLander-v3")).act_dim == 4
+    assert space_info(EnvConfig(id="ALE/Breakout-v5")).obs_shape == (210, 160, 3)  # the raw screen: a cnn's too
 
 
 def test_mujoco_warnings_go_to_the_log_once_and_no_file_is_written(tmp_path, monkeypatch, caplog):
@@ -62,3 +65,20 @@ def test_the_hopper_experiment_trains_on_a_rollout_actor(tmp_path):
     assert math.isfinite(ret) and ret > 0
     assert "Deprecat" not in r.stderr and "MUJOCO" not in r.stdout + r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlartifacts", "mlflow.db", "mlflow.db.lock", "results"]
+
+
+@pytest.mark.slow
+def test_the_breakout_experiment_trains_from_pixels_on_an_actor_and_its_checkpoint_plays(tmp_path):
+    """The shipped Atari experiment, briefly: frames sampled on a rollout actor, the cnn updated,
+    evaluated on whole games; `evaluate` plays the checkpoint's policy and reports the games' score."""
+    r = rlsweep("train", ROOT / "experiments/breakout_ppo.yaml", "--set", "stop.env_steps=2048",
+                "--set", "rollouts.num_rollout_workers=1", "--set", "evaluation.interval=1",
+                "--set", "evaluation.episodes=2", "--set", "env.max_episode_steps=400",
+                "--set", f"results_dir={tmp_path / 'results'}", "--set", f"tracking.local_dir={tmp_path}",
+                timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert printed(r.stdout, "env_steps") == 2048 and printed(r.stdout, "eval_return_mean") >= 0
+    ckpt = next(line.split(": ", 1)[1] for line in r.stdout.splitlines() if line.startswith("checkpoint:"))
+    e = rlsweep("evaluate", ckpt, "--episodes", "2", timeout=300, cwd=tmp_path)
+    assert e.returncode == 0, e.stderr[-3000:]
+    assert printed(e.stdout, "eval_return_mean") >= 0 and printed(e.stdout, "eval_length_mean") > 0
