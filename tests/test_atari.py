@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from rlsweep import metrics as M
 from rlsweep.config import ConfigError, EnvConfig, validate
+from rlsweep.engine import video
 from rlsweep.envs import SCORE, SCORE_LENGTH, env_state, make_vector_env, space_info
 from rlsweep.ppo import checkpoint
 from rlsweep.tracking import model
@@ -104,3 +106,8 @@ def test_frames_cross_to_the_learner_as_uint8_and_a_checkpoint_restores_the_lear
     frames = np.asarray(json.loads((folder / model.EXAMPLE).read_text())["inputs"], np.uint8)
     actions = model.Policy(folder / model.CHECKPOINT).predict(frames)
     assert actions.shape == (2,) and set(actions.tolist()) <= set(range(4))
+    # a video of a game as the agent sees it (ALE's vector env renders nothing itself)
+    clip = video.record(cfg, weights, stats, tmp_path / "breakout.gif", seed=1)
+    with Image.open(clip.path) as gif:
+        assert gif.n_frames > 10 and gif.size == (252, 252)
+    assert clip.steps > 10 and 10_000 < clip.size_bytes < 5_000_000

@@ -15,6 +15,7 @@ and Stable-Baselines3's `AtariWrapper` do:
 Either way each game's unclipped score and length are reported in the info (`envs.SCORE`) when it
 ends, so the episode returns a sweep reports are game scores. The emulator's state is native: a
 checkpoint cannot hold it, and a restored trial starts new games (`envs.env_state` says None).
+ALE's vector env renders no frames: a video shows what the agent sees (`AgentView`).
 """
 
 from __future__ import annotations
@@ -127,3 +128,33 @@ class AtariGames(VectorWrapper):
         self.game_over = ended
         self.lives = lives
         return obs, reward, terminated, truncated, info
+
+
+class AgentView(gym.Env):
+    """One evaluation game as a single env whose rgb_array frame is what the agent sees: the newest of
+    its stacked 84x84 grayscale frames, 3x enlarged (what `engine.video` films of an Atari game)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 60 / FRAME_SKIP}
+    SCALE = 3
+
+    def __init__(self, games: AtariGames):
+        self.games = games
+        self.observation_space, self.action_space = games.single_observation_space, games.single_action_space
+        self._obs: np.ndarray | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        obs, _ = self.games.reset(seed=seed)
+        self._obs = obs[0]
+        return self._obs, {}
+
+    def step(self, action: Any) -> tuple[Any, ...]:
+        obs, reward, terminated, truncated, _ = self.games.step(np.asarray([action], np.int64))
+        self._obs = obs[0]
+        return self._obs, float(reward[0]), bool(terminated[0]), bool(truncated[0]), {}
+
+    def render(self) -> np.ndarray:
+        frame = self._obs[-1].repeat(self.SCALE, axis=0).repeat(self.SCALE, axis=1)
+        return np.repeat(frame[..., None], 3, axis=-1)
+
+    def close(self) -> None:
+        self.games.close()

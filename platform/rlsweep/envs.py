@@ -140,8 +140,12 @@ def _made(cfg: EnvConfig, spec: EnvSpec, make: Any) -> Any:
 
 def make_render_env(cfg: EnvConfig) -> Any:
     """One env that renders rgb_array frames (`engine.video`), with the experiment's kwargs and
-    episode limit."""
+    episode limit (`env.preset: atari`: one evaluation game, filmed as the agent sees it)."""
     spec = resolve_spec(cfg)
+    if cfg.preset == "atari":
+        from rlsweep import atari
+
+        return atari.AgentView(atari.make(cfg, spec, 1, training=False))
     with warnings.catch_warnings():  # an env without the mode is told so by the caller, in one line
         warnings.filterwarnings("ignore", message=".*not in the possible render_modes")
         return _made(cfg, spec, lambda: gym.make(spec, render_mode="rgb_array", **cfg.kwargs))

@@ -86,8 +86,6 @@ def record(cfg: Any, weights: dict[str, list[np.ndarray]], stats: list[Any] | No
     from rlsweep.ppo.normalization import normalize_each
     from rlsweep.ppo.policy import NumpyPolicy
 
-    if cfg.env.preset:  # its pipeline runs inside ALE's vector env, which renders no frames
-        raise CannotRender(f"env.preset {cfg.env.preset} is not filmed (its games render no rgb_array frames)")
     try:
         env = make_render_env(cfg.env)
     except Exception as e:  # noqa: BLE001 - an env that cannot be made to render is a note
