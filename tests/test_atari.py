@@ -24,10 +24,10 @@ from tests.conftest import small_config
 INVADERS = EnvConfig(id="ALE/SpaceInvaders-v5", preset="atari", kwargs={"repeat_action_probability": 0.0})
 
 
-def play(training: bool, steps: int = 2500, n: int = 2):
+def play(training: bool, steps: int = 2500, n: int = 2, limit: int | None = None, seed: int = 7):
     """The same random action sequence on the same seeds: rewards, ends, lives and the scored games."""
-    env = make_vector_env(INVADERS, n, training=training)
-    obs, _ = env.reset(seed=7)
+    env = make_vector_env(INVADERS.model_copy(update={"max_episode_steps": limit}), n, training=training)
+    obs, _ = env.reset(seed=seed)
     assert obs.shape == (n, 4, 84, 84) and obs.dtype == np.uint8
     assert env_state(env) is None  # the emulator's state is native: a restore starts new games
     rng = np.random.default_rng(0)
@@ -56,6 +56,16 @@ def test_training_ends_an_episode_at_each_lost_life_and_clips_while_games_are_sc
     # game's unclipped score and length, and evaluation's are its rewards summed
     assert train_scores == eval_scores and train_lengths == eval_lengths
     assert max(eval_scores) > 30
+
+
+def test_a_game_cut_by_the_time_limit_on_a_lost_life_is_scored_alone():
+    """ALE ends a game at the frame limit even on the step that loses a life: that game is scored then,
+    not merged with the next (on seed 5 one does, at step 642)."""
+    limit = 160
+    train = play(training=True, steps=1000, limit=limit, seed=5)
+    evaluation = play(training=False, steps=1000, limit=limit, seed=5)
+    assert train[2] == evaluation[2] and train[3] == evaluation[3]
+    assert len(train[3]) >= 2 * 1000 // limit - 2 and max(train[3]) <= limit
 
 
 def test_bad_atari_settings_are_one_line():
@@ -97,6 +107,12 @@ def test_frames_cross_to_the_learner_as_uint8_and_a_checkpoint_restores_the_lear
     finally:
         restored.stop()
     assert after[M.ENV_STEPS] == 128 and "restarted" in after[M.RESTORE_NOTE]
+    # restoring into another network is refused in one line; settings of the mlp do not matter to a cnn
+    with pytest.raises(ConfigError, match="checkpoint has a cnn policy, the experiment would build a mlp"):
+        checkpoint.check(tmp_path / "ckpt", {**config, "policy": {**config["policy"], "encoder": "mlp"}})
+    with pytest.raises(ConfigError, match="policy.cnn_dense=64, the experiment 512"):
+        checkpoint.check(tmp_path / "ckpt", {**config, "policy": {**config["policy"], "cnn_dense": 512}})
+    checkpoint.check(tmp_path / "ckpt", {**config, "policy": {**config["policy"], "hidden_sizes": [8]}})
     cfg, weights, stats = checkpoint.load_policy(tmp_path / "ckpt")
     assert cfg.env.preset == "atari" and stats is None and weights["trunk"][0].shape == (1, 8 * 8 * 4, 32)
     # its MLflow model takes frames as they come from the env, uint8 stacks, and acts on them

@@ -64,7 +64,7 @@ def make(cfg: EnvConfig, spec: EnvSpec, num_envs: int, training: bool) -> AtariG
     env = AtariVectorEnv(
         game=game, num_envs=num_envs, max_num_frames_per_episode=frames, frameskip=FRAME_SKIP,
         img_height=84, img_width=84, grayscale=True, stack_num=4, maxpool=True, use_fire_reset=True,
-        episodic_life=False, life_loss_info=training, reward_clipping=False,
+        episodic_life=False, life_loss_info=False, reward_clipping=False,
         **{"num_threads": 1, "noop_max": 30, **settings})
     return AtariGames(env, _fire_action(spec, settings), training)
 
@@ -113,17 +113,18 @@ class AtariGames(VectorWrapper):
         played = ~self.game_over  # (ALE's reset step after a game's end counts toward no game)
         self.score += np.where(played, reward, 0.0)
         self.length += played
-        ended = played & (truncated | (terminated & ((lives == 0) | (not self.training))))
+        ended = played & (terminated | truncated)  # ALE's episodes are whole games (its life_loss_info off)
         info = dict(info)
         info[SCORE] = np.where(ended, self.score, np.nan)
         info[SCORE_LENGTH] = np.where(ended, self.length, 0)
         self.score[ended] = 0.0
         self.length[ended] = 0
         lost = played & ~ended & (lives < self.lives)
-        # training: the step after a lost life is that episode's autoreset step (FIRE, or NOOP where the
-        # game has no FIRE); evaluation: FIRE where the game has it, the game goes on
+        # training: a lost life ends the episode, and the next step is its autoreset step (FIRE, or NOOP
+        # where the game has no FIRE); evaluation: FIRE where the game has it, the game goes on
         self.press_fire = lost if self.training or self.fire else np.zeros_like(lost)
         if self.training:
+            terminated = terminated | lost
             reward = np.sign(reward)
         self.game_over = ended
         self.lives = lives

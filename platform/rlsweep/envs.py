@@ -69,6 +69,21 @@ def _import_namespace(cfg: EnvConfig) -> None:
                           f"({package}): pip install 'rlsweep[{extra}]'") from None
 
 
+def _after_plugins(env_id: str) -> EnvSpec | None:
+    """The spec of `env_id` once the installed packages of `NAMESPACES` have registered their envs
+    (they register ids outside their namespace too), or None."""
+    for package, _ in NAMESPACES.values():
+        if package not in sys.modules:
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                continue
+    try:
+        return gym.spec(env_id)
+    except gym.error.Error:
+        return None
+
+
 def resolve_spec(cfg: EnvConfig) -> EnvSpec:
     """A registered id, 'module:Registered-v0', or 'package.module:Class' -> an EnvSpec."""
     env_id = cfg.id
@@ -92,7 +107,9 @@ def resolve_spec(cfg: EnvConfig) -> EnvSpec:
         try:
             spec = gym.spec(env_id)
         except gym.error.Error as e:
-            raise ConfigError(f"key 'env.id': {env_id!r} is not a registered gymnasium environment ({e})") from None
+            spec = _after_plugins(env_id)  # an id such as BreakoutNoFrameskip-v4, registered by an extra
+            if spec is None:
+                raise ConfigError(f"key 'env.id': {env_id!r} is not a registered gymnasium environment ({e})") from None
     spec = copy.deepcopy(spec)
     if cfg.max_episode_steps is not None:
         spec.max_episode_steps = cfg.max_episode_steps

@@ -9,7 +9,7 @@ import torch
 from rlsweep.config import ConfigError, PolicyConfig
 from rlsweep.envs import SpaceInfo
 from rlsweep.ppo import encoders, networks
-from rlsweep.ppo.policy import NumpyPolicy
+from rlsweep.ppo.policy import NumpyPolicy, one_agent
 
 FRAMES = SpaceInfo(obs_dim=4 * 44 * 40, discrete=True, act_dim=6, obs_shape=(4, 44, 40), obs_dtype="uint8")
 CAMERA = SpaceInfo(obs_dim=48 * 48 * 3, discrete=False, act_dim=2, act_low=-np.ones(2, np.float32),
@@ -44,6 +44,17 @@ def test_numpy_forward_matches_torch(space, shared, seeds):
     assert greedy.shape == ((k, 5) if space.discrete else (k, 5, 2))
 
 
+def test_one_agents_weights_cut_from_separate_trunks_act_as_that_agent():
+    cfg = PolicyConfig(cnn_dense=16, shared_trunk=False)
+    net = networks.make(FRAMES, cfg, [5, 6])
+    both, alone = NumpyPolicy(FRAMES, cfg), NumpyPolicy(FRAMES, cfg)
+    both.load(net.export_weights())
+    alone.load(one_agent(net.export_weights(), 1))
+    obs = _images(FRAMES, 2, 3)
+    np.testing.assert_array_equal(alone.value(obs[1:]), both.value(obs)[1:])
+    np.testing.assert_array_equal(alone.greedy(obs[1:]), both.greedy(obs)[1:])
+
+
 def test_stacked_agents_are_each_a_one_agent_network():
     cfg = PolicyConfig(cnn_dense=16, shared_trunk=False)
     stacked = networks.make(FRAMES, cfg, [5, 6])
@@ -67,9 +78,9 @@ def test_pixels_are_scaled_in_the_network_not_by_the_normaliser():
     with pytest.raises(ConfigError, match="policy.encoder.*shape"):
         encoders.choose(flat, PolicyConfig(encoder="cnn"))
     small = SpaceInfo(obs_dim=3 * 30 * 30, discrete=True, act_dim=2, obs_shape=(30, 30, 3), obs_dtype="uint8")
+    assert encoders.choose(small, PolicyConfig()).kind == "mlp"  # auto: an image the trunk cannot read
     with pytest.raises(ConfigError, match="at least 36 x 36"):
-        encoders.choose(small, PolicyConfig())
-    assert encoders.choose(small, PolicyConfig(encoder="mlp")).kind == "mlp"
+        encoders.choose(small, PolicyConfig(encoder="cnn"))
 
 
 def test_k_cnn_agents_update_as_k_one_agent_learners():

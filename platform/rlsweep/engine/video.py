@@ -84,7 +84,7 @@ def record(cfg: Any, weights: dict[str, list[np.ndarray]], stats: list[Any] | No
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame's renderers draw off-screen: no display wanted
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     from rlsweep.ppo.normalization import normalize_each
-    from rlsweep.ppo.policy import NumpyPolicy
+    from rlsweep.ppo.policy import NumpyPolicy, one_agent
 
     try:
         env = make_render_env(cfg.env)
@@ -94,7 +94,7 @@ def record(cfg: Any, weights: dict[str, list[np.ndarray]], stats: list[Any] | No
         if "rgb_array" not in (env.metadata.get("render_modes") or []):
             raise CannotRender("it has no rgb_array render mode")
         policy = NumpyPolicy(space_info(cfg.env), cfg.policy)
-        policy.load({key: [w[agent : agent + 1] for w in ws] for key, ws in weights.items()})
+        policy.load(one_agent(weights, agent))
         mine = None if stats is None else [stats[agent]]
         source_fps = float(env.metadata.get("render_fps") or FPS)
         stride = max(1, round(source_fps / FPS))

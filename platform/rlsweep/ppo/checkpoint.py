@@ -104,15 +104,22 @@ def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> tu
     """
     d, _, state = _load(directory)
     if experiment is not None:
-        saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+        saved = _saved_config(state)
         for section, key in _MUST_MATCH:
-            model = EnvConfig if section == "env" else PolicyConfig  # a key older checkpoints lack: its default
-            old = (saved.get(section) or {}).get(key, model.model_fields[key].default)
-            new = experiment[section].get(key, model.model_fields[key].default)
-            if old != new:
-                raise ConfigError(
-                    f"--restore {directory}: checkpoint has {section}.{key}={old!r}, the experiment {new!r}"
-                )
+            _must_match(directory, section, key, saved, experiment)
+        from rlsweep.envs import space_info
+        from rlsweep.ppo import encoders
+
+        kinds = []  # the network each builds: mlp or cnn, then the settings of that network
+        for config in (saved, experiment):
+            kinds.append(encoders.kind_of(space_info(EnvConfig.model_validate(config["env"])),
+                                          PolicyConfig.model_validate(config["policy"])))
+        if kinds[0] != kinds[1]:
+            raise ConfigError(f"--restore {directory}: checkpoint has a {kinds[0]} policy, the experiment would build "
+                              f"a {kinds[1]} (policy.encoder {experiment['policy'].get('encoder')!r}): set "
+                              f"policy.encoder: {kinds[0]}")
+        for key in _NETWORK[kinds[0]]:
+            _must_match(directory, "policy", key, saved, experiment)
         agents = len(state.get("seeds") or [0])  # (a checkpoint from before the agent axis holds one)
         wanted = ((experiment.get("sweep") or {}).get("seeds_per_trial")) or 1
         if agents != wanted:
@@ -121,9 +128,28 @@ def check(directory: str | Path, experiment: dict[str, Any] | None = None) -> tu
     return d, state
 
 
-_MUST_MATCH = [("env", "id"), ("env", "preset"), ("policy", "encoder"), ("policy", "hidden_sizes"),
-               ("policy", "activation"), ("policy", "cnn_dense"), ("policy", "shared_trunk"),
-               ("policy", "normalize_observations")]
+_MUST_MATCH = [("env", "id"), ("env", "preset"), ("policy", "normalize_observations")]
+_NETWORK = {"mlp": ("hidden_sizes", "activation"), "cnn": ("cnn_dense", "shared_trunk")}  # what shapes each
+
+
+def _saved_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The experiment config a checkpoint was trained with, as a dict; a checkpoint from before
+    `policy.encoder` existed trained an mlp, whatever its observations."""
+    saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+    policy = saved.get("policy") or {}
+    if "encoder" not in policy:
+        saved = {**saved, "policy": {**policy, "encoder": "mlp"}}
+    return saved
+
+
+def _must_match(directory: Any, section: str, key: str, saved: dict[str, Any], experiment: dict[str, Any]) -> None:
+    """A ConfigError when the checkpoint's `section.key` differs from the experiment's (a key either
+    lacks: its default)."""
+    model = EnvConfig if section == "env" else PolicyConfig
+    default = model.model_fields[key].get_default(call_default_factory=True)
+    old, new = (saved.get(section) or {}).get(key, default), (experiment.get(section) or {}).get(key, default)
+    if old != new:
+        raise ConfigError(f"--restore {directory}: checkpoint has {section}.{key}={old!r}, the experiment {new!r}")
 
 
 def load_policy(directory: str | Path) -> tuple[Any, Any, Any]:
@@ -140,7 +166,7 @@ def load_policy(directory: str | Path) -> tuple[Any, Any, Any]:
     from rlsweep.ppo.normalization import RunningMeanStd
 
     learner, state = read(directory)
-    cfg = ExperimentConfig.model_validate(state["config"])
+    cfg = ExperimentConfig.model_validate(_saved_config(state))
     net = networks.make(space_info(cfg.env), cfg.policy, state.get("seeds", [cfg.seed]))
     try:  # tensors and plain containers only: a pickled object in it is refused, never run
         with warnings.catch_warnings():  # (torch warns of a foreign pickle protocol before refusing it)

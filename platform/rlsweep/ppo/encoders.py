@@ -60,17 +60,27 @@ class Encoder:
         return c * h * w
 
 
+MIN_SIDE = 36  # the smallest image the trunk's three convolutions leave at least one pixel of
+
+
 def is_image(space: SpaceInfo) -> bool:
-    """A 3-d uint8 observation: what `encoder: auto` reads with the cnn."""
-    return len(space.obs_shape) == 3 and space.obs_dtype == "uint8"
+    """A 3-d uint8 observation the trunk can read (at least 36 x 36 pixels): what `encoder: auto`
+    reads with the cnn (a smaller one, such as a 7 x 7 grid world's, with the mlp)."""
+    s = space.obs_shape
+    return len(s) == 3 and space.obs_dtype == "uint8" and sorted(s)[1] >= MIN_SIDE
+
+
+def kind_of(space: SpaceInfo, policy: PolicyConfig) -> str:
+    """"mlp" or "cnn": `policy.encoder`, with auto resolved on this env's observations."""
+    if policy.encoder == "auto":
+        return "cnn" if is_image(space) else "mlp"
+    return policy.encoder
 
 
 def choose(space: SpaceInfo, policy: PolicyConfig) -> Encoder:
     """The encoder `policy.encoder` asks for on this env's observations; a ConfigError naming the key
     when the two do not fit together."""
-    kind = policy.encoder
-    if kind == "auto":
-        kind = "cnn" if is_image(space) else "mlp"
+    kind = kind_of(space, policy)
     if kind == "mlp":
         return Encoder("mlp", space.obs_shape)
     shape = space.obs_shape

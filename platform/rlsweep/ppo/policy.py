@@ -32,6 +32,17 @@ def _mlp(layers: list[np.ndarray], x: np.ndarray, act) -> np.ndarray:
     return x
 
 
+def one_agent(weights: Weights, k: int) -> Weights:
+    """Agent k's weights alone, as a one-agent policy's (each array's leading axis holds the agents'
+    groups in order: one per agent, or a trunk each for actor and critic)."""
+    agents = weights["actor"][0].shape[0]
+    out = {}
+    for key, ws in weights.items():
+        per = ws[0].shape[0] // agents
+        out[key] = [w[k * per : (k + 1) * per] for w in ws]
+    return out
+
+
 def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, kernel: int, stride: int, scale: float) -> np.ndarray:
     """ReLU(convolution of `scale` x) of (G, B, H, W, C) images with G groups' (G, kernel x kernel x C,
     out) weights (`networks.ConvActorCritic.export_weights`), as (G, B, H', W', out) float32."""

@@ -114,11 +114,11 @@ class Policy:
     def __init__(self, folder: str | Path):
         from rlsweep.envs import space_info
         from rlsweep.ppo import checkpoint as ckpt
-        from rlsweep.ppo.policy import NumpyPolicy
+        from rlsweep.ppo.policy import NumpyPolicy, one_agent
 
         cfg, weights, stats = ckpt.load_policy(folder)
         self.policy = NumpyPolicy(space_info(cfg.env), cfg.policy)
-        self.policy.load({key: [w[:1] for w in ws] for key, ws in weights.items()})
+        self.policy.load(one_agent(weights, 0))
         self.stats = None if stats is None else stats[:1]
 
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
