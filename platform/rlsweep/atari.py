@@ -20,6 +20,7 @@ ALE's vector env renders no frames: a video shows what the agent sees (`AgentVie
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import gymnasium as gym
@@ -66,14 +67,17 @@ def make(cfg: EnvConfig, spec: EnvSpec, num_envs: int, training: bool) -> AtariG
         img_height=84, img_width=84, grayscale=True, stack_num=4, maxpool=True, use_fire_reset=True,
         episodic_life=False, life_loss_info=False, reward_clipping=False,
         **{"num_threads": 1, "noop_max": 30, **settings})
-    return AtariGames(env, _fire_action(spec, settings), training)
+    return AtariGames(env, _fire_action(game, bool(settings["full_action_space"])), training)
 
 
-def _fire_action(spec: EnvSpec, settings: dict[str, Any]) -> int:
+@functools.cache
+def _fire_action(game: str, full_action_space: bool) -> int:
     """The index of FIRE in the game's action set, else NOOP's (0)."""
-    env = gym.make(spec, full_action_space=settings["full_action_space"])
+    from ale_py.env import AtariEnv
+
+    env = AtariEnv(game=game, full_action_space=full_action_space)
     try:
-        meanings = env.unwrapped.get_action_meanings()
+        meanings = env.get_action_meanings()
     finally:
         env.close()
     return meanings.index("FIRE") if "FIRE" in meanings else 0
