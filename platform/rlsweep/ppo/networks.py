@@ -45,21 +45,15 @@ class ActorCritic(nn.Module):
         self._act = _ACTIVATIONS[cfg.activation]
         sizes = [space.obs_dim, *cfg.hidden_sizes]
         hidden: list[list[torch.Tensor]] = [[] for _ in sizes[1:]]
-        heads: list[list[torch.Tensor]] = [[], []]
+        heads: list[tuple[torch.Tensor, torch.Tensor]] = []
         for seed in seeds:
             g = torch.Generator().manual_seed(seed)
             for layer, (fan_in, fan_out) in zip(hidden, zip(sizes[:-1], sizes[1:], strict=True), strict=True):
                 layer += [_orthogonal(fan_in, fan_out, math.sqrt(2), g) for _ in "ac"]
-            heads[0].append(_orthogonal(sizes[-1], space.act_dim, 0.01, g))
-            heads[1].append(_orthogonal(sizes[-1], 1, 1.0, g))
+            heads.append(_head_weights(sizes[-1], space.act_dim, g))
         self.hidden_w = nn.ParameterList(nn.Parameter(torch.stack(ws)) for ws in hidden)
         self.hidden_b = nn.ParameterList(nn.Parameter(torch.zeros(2 * self.k, 1, n)) for n in sizes[1:])
-        self.pi_w = nn.Parameter(torch.stack(heads[0]))
-        self.pi_b = nn.Parameter(torch.zeros(self.k, 1, space.act_dim))
-        self.v_w = nn.Parameter(torch.stack(heads[1]))
-        self.v_b = nn.Parameter(torch.zeros(self.k, 1, 1))
-        self.log_std = None if space.discrete else nn.Parameter(
-            torch.full((self.k, 1, space.act_dim), cfg.log_std_init))
+        _add_heads(self, heads, space, cfg)
 
     def _features(self, obs: torch.Tensor) -> torch.Tensor:
         """(K, 2, B, H): the last hidden layer of each agent's actor ([:, 0]) and critic ([:, 1]), from
@@ -116,7 +110,7 @@ class ConvActorCritic(nn.Module):
         self.space, self.encoder, self.k, self.trunks = space, enc, len(seeds), enc.trunks
         convs: list[list[torch.Tensor]] = [[] for _ in encoders.NATURE_CONVS]
         dense: list[torch.Tensor] = []
-        heads: list[list[torch.Tensor]] = [[], []]
+        heads: list[tuple[torch.Tensor, torch.Tensor]] = []
         for seed in seeds:
             g = torch.Generator().manual_seed(seed)
             for _ in range(self.trunks):
@@ -126,19 +120,13 @@ class ConvActorCritic(nn.Module):
                     layer.append(nn.init.orthogonal_(w, gain=math.sqrt(2), generator=g))
                     fan_in = out
                 dense.append(_orthogonal(enc.flat_features, enc.dense, math.sqrt(2), g))
-            heads[0].append(_orthogonal(enc.dense, space.act_dim, 0.01, g))
-            heads[1].append(_orthogonal(enc.dense, 1, 1.0, g))
+            heads.append(_head_weights(enc.dense, space.act_dim, g))
         groups = self.k * self.trunks
         self.conv_w = nn.ParameterList(nn.Parameter(torch.cat(ws)) for ws in convs)
         self.conv_b = nn.ParameterList(nn.Parameter(torch.zeros(groups * out)) for out, _, _ in encoders.NATURE_CONVS)
         self.dense_w = nn.Parameter(torch.stack(dense))
         self.dense_b = nn.Parameter(torch.zeros(groups, 1, enc.dense))
-        self.pi_w = nn.Parameter(torch.stack(heads[0]))
-        self.pi_b = nn.Parameter(torch.zeros(self.k, 1, space.act_dim))
-        self.v_w = nn.Parameter(torch.stack(heads[1]))
-        self.v_b = nn.Parameter(torch.zeros(self.k, 1, 1))
-        self.log_std = None if space.discrete else nn.Parameter(
-            torch.full((self.k, 1, space.act_dim), cfg.log_std_init))
+        _add_heads(self, heads, space, cfg)
 
     def _features(self, obs: torch.Tensor) -> torch.Tensor:
         """(K, trunks, B, dense): each agent's trunk output(s), from (K, B, *obs_shape) images."""
@@ -196,6 +184,24 @@ def make(space: SpaceInfo, cfg: PolicyConfig, seeds: list[int]) -> ActorCritic |
     if encoders.choose(space, cfg).kind == "cnn":
         return ConvActorCritic(space, cfg, seeds)
     return ActorCritic(space, cfg, seeds)
+
+
+def _head_weights(width: int, act_dim: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One agent's actor and critic head weights on `width` features, drawn from its generator:
+    orthogonal with gain 0.01 (the actor's: a near-uniform first policy) and 1 (the critic's)."""
+    return _orthogonal(width, act_dim, 0.01, g), _orthogonal(width, 1, 1.0, g)
+
+
+def _add_heads(net: nn.Module, heads: list[tuple[torch.Tensor, torch.Tensor]], space: SpaceInfo,
+               cfg: PolicyConfig) -> None:
+    """The K agents' heads as `net`'s parameters (what `_heads` reads): pi_w, pi_b, v_w, v_b stacked
+    along the agent axis, and the Gaussian's log std for Box actions."""
+    k = len(heads)
+    net.pi_w = nn.Parameter(torch.stack([pi for pi, _ in heads]))
+    net.pi_b = nn.Parameter(torch.zeros(k, 1, space.act_dim))
+    net.v_w = nn.Parameter(torch.stack([v for _, v in heads]))
+    net.v_b = nn.Parameter(torch.zeros(k, 1, 1))
+    net.log_std = None if space.discrete else nn.Parameter(torch.full((k, 1, space.act_dim), cfg.log_std_init))
 
 
 def _heads(net: nn.Module, actor: torch.Tensor, critic: torch.Tensor, actions: torch.Tensor,
