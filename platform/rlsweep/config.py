@@ -195,6 +195,24 @@ class ConfirmConfig(_Section):
     seeds: int = Field(5, ge=1, le=64, description="Fresh seeds (agents) each confirmation trial trains.")
 
 
+class PBTConfig(_Section):
+    """Population-based training (`sweep.scheduler: pbt`): the trials are a population that trains side by
+    side; every `interval` env steps a trial in the bottom `quantile_fraction` continues from a copy of one
+    in the top (weights, optimiser, normaliser, RNG and env states) with that trial's values perturbed."""
+
+    interval: int = Field(20_000, ge=1, description="Env steps between a trial's exploit-and-explore steps.")
+    burn_in: int = Field(0, ge=0, description="Env steps before a trial's first exploit-and-explore step.")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="The bottom fraction copies the top fraction.")
+    resample_probability: float = Field(0.25, ge=0, le=1, description="Chance that a value is drawn afresh from the "
+                                        "search space instead of perturbed (x 0.8 or x 1.2, a neighbouring choice).")
+
+
+# The values that may change while a policy trains (a PBT search space's keys, an experiment's `schedules`):
+# the update's, not the network's shape, the batch or the seeds
+PERTURBABLE = ("ppo.lr", "ppo.gamma", "ppo.gae_lambda", "ppo.clip", "ppo.vf_clip", "ppo.vf_coef", "ppo.ent_coef",
+               "ppo.max_grad_norm", "ppo.target_kl", "ppo.num_epochs", "ppo.minibatch_size")
+
+
 # Confirmation seeds start this far from the experiment's seed: no search agent (seed .. seed + 63) has one
 CONFIRM_SEED_OFFSET = 1_000_000
 
@@ -212,9 +230,13 @@ class SweepConfig(_Section):
     n_startup_trials: int = Field(5, ge=0, description="Random trials before TPE/GP/CMA-ES model the space.")
     tpe_multivariate: bool = Field(True, description="TPE models parameters jointly.")
     tpe_constant_liar: bool = Field(True, description="TPE avoids re-suggesting what running trials try.")
-    scheduler: Literal["fifo", "asha"] = Field("fifo", description="fifo runs every trial to its stop; asha stops weak ones early.")
+    scheduler: Literal["fifo", "asha", "pbt"] = Field(
+        "fifo", description="fifo runs every trial to its stop; asha stops weak ones early; pbt trains the trials as a "
+        "population (sweep.pbt) whose weak members continue from strong ones with perturbed values (the initial "
+        "population is drawn at random from the search space; sweep.sampler is not used).")
     grace_period: int = Field(10_000, ge=1, description="ASHA: env steps before a trial can be stopped early.")
     reduction_factor: float = Field(3.0, gt=1, description="ASHA: keep 1/reduction_factor at each rung.")
+    pbt: PBTConfig = Field(default_factory=PBTConfig, description="PBT's settings (sweep.scheduler: pbt).")
     keep_checkpoints: int | None = Field(2, ge=1, description="Checkpoints kept per trial (best by metric); null keeps all.")
     time_budget_s: float | None = Field(None, gt=0, description="Stop the whole sweep after this many seconds.")
     study_storage: str | None = Field(None, description="Optuna storage URL (default: sqlite next to the results).")
@@ -284,6 +306,22 @@ class ExperimentConfig(_Section):
     learners: LearnersConfig = Field(default_factory=LearnersConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    schedules: dict[str, list[tuple[int, float | None]]] = Field(
+        default_factory=dict, description="Piecewise-constant schedules, e.g. `ppo.lr: [[0, 3.0e-4], [40960, "
+        "1.0e-4]]`: from each env step on, the value given (the first at step 0). The keys that may change "
+        "while training: " + ", ".join(PERTURBABLE) + ". `rlsweep best` writes a PBT winner's this way.")
+
+    @field_validator("schedules")
+    @classmethod
+    def _schedules(cls, v: dict[str, list[tuple[int, float | None]]]) -> dict[str, list[tuple[int, float | None]]]:
+        for key, points in v.items():
+            if key not in PERTURBABLE:
+                raise ValueError(f"{key!r} cannot change while training (keys that can: {', '.join(PERTURBABLE)})")
+            steps = [step for step, _ in points]
+            if not steps or steps[0] != 0 or any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+                raise ValueError(f"{key}: expected [[0, value], [env_step, value], ...] with increasing env steps "
+                                 f"from 0 (got steps {steps})")
+        return v
 
     @field_validator("results_dir")
     @classmethod
@@ -340,6 +378,16 @@ class ExperimentConfig(_Section):
             raise ValueError(f"seed + sweep.seeds_per_trial - 1 must be at most {SEED_MAX} (the last agent's seed)")
         if self.sweep.scheduler == "asha" and self.stop.env_steps is None:
             raise ValueError("sweep.scheduler asha needs stop.env_steps (the budget its rungs divide)")
+        if self.sweep.scheduler == "pbt" and self.sweep.trials < 2:
+            raise ValueError("sweep.scheduler pbt needs a population: sweep.trials of at least 2")
+        for key, points in self.schedules.items():  # every value the schedule takes makes a valid update
+            leaf = key.split(".", 1)[1]
+            for step, value in points:
+                try:
+                    PPOConfig.model_validate({**self.ppo.model_dump(), leaf: value})
+                except ValidationError as e:
+                    why = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+                    raise ValueError(f"schedules.{key}: the value {value!r} from env step {step}: {why}") from None
         return self
 
     def confirmation_seed(self) -> int:

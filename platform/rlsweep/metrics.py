@@ -94,6 +94,22 @@ PLACEMENT = "placement"
 NON_FINITE = "non_finite"
 
 
+# Not metrics: under PBT, the first result after a trial continued from another trial's checkpoint names
+# that trial (`cloned_from`: its trial id) and the trial's line of such copies ("<trial id>@<env steps> ...",
+# oldest first; `lineage`). With PBT or an experiment's `schedules`, every result carries the update's
+# values over the run as JSON (`hp_history`: [[env_step, {key: value}], ...]), and each value the learner
+# runs with as a metric, `hp/<key>` (`hyperparameter`).
+CLONED_FROM = "cloned_from"
+LINEAGE = "lineage"
+HP_HISTORY = "hp_history"
+HP_PREFIX = "hp/"
+
+
+def hyperparameter(key: str) -> str:
+    """The metric of a value the learner runs with: `hp/ppo.lr` (MLflow charts them as section "hp")."""
+    return HP_PREFIX + key
+
+
 # With K > 1 agents per trial (sweep.seeds_per_trial), these are reported as the IQM over the agents
 # (the mean below 4), each with SCORE_SUFFIXES beside it and one value per agent as "<name>/seed_<seed>";
 # every other per-agent metric as the mean over the agents. The sampler and ASHA see the IQM.
@@ -109,7 +125,7 @@ def per_seed(name: str, seed: int) -> str:
 def is_reported(name: str) -> bool:
     """Whether `name` is a metric a trainable reports: one of REPORTED, or a scored metric's interval,
     extreme or per-seed value."""
-    return name in REPORTED or scored_base(name) in SCORED
+    return name in REPORTED or scored_base(name) in SCORED or name.startswith(HP_PREFIX)
 
 
 def scored_base(name: str) -> str:

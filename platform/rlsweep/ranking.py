@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,8 @@ def checkpoint_of(row: dict[str, Any]) -> str | None:
 def trial_number(experiment_tag: str | None, trial_id: str) -> str:
     """`003` for a sweep's third trial (Tune's experiment tag starts with the count, which a resumed
     sweep carries on), else the trial id."""
-    head = (experiment_tag or "").split("_", 1)[0]
-    return f"{int(head):03d}" if head.isdigit() else trial_id
+    head = re.match(r"\d+", experiment_tag or "")  # (PBT appends "@perturbed[...]" to the tag)
+    return f"{int(head.group()):03d}" if head else trial_id
 
 
 def _last_line(path: Path) -> str | None:

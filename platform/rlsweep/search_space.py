@@ -12,20 +12,42 @@ actually used (gamma, never 1 - gamma).
 from __future__ import annotations
 
 import itertools
+import math
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from rlsweep.config import ConfigError, ExperimentConfig, read_yaml, validate
+from rlsweep.config import PERTURBABLE, ConfigError, ExperimentConfig, read_yaml, validate
 from rlsweep.envs import space_info
 
 NESTING = "/"  # Tune unflattens suggested configs on "/"
 
 
+PERTURBATION_FACTORS = (0.8, 1.2)  # PBT's explore step: a value times one of these (Tune's default)
+
+
+def _factor(rng: Any) -> float:
+    return PERTURBATION_FACTORS[int(rng.integers(len(PERTURBATION_FACTORS)))]
+
+
 class _Dist(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def sample(self, rng: Any) -> Any:
+        """A value drawn from the distribution with a numpy Generator (PBT's initial population)."""
+        raise NotImplementedError
+
+    def _shift(self, value: Any, rng: Any) -> Any:
+        raise NotImplementedError
+
+    def perturb(self, value: Any, rng: Any, resample_probability: float) -> Any:
+        """PBT's explore step: with `resample_probability` a fresh draw, else `value` moved a little (times
+        0.8 or 1.2, or a neighbouring choice), kept within the distribution's bounds."""
+        if rng.random() < resample_probability:
+            return self.sample(rng)
+        return self._shift(value, rng)
 
 
 class _Range(_Dist):
@@ -42,6 +64,9 @@ class _Range(_Dist):
         """The bounds: the values whose combinations `load_search_space` checks."""
         return [self.low, self.high]
 
+    def _clamp(self, x: float) -> float:
+        return min(max(x, self.low), self.high)
+
 
 class Uniform(_Range):
     """Uniform on [low, high]."""
@@ -51,6 +76,12 @@ class Uniform(_Range):
     def suggest(self, trial: Any, name: str) -> float:
         """Draws the value of parameter `name` from an Optuna trial."""
         return trial.suggest_float(name, self.low, self.high)
+
+    def sample(self, rng: Any) -> float:
+        return float(rng.uniform(self.low, self.high))
+
+    def _shift(self, value: float, rng: Any) -> float:
+        return self._clamp(value * _factor(rng))
 
 
 class LogUniform(_Range):
@@ -76,6 +107,15 @@ class LogUniform(_Range):
             return 1.0 - trial.suggest_float(f"1-{name}", 1 - self.high, 1 - self.low, log=True)
         return trial.suggest_float(name, self.low, self.high, log=True)
 
+    def sample(self, rng: Any) -> float:
+        if self.complement:
+            return 1.0 - math.exp(float(rng.uniform(math.log(1 - self.high), math.log(1 - self.low))))
+        return math.exp(float(rng.uniform(math.log(self.low), math.log(self.high))))
+
+    def _shift(self, value: float, rng: Any) -> float:
+        factor = _factor(rng)  # with complement, on 1 - x: gamma 0.99 -> 0.988 or 0.992
+        return self._clamp(1.0 - (1.0 - value) * factor if self.complement else value * factor)
+
 
 class Int(_Dist):
     """Integers low, low + step, ... up to high (inclusive when on that grid); `log` draws on a log scale."""
@@ -97,6 +137,19 @@ class Int(_Dist):
     def suggest(self, trial: Any, name: str) -> int:
         """Draws the value of parameter `name` from an Optuna trial."""
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    def sample(self, rng: Any) -> int:
+        if self.log:
+            return min(self.high, math.floor(math.exp(float(rng.uniform(math.log(self.low), math.log(self.high + 1))))))
+        return int(rng.choice(self.values()))
+
+    def _shift(self, value: int, rng: Any) -> int:
+        factor = _factor(rng)
+        lo, hi = self.extremes()
+        moved = self.low + round((value * factor - self.low) / self.step) * self.step
+        if moved == value:  # a small integer times 0.8 or 1.2 rounds back to itself: one step instead
+            moved = value + (self.step if factor > 1 else -self.step)
+        return int(min(max(moved, lo), hi))
 
     def extremes(self) -> list[Any]:
         """The lowest and the highest value it can take (`high` itself may be off the step grid)."""
@@ -128,6 +181,16 @@ class Choice(_Dist):
     def extremes(self) -> list[Any]:
         """Every value: a choice has no order, so each is checked against the other parameters' extremes."""
         return list(self.values)
+
+    def sample(self, rng: Any) -> Any:
+        return self.values[int(rng.integers(len(self.values)))]
+
+    def _shift(self, value: Any, rng: Any) -> Any:
+        """A neighbour in the list (as Tune's PBT does), or a fresh draw for a value not in it."""
+        if value not in self.values:
+            return self.sample(rng)
+        i = self.values.index(value) + (1 if rng.random() < 0.5 else -1)
+        return self.values[min(max(i, 0), len(self.values) - 1)]
 
 
 Distribution = Annotated[Uniform | LogUniform | Int | Choice, Field(discriminator="type")]
@@ -163,6 +226,30 @@ class SearchSpace:
         """
         return {name.replace(".", NESTING): dist.suggest(trial, name) for name, dist in self.params.items()}
 
+    def draw(self, rng: Any) -> dict[str, Any]:
+        """A valid suggestion (nested, as `suggest`'s) drawn at random with a numpy Generator: PBT's
+        initial population."""
+        return self._valid(lambda: {name: dist.sample(rng) for name, dist in self.params.items()})
+
+    def explore(self, values: dict[str, Any], rng: Any, resample_probability: float) -> dict[str, Any]:
+        """PBT's explore step from `values` (dotted key -> value): each perturbed (`_Dist.perturb`), as a
+        valid suggestion (nested); `values` themselves where 50 tries give no valid one."""
+        try:
+            return self._valid(lambda: {name: dist.perturb(values[name], rng, resample_probability)
+                                        for name, dist in self.params.items()})
+        except ConfigError:
+            return _nest(values)
+
+    def _valid(self, draw: Any) -> dict[str, Any]:
+        problem = None
+        for _ in range(50):
+            suggestion = _nest(draw())
+            problem = self.check(suggestion)
+            if problem is None:
+                return suggestion
+        raise ConfigError(f"{self.source}: 50 draws in a row gave invalid experiments; narrow the search space to "
+                          f"valid combinations (the last: {problem})")
+
     def check(self, suggestion: dict[str, Any]) -> str | None:
         """None when the base experiment with `suggestion` (nested, as Tune passes it) is valid, else
         why not, in one line."""
@@ -172,6 +259,14 @@ class SearchSpace:
         except ConfigError as e:
             return str(e)
         return None
+
+
+def _nest(values: dict[str, Any]) -> dict[str, Any]:
+    """{'ppo.lr': 1} -> {'ppo': {'lr': 1}}"""
+    out: dict[str, Any] = {}
+    for dotted, value in values.items():
+        _set(out, dotted, value)
+    return out
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +319,15 @@ def load_search_space(path: str | Path, experiment: dict[str, Any], experiment_s
                               f"integer: use {{type: int, low: ..., high: ...}} or a choice")
     if not params:
         raise ConfigError(f"{path}: no parameters (expected 'key: {{type: ..., ...}}' entries)")
+    scheduled = set(experiment.get("schedules") or {})
+    for name in params:
+        if name in scheduled:
+            raise ConfigError(f"{path}: parameter '{name}' also has a schedule in {experiment_source} (schedules."
+                              f"{name}), which would override what the sweep draws: remove one of the two")
+        if (experiment.get("sweep") or {}).get("scheduler") == "pbt" and name not in PERTURBABLE:
+            raise ConfigError(f"{path}: parameter '{name}' cannot change while a policy trains, so PBT cannot "
+                              f"perturb it (sweep.scheduler pbt): fix it in the experiment, or search it with "
+                              f"sweep.scheduler fifo or asha (PBT can perturb: {', '.join(PERTURBABLE)})")
 
     names = list(params)
     # every combination of the extremes, then every value of each integer range on its own (the

@@ -708,3 +708,59 @@ def test_ctrl_c_then_sigkill_in_the_confirmation_round_then_resume(tmp_path):
     b = rlsweep("best", sweep_dir, "-o", out)
     assert b.returncode == 0 and "confirmed on fresh seeds" in b.stdout, b.stdout + b.stderr
     assert out.read_text().startswith(f"# best trial {winner['number']} (trial id {winner['trial_id']}) of sweep conf: ")
+
+
+@pytest.mark.slow
+def test_pbt_sweep_clones_perturbs_records_lineage_and_its_schedule_trains(tmp_path):
+    """A PBT population of 4 on CartPole: weak trials continue from strong ones with perturbed values;
+    MLflow holds who was copied at which step and each perturbed value as a curve; a cloned trial's
+    values over its run, exported as an experiment's schedules, train again with `rlsweep train`."""
+    from rlsweep.ranking import trial_row
+    from rlsweep.tracking.report import best_config_yaml
+
+    exp = experiment(tmp_path, steps=6144)
+    (tmp_path / "space.yaml").write_text(LR_ONLY + "ppo.clip: {type: uniform, low: 0.1, high: 0.3}\n")
+    r = rlsweep("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "pbt",
+                "--set", "sweep.scheduler=pbt", "--set", "sweep.pbt.interval=1024",
+                "--set", "sweep.pbt.quantile_fraction=0.5", "--set", "rollouts.num_rollout_workers=0",
+                "--set", "resources.learner_cpus=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Pre-set value" not in r.stderr
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = runs_of(client)
+    [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
+    assert parent.data.params["scheduler"] == "pbt" and parent.data.params["pbt_interval"] == "1024"
+    children = {c.data.tags["rlsweep.trial_id"]: c for c in runs if c.data.tags.get("rlsweep.kind") == "trial"}
+    assert len(children) == 4
+    cloned = {tid: c for tid, c in children.items() if "rlsweep.pbt.cloned_from" in c.data.tags}
+    assert cloned, "no trial of the bottom half was ever copied from the top"
+    sweep_dir = tmp_path / "results" / "pbt"
+    for tid, run in cloned.items():
+        tags = run.data.tags
+        source = tags["rlsweep.pbt.cloned_from"]
+        assert source in children and source != tid
+        assert tags["rlsweep.pbt.cloned_from_run"] == children[source].info.run_id
+        assert tags["rlsweep.pbt.lineage"].split()[-1] == f"{source}@{tags['rlsweep.pbt.cloned_at_env_steps']}"
+        assert int(tags["rlsweep.pbt.cloned_at_env_steps"]) % 512 == 0
+    # each perturbed value is a curve: a copied trial's runs on new values from where it was copied
+    tid, run = next(iter(cloned.items()))
+    history = {k: [m.value for m in client.get_metric_history(run.info.run_id, f"hp/ppo.{k}")] for k in ("lr", "clip")}
+    assert all(len(v) == 12 for v in history.values()), history  # one per iteration (6144 / 512)
+    assert len(set(history["lr"])) > 1 or len(set(history["clip"])) > 1, history
+    assert not any(k.startswith("hp/ppo.gamma") for k in run.data.metrics)  # only what the space perturbs
+    # its values over the run, as a runnable experiment: `rlsweep train` follows them
+    row = trial_row(sweep_dir / f"trial_{tid}")
+    text = best_config_yaml(row, "pbt", "eval_return_mean")
+    schedules = yaml.safe_load(text)["schedules"]
+    assert set(schedules) <= {"ppo.lr", "ppo.clip"} and schedules, text
+    (tmp_path / "replay.yaml").write_text(text)
+    (tmp_path / "replay").mkdir()
+    t = rlsweep("train", tmp_path / "replay.yaml", "--set", f"tracking.local_dir={tmp_path / 'replay'}")
+    assert t.returncode == 0, t.stderr[-3000:]
+    replay = MlflowClient(f"sqlite:///{tmp_path / 'replay' / 'mlflow.db'}")
+    [train_run] = runs_of(replay)
+    for key, points in schedules.items():
+        curve = {int(m.step): m.value for m in replay.get_metric_history(train_run.info.run_id, f"hp/{key}")}
+        for step, value in curve.items():  # the value of the update after step - 512 env steps
+            expected = [v for s, v in points if s <= step - 512][-1]
+            assert value == pytest.approx(expected), (key, step, value, points)

@@ -11,6 +11,7 @@ and runs it on. Both end in `outcome`: what MLflow recorded of the trials, and t
 
 from __future__ import annotations
 
+import logging
 import math
 import shlex
 import shutil
@@ -119,13 +120,15 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     from rlsweep import metrics as M
     from rlsweep.tracking.callback import MlflowCallback
     from rlsweep.tracking.parents import SweepParent
     from rlsweep.tuning import bucket
     from rlsweep.tuning.full_disk import StopOnFullDisk, fit
+    from rlsweep.tuning.pbt import initial_population
+    from rlsweep.tuning.pbt import scheduler as pbt_scheduler
     from rlsweep.tuning.progress import ProgressLine
     from rlsweep.tuning.ray_session import check_cluster, init_ray
     from rlsweep.tuning.searcher import make_sampler, searcher_class
@@ -136,13 +139,18 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     cfg, s = p.cfg, p.cfg.sweep
     optuna.logging.set_verbosity(verbosity.level())
     stopper = TrialStopper(cfg.stop, cfg.sweep.seeds_per_trial)
-    sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": s.sampler, "sampler_seed": s.seed,
-                    "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode, "searched": ",".join(p.space.params)}
+    pbt = s.scheduler == "pbt"
+    sweep_params = {"search_space": p.space.source, "trials": s.trials, "sampler": "random" if pbt else s.sampler,
+                    "sampler_seed": s.seed, "scheduler": s.scheduler, "metric": s.metric, "mode": s.mode,
+                    "searched": ",".join(p.space.params)}
+    if pbt:
+        sweep_params.update({f"pbt_{k}": v for k, v in s.pbt.model_dump().items()})
     place = bucket.Bucket(p.storage).child(p.name) if bucket.is_uri(p.storage) else None  # (a sweep in a bucket)
     # what MLflow's runs name the sweep by (`rlsweep.dir`): its bucket place, or its folder
     run_dir = place.uri if place is not None else str(p.directory)
     parent = SweepParent(name=p.name, run_dir=run_dir, metric=s.metric, mode=s.mode,
-                         searched=list(p.space.params), params=sweep_params, study=(p.study_storage, p.name),
+                         searched=list(p.space.params), params=sweep_params,
+                         study=None if pbt else (p.study_storage, p.name),
                          time_budget_s=s.time_budget_s, confirm=s.confirm is not None, target=cfg.stop.target_return,
                          video=cfg.tracking.log_video, model_name=model_name(cfg))
     full_disk = StopOnFullDisk(p.directory.parent)
@@ -159,18 +167,8 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     if place is not None:
         bucket.claim(p.directory, place)
     lock = SweepLock(p.directory).acquire(p.name)  # held until this process ends
-    try:  # the study first: if its storage cannot be opened, no half-made sweep is left to block the name
-        storage = optuna.storages.RDBStorage(p.study_storage)
-        # made here (Tune's searcher loads it) so that optuna-dashboard names its objective, not "Objective 0"
-        study = optuna.create_study(storage=storage, study_name=p.name, load_if_exists=True,
-                                    direction="minimize" if s.mode == "min" else "maximize")
-        with warnings.catch_warnings():  # "set_metric_names is experimental": a warning on every sweep
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([s.metric])
-    except Exception as e:
-        shutil.rmtree(p.directory, ignore_errors=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"sweep.study_storage {p.study_storage}: cannot be opened ({first})") from None
+    # the study first: if its storage cannot be opened, no half-made sweep is left to block the name
+    storage = None if pbt else _open_study(p)  # (PBT draws its population itself: no study)
     SweepRecord.write(p.directory, {
         "name": p.name, "experiment": cfg.model_dump(mode="json"), "space": p.space.source,
         "params": list(p.space.params), "tracking_uri": p.store.uri, "study_storage": p.study_storage,
@@ -178,22 +176,30 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     })
     if place is not None:  # the record and the study in the bucket before any trial
         bucket.Mirror(p.directory, place).push_changed()
-    searcher = searcher_class()(
-        space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),
-        study_name=p.name, storage=storage, check=p.space.check, report_every_s=cfg.tracking.flush_s,
-    )
-    if s.scheduler == "asha":
+    concurrent = max_concurrent(cfg)
+    if pbt:  # a population: every member created at once, taking turns where the cluster holds fewer
+        # (Tune warns about each drawn value that differs from the experiment's: all of them, by design)
+        logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
+        search_alg = BasicVariantGenerator(points_to_evaluate=initial_population(
+            p.space, cfg.model_dump(mode="json"), s.trials, s.seed))
+    else:
+        search_alg = ConcurrencyLimiter(searcher_class()(
+            space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),
+            study_name=p.name, storage=storage, check=p.space.check, report_every_s=cfg.tracking.flush_s,
+        ), max_concurrent=concurrent)
+    if pbt:
+        scheduler = pbt_scheduler(cfg, p.space)
+    elif s.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr=M.ENV_STEPS, metric=s.metric, mode=s.mode, max_t=cfg.stop.env_steps,
                                   grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    concurrent = max_concurrent(cfg)
     sweep_params["max_concurrent"] = concurrent
     tuner = tune.Tuner(
         trainable_for(),
         param_space=cfg.model_dump(mode="json"),
         tune_config=tune.TuneConfig(
-            num_samples=s.trials, search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrent),
+            num_samples=s.trials, search_alg=search_alg,
             scheduler=scheduler, reuse_actors=s.reuse_actors, trial_dirname_creator=trial_dirname,
             time_budget_s=s.time_budget_s,
         ),
@@ -214,6 +220,26 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     return outcome(record)
 
 
+def _open_study(p: SweepPlan) -> Any:
+    """The sweep's Optuna storage, its study made (so that optuna-dashboard names its objective, not
+    "Objective 0"); a ConfigError, the sweep's folder removed, where the storage cannot be opened."""
+    import optuna
+
+    s = p.cfg.sweep
+    try:
+        storage = optuna.storages.RDBStorage(p.study_storage)
+        study = optuna.create_study(storage=storage, study_name=p.name, load_if_exists=True,
+                                    direction="minimize" if s.mode == "min" else "maximize")
+        with warnings.catch_warnings():  # "set_metric_names is experimental": a warning on every sweep
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([s.metric])
+    except Exception as e:
+        shutil.rmtree(p.directory, ignore_errors=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"sweep.study_storage {p.study_storage}: cannot be opened ({first})") from None
+    return storage
+
+
 def _run_config(cfg: ExperimentConfig, name: str, storage_path: str, stopper: Any, tracker: Any, signer: Any,
                 full_disk: Any, progress: Any) -> Any:
     """Tune's RunConfig of a sweep's Tune run (its search, or its confirmation round)."""
@@ -227,7 +253,9 @@ def _run_config(cfg: ExperimentConfig, name: str, storage_path: str, stopper: An
         name=name, storage_path=storage_path, stop=stopper,
         checkpoint_config=tune.CheckpointConfig(
             checkpoint_frequency=cfg.checkpoint_frequency, checkpoint_at_end=True,
-            num_to_keep=s.keep_checkpoints, checkpoint_score_attribute=s.metric, checkpoint_score_order=s.mode,
+            # (under PBT a trial may continue from any other's latest checkpoint: none is deleted)
+            num_to_keep=None if s.scheduler == "pbt" else s.keep_checkpoints, checkpoint_score_attribute=s.metric,
+            checkpoint_score_order=s.mode,
         ),
         callbacks=[TrialResultLog(), tracker, signer, NoRetryAfterDivergence(), full_disk, progress],
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
@@ -256,7 +284,9 @@ def confirmation_configs(record: SweepRecord) -> tuple[list[str], list[str], lis
     """What the confirmation round retrains: the search's `sweep.confirm.top` best trials (their ids and
     numbers) and their configurations, each on `sweep.confirm.seeds` fresh seeds (from
     `ExperimentConfig.confirmation_seed`, which no search agent used)."""
+    from rlsweep import metrics as M
     from rlsweep.config import validate
+    from rlsweep.engine.schedules import replayed
     from rlsweep.ranking import ranked_rows
     from rlsweep.tuning.bucket import refresh
 
@@ -266,7 +296,7 @@ def confirmation_configs(record: SweepRecord) -> tuple[list[str], list[str], lis
     top = ranked_rows(record.directory, record.metric, record.mode)[: confirm.top]
     configs = []
     for row in top:
-        c = dict(row["config"])
+        c = replayed(dict(row["config"]), row.get(M.HP_HISTORY))  # a PBT trial: its values over the run
         c["seed"] = cfg.confirmation_seed()
         c["sweep"] = {**c["sweep"], "seeds_per_trial": confirm.seeds}
         configs.append(validate(c, f"confirmation of trial {row['number']}").model_dump(mode="json"))

@@ -104,6 +104,14 @@ class LearnerGroup:
         """Sets every rank's minibatch RNGs to `state`."""
         self._all("set_rng_state", state)
 
+    def set_ppo(self, ppo: Any) -> None:
+        """Every rank's update settings from now on (`ppo.Learner.set_ppo`)."""
+        self._all("set_ppo", ppo)
+
+    def settings(self) -> Any:
+        """The update settings rank 0 runs with (every rank is given the same)."""
+        return ray.get(self.actors[0].call.remote("settings"))
+
     def node_ids(self) -> list[str]:
         """The Ray node ids of the learner actors, by rank."""
         return node_ids(self.actors)

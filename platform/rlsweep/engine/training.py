@@ -12,6 +12,7 @@ the uninterrupted one would have. The Tune Trainable (`trainable.py`) only adapt
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ import numpy as np
 
 from rlsweep import metrics as M
 from rlsweep.config import ConfigError, ExperimentConfig, PPOConfig
+from rlsweep.engine import schedules
 from rlsweep.engine.workers import WorkerGroup
 from rlsweep.envs import space_info
 from rlsweep.ppo.batch import to_train_batch
@@ -120,6 +122,29 @@ class Training:
         self.train_time_s = 0.0  # the iterations' own time, summed (restores continue it)
         # per agent: env steps and time when its evaluation first met the target, else None
         self.reached: list[dict[str, float] | None] = [None] * k
+        # the update's values over the run (`schedules.History`); reported where they can change
+        self.history: schedules.History = []
+        self.tracks_values = bool(cfg.schedules) or cfg.sweep.scheduler == "pbt"
+        self._follow_schedules()
+
+    def set_ppo(self, ppo: PPOConfig) -> None:
+        """The update's settings from now on (the learner's too), recorded in `history` at the current
+        env step."""
+        if ppo != self.cfg.ppo:
+            self.cfg = self.cfg.model_copy(update={"ppo": ppo})
+            self.learner.set_ppo(ppo)
+        self.history = schedules.extend(self.history, self.env_steps, schedules.in_use(ppo))
+
+    def _follow_schedules(self) -> None:
+        self.set_ppo(schedules.scheduled(self.cfg.ppo, self.cfg.schedules, self.env_steps))
+
+    def values_in_use(self) -> dict[str, float]:
+        """`hp/<key>` -> the value the learner runs with, for every key that may change while training
+        (read back from the learner, not from the config); {} where none can change."""
+        if not self.tracks_values:
+            return {}
+        return {M.hyperparameter(k): v for k, v in schedules.in_use(self.learner.settings()).items()
+                if isinstance(v, int | float)}
 
     def target_metrics(self) -> dict[str, list[float]]:
         """Per agent, `env_steps_to_target` and `time_to_target_s` (see metrics.py), and `seeds_at_target`
@@ -135,6 +160,7 @@ class Training:
     def iterate(self) -> dict[str, float]:
         """Samples one batch per agent, updates the policies on them, evaluates when due; returns the
         metrics (names from `metrics.py`)."""
+        self._follow_schedules()
         cfg = self.cfg
         t0 = time.perf_counter()
         # 1. collect: every worker steps its envs with the current policies
@@ -193,7 +219,10 @@ class Training:
             M.TIME_OTHER_S: total - (t2 - t0) - t_eval,
             M.ENV_STEPS_PER_S: cfg.ppo.train_batch_size * len(self.seeds) / total,
             M.WORKERS_REPLACED: self.workers.replaced,
+            **self.values_in_use(),
         }
+        if self.tracks_values:
+            result[M.HP_HISTORY] = json.dumps(self.history)
         if target is not None:
             result[M.SEEDS_AT_TARGET] = sum(r is not None for r in self.reached)
         return result
@@ -226,6 +255,7 @@ class Training:
             "learner_rng": self.learner.rng_state(),
             "samplers": self.workers.get_states(),
             "config": self.cfg.model_dump(mode="json"),
+            "history": self.history,
         }
 
     def load_state(self, learner_state: bytes, state: dict[str, Any], source: str = "checkpoint") -> str | None:
@@ -254,6 +284,9 @@ class Training:
         self.train_time_s = state.get("train_time_s", 0.0)  # absent from older checkpoints
         reached = state.get("reached")
         self.reached = reached if isinstance(reached, list) else [reached]
+        # the update's values: those of this config (a PBT clone's perturbed ones) from here on
+        self.history = state.get("history") or []
+        self._follow_schedules()
         stats = state["obs_stats"]
         if stats is not None and self.obs_stats is not None:
             self.obs_stats = [RunningMeanStd.from_dict(d) for d in (stats if isinstance(stats, list) else [stats])]

@@ -71,6 +71,15 @@ class Learner:
         self.adam = FlatAdam(self.flat, eps=ppo.adam_eps, agent_of=self.agent_of, agents=self.k)
         self.rngs = [np.random.default_rng([seed, 0x1EA7]) for seed in seeds]
 
+    def set_ppo(self, ppo: PPOConfig) -> None:
+        """The update's settings from now on (a schedule's or PBT's values); the network, the batch size
+        and Adam's epsilon stay as they were built."""
+        self.cfg = ppo
+
+    def settings(self) -> PPOConfig:
+        """The update's settings this learner runs with: what it was built with or last `set_ppo`."""
+        return self.cfg
+
     def weights(self) -> Weights:
         """The current networks as numpy float32 copies, for the workers' `policy.NumpyPolicy`."""
         return self.net.export_weights()

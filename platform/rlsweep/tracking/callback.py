@@ -32,8 +32,12 @@ from rlsweep.tracking.journal import Journal
 from rlsweep.tracking.parents import SingleRun, SweepParent
 from rlsweep.tracking.runs import (
     TAG_BEST_SCORE,
+    TAG_CLONED_FROM,
+    TAG_CLONED_RUN,
+    TAG_CLONED_STEP,
     TAG_DIR,
     TAG_KIND,
+    TAG_LINEAGE,
     TAG_PARENT,
     TAG_PLACEMENT,
     TAG_REPLACES,
@@ -280,8 +284,9 @@ class MlflowCallback(tune.Callback):
         diverged = bool(result.get(M.NON_FINITE))
         # the iteration that met a NaN: its values go to MLflow as they are (NaN included); the trial's
         # next step fails it, for good (tuning.stopper.NoRetryAfterDivergence)
-        values = {k: v for k, v in result.items()
-                  if M.is_reported(k) and (numeric(v) or diverged and isinstance(v, float))}
+        changing = self._changing(trial)
+        values = {k: v for k, v in result.items() if M.is_reported(k) and (numeric(v) or diverged and isinstance(v, float))
+                  and (not k.startswith(M.HP_PREFIX) or k in changing)}
         if not (self._cost_known(trial, result) or self.stop_reason(result)):  # (a stop criterion met: its last)
             # a stand-in every iteration would flatten every chart it is in
             values = {k: v for k, v in values.items() if not M.is_cost(k)}
@@ -289,6 +294,9 @@ class MlflowCallback(tune.Callback):
         if result.get(M.RESTORE_NOTE):
             self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_RESTORE_NOTE,
                                                              str(result[M.RESTORE_NOTE])))
+        if result.get(M.CLONED_FROM):
+            source, lineage = str(result[M.CLONED_FROM]), str(result.get(M.LINEAGE, ""))
+            self._writer.submit(self._note_clone, tid, source, lineage)
         if result.get(M.PLACEMENT):
             self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_PLACEMENT,
                                                              str(result[M.PLACEMENT])))
@@ -296,6 +304,24 @@ class MlflowCallback(tune.Callback):
         if now - self._flushed_at.get(tid, -math.inf) >= self.flush_s:
             self._flushed_at[tid] = now
             self._writer.submit(self._write_metrics, tid)
+
+    def _changing(self, trial: Any) -> set[str]:
+        """The `hp/<key>` metrics a trial's run charts: its config's schedules, and under PBT the keys
+        the sweep perturbs."""
+        config = trial.config
+        keys = set(config.get("schedules") or {})
+        if (config.get("sweep") or {}).get("scheduler") == "pbt":
+            keys |= set(getattr(self.parent, "searched", ()))
+        return {M.hyperparameter(k) for k in keys}
+
+    def _note_clone(self, tid: str, source: str, lineage: str) -> None:
+        """Tags a PBT trial's run with the trial it continued from, that trial's run and step, and its line."""
+        last = lineage.rsplit(" ", 1)[-1]
+        tags = {TAG_CLONED_FROM: source, TAG_LINEAGE: lineage[-5000:], TAG_CLONED_STEP: last.rpartition("@")[2]}
+        if source in self.runs:
+            tags[TAG_CLONED_RUN] = self.runs[source]
+        for key, value in tags.items():
+            self.tracker.set_tag(self.runs[tid], key, value)
 
     @_timed
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:

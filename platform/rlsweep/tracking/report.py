@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import tempfile
@@ -13,6 +14,7 @@ import yaml
 
 from rlsweep import metrics as M
 from rlsweep.config import first_line, flatten
+from rlsweep.engine.schedules import replayed
 from rlsweep.ranking import CONFIRMED, better, checkpoint_of, rank, sweep_rows
 from rlsweep.tracking.runs import (
     TAG_BEST_RUN,
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
     """The best trial's config (a ranked row) as an experiment file `rlsweep train` runs as is."""
-    exp = run_config_dict(row["config"])
+    exp = run_config_dict(replayed(row["config"], row.get(M.HP_HISTORY)))
     # its runs go to the sweep's MLflow experiment, next to the trials, named apart from them
     exp["tracking"]["experiment"] = exp["tracking"].get("experiment") or exp["name"]
     exp["name"] = f"{sweep}-best"
@@ -39,8 +41,13 @@ def best_config_yaml(row: dict[str, Any], sweep: str, metric: str) -> str:
     confirmed = row.get(CONFIRMED + metric)
     also = "" if confirmed is None else \
         f"; confirmed on fresh seeds (trial {row.get(CONFIRMED + 'trial_id')}): {metric} = {confirmed}"
-    return (f"# best trial {number} (trial id {row['trial_id']}) of sweep {sweep}: {metric} = {row[metric]}{also}\n"
+    schedules = exp.pop("schedules", None) or {}
+    text = (f"# best trial {number} (trial id {row['trial_id']}) of sweep {sweep}: {metric} = {row[metric]}{also}\n"
             + yaml.safe_dump(exp, sort_keys=False))
+    if schedules:  # one line per key: [[env step, value from there on], ...] (JSON is YAML)
+        text += ("# the values it trained with over its run (PBT's perturbations), from each env step on\n"
+                 "schedules:\n" + "".join(f"  {key}: {json.dumps(points)}\n" for key, points in schedules.items()))
+    return text
 
 
 def confirmation_summary(tracker: Tracker, parent_run_id: str, run_dir: str, *, metric: str, mode: str) -> None:

@@ -31,6 +31,10 @@ TAG_SEARCHED = "rlsweep.searched"  # on a trial: its searched values, `key=value
 TAG_RESTORED_FROM = "rlsweep.restored_from"  # a `train --restore` run: the checkpoint it continued
 TAG_RESTORED_RUN = "rlsweep.restored_from_run"  # ... the MLflow run that checkpoint came from, if any
 TAG_RESTORED_STEP = "rlsweep.restored_from_env_steps"  # ... and the env steps it held
+TAG_CLONED_FROM = "rlsweep.pbt.cloned_from"  # a PBT trial: the trial it last continued from (`metrics.CLONED_FROM`)
+TAG_CLONED_RUN = "rlsweep.pbt.cloned_from_run"  # ... that trial's MLflow run
+TAG_CLONED_STEP = "rlsweep.pbt.cloned_at_env_steps"  # ... and the env steps its checkpoint held
+TAG_LINEAGE = "rlsweep.pbt.lineage"  # a PBT trial's every copy, "<trial id>@<env steps> ...", oldest first
 TAG_PHASE = "rlsweep.phase"  # a confirmation trial: "confirm"; its sweep's parent, once the search is done: "confirm"
 TAG_CONFIRMS = "rlsweep.confirms_trial_id"  # a confirmation trial: the search trial whose configuration it retrains
 TAG_WINNER = "rlsweep.winner"  # on a sweep's winning trial (the confirmed one, after a confirmation round): "true"

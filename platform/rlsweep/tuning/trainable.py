@@ -44,6 +44,8 @@ class PPOTrainable(tune.Trainable):
         self.training = Training(self.cfg, workers, learner)
         self._note: str | None = None
         self._diverged: NonFiniteError | None = None
+        self._lineage: list[str] = []  # PBT: the trials this one continued from, "<trial id>@<env steps>"
+        self._cloned_from: str | None = None
         if restore_from is not None:
             self.load_checkpoint(restore_from)
         workers.wait_ready()  # so that step() times steps, not actor start-up
@@ -89,6 +91,9 @@ class PPOTrainable(tune.Trainable):
             result[M.RESTORE_NOTE], self._note = self._note, None
         if self._placement is not None:
             result[M.PLACEMENT], self._placement = self._placement, None
+        if self._cloned_from is not None:
+            result[M.CLONED_FROM], self._cloned_from = self._cloned_from, None
+            result[M.LINEAGE] = " ".join(self._lineage)
         return result
 
     def save_checkpoint(self, checkpoint_dir: str) -> str:
@@ -99,12 +104,24 @@ class PPOTrainable(tune.Trainable):
         """
         if self._diverged is not None:  # never a checkpoint of non-finite weights
             raise self._diverged
-        checkpoint.write(checkpoint_dir, *self.training.state())
+        learner_state, state = self.training.state()
+        checkpoint.write(checkpoint_dir, learner_state, {**state, "trial": self.trial_id, "lineage": self._lineage})
         return checkpoint_dir
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        """Continues from a checkpoint; a note on an inexact restore goes out with the next result."""
-        self._note = self.training.load_state(*checkpoint.read(checkpoint_dir), source=checkpoint_dir)
+        """Continues from a checkpoint; a note on an inexact restore goes out with the next result.
+
+        Under PBT the checkpoint may be another trial's: this trial then continues as a copy of it (its
+        weights, optimiser, normaliser, RNG and env states, every agent's) with this trial's config,
+        whose perturbed values the learner runs with from here on; the next result names the trial
+        copied (`cloned_from`) and this trial's line of copies (`lineage`)."""
+        learner_state, state = checkpoint.read(checkpoint_dir)
+        self._note = self.training.load_state(learner_state, state, source=checkpoint_dir)
+        source = state.get("trial")
+        self._lineage = list(state.get("lineage") or [])
+        if self.cfg.sweep.scheduler == "pbt" and source not in (None, self.trial_id):
+            self._lineage.append(f"{source}@{state['env_steps']}")
+            self._cloned_from = source
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         """A real reset for actor reuse: new learner, new workers, counters at zero."""

@@ -1,0 +1,80 @@
+"""Population-based training on Tune's `PopulationBasedTraining`, with rlsweep's search space.
+
+The population is `sweep.trials` trials drawn at random from the search space (`initial_population`,
+seeded by `sweep.seed`). Every `sweep.pbt.interval` env steps a trial in the bottom quantile continues
+from the latest checkpoint of one in the top (Tune restores it through `PPOTrainable.load_checkpoint`:
+weights, optimiser, normaliser, RNG and env states, every agent of a K-seed trial) with that trial's
+values explored by the search space's own distributions (`SearchSpace.explore`: within their bounds,
+gamma on 1 - gamma, integers on their grid, choices to a neighbour), so an explored value is always one
+the space allows. The trainable is built from the new config, so its learner runs with the new values
+(RLlib keeps the checkpoint's, ray#62173); `hp/<key>` metrics read them back from the learner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from rlsweep import metrics as M
+from rlsweep.config import ExperimentConfig
+from rlsweep.search_space import SearchSpace, _merge
+
+
+def initial_population(space: SearchSpace, base: dict[str, Any], size: int, seed: int) -> list[dict[str, Any]]:
+    """`size` full trial configs: `base` with the searched keys drawn at random (valid ones only)."""
+    rng = np.random.default_rng([seed, 0x9B7])
+    return [_merge(_copy(base), space.draw(rng)) for _ in range(size)]
+
+
+def _copy(d: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(d)
+
+
+def _get(config: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def scheduler(cfg: ExperimentConfig, space: SearchSpace) -> Any:
+    """Tune's PopulationBasedTraining over `space`, timed in env steps, exploring with `space`."""
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.search.sample import Categorical
+
+    s, pbt = cfg.sweep, cfg.sweep.pbt
+
+    class SpacePBT(PopulationBasedTraining):
+        """Explores with the search space's distributions and a seeded generator (Tune's explore
+        multiplies gamma by 1.2 past 1 and draws from the global `random`)."""
+
+        def __init__(self) -> None:
+            # (Tune wants one mutation per key, for its logs and trial tags; `_get_new_config` is ours)
+            mutations: dict[str, Any] = {}
+            for name in space.params:
+                _merge(mutations, {name.split(".")[0]: {name.split(".", 1)[1]: Categorical([None])}})
+            super().__init__(time_attr=M.ENV_STEPS, metric=s.metric, mode=s.mode,
+                             perturbation_interval=pbt.interval, burn_in_period=pbt.burn_in,
+                             hyperparam_mutations=mutations, quantile_fraction=pbt.quantile_fraction,
+                             resample_probability=pbt.resample_probability, log_config=True)
+            self._rng = np.random.default_rng([s.seed, 0x9B8])
+
+        def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
+            source = trial_to_clone.config
+            values = {name: _get(source, name) for name in space.params}
+            explored = space.explore(values, self._rng, pbt.resample_probability)
+            new = _merge(_copy(source), explored)
+            new["seed"] = trial.config["seed"]  # the trial keeps its seeds (its agents' labels, env restarts)
+            return new, {}
+
+        def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+            super()._exploit(tune_controller, trial, trial_to_clone)
+            # Tune's tag spells out every key of each perturbed section; the searched values suffice
+            values = ",".join(f"{name.rsplit('.', 1)[-1]}={_get(trial.config, name):.4g}"
+                              if isinstance(_get(trial.config, name), float) else
+                              f"{name.rsplit('.', 1)[-1]}={_get(trial.config, name)}" for name in space.params)
+            trial.set_experiment_tag(f"{self._trial_state[trial].orig_tag}@perturbed[{values}]")
+
+    return SpacePBT()
