@@ -205,6 +205,10 @@ class PBTConfig(_Section):
     quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="The bottom fraction copies the top fraction.")
     resample_probability: float = Field(0.25, ge=0, le=1, description="Chance that a value is drawn afresh from the "
                                         "search space instead of perturbed (x 0.8 or x 1.2, a neighbouring choice).")
+    synch: bool = Field(True, description="true: the whole population reaches each interval before any trial copies "
+                        "another, so every copy is of a trial at the same env step and the population trains trials x "
+                        "stop.env_steps in all; false: each trial at its own pace (Tune's default: a copy may take a "
+                        "trial back or ahead in env steps).")
 
 
 # The values that may change while a policy trains (a PBT search space's keys, an experiment's `schedules`):
@@ -378,8 +382,16 @@ class ExperimentConfig(_Section):
             raise ValueError(f"seed + sweep.seeds_per_trial - 1 must be at most {SEED_MAX} (the last agent's seed)")
         if self.sweep.scheduler == "asha" and self.stop.env_steps is None:
             raise ValueError("sweep.scheduler asha needs stop.env_steps (the budget its rungs divide)")
-        if self.sweep.scheduler == "pbt" and self.sweep.trials < 2:
-            raise ValueError("sweep.scheduler pbt needs a population: sweep.trials of at least 2")
+        if self.sweep.scheduler == "pbt":
+            if self.sweep.trials < 2:
+                raise ValueError("sweep.scheduler pbt needs a population: sweep.trials of at least 2")
+            if self.sweep.metric in ("env_steps_to_target", "time_to_target_s", "seeds_at_target"):
+                raise ValueError(f"sweep.metric {self.sweep.metric} cannot rank a PBT population while it trains (every "
+                                 "trial short of the target scores the same): set sweep.metric: eval_return_mean "
+                                 "(sweep.mode: max) or another metric reported every iteration")
+            if self.sweep.max_concurrent is not None and self.sweep.max_concurrent < self.sweep.trials:
+                raise ValueError("sweep.max_concurrent: PBT creates its whole population at once (trials that do not "
+                                 "fit the cluster take turns): remove sweep.max_concurrent, or lower sweep.trials")
         for key, points in self.schedules.items():  # every value the schedule takes makes a valid update
             leaf = key.split(".", 1)[1]
             for step, value in points:

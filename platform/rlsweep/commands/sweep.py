@@ -156,6 +156,8 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     full_disk = StopOnFullDisk(p.directory.parent)
     tracker = MlflowCallback(p.store, run_dir, cfg, stopper.reason, parent, full_disk.reason)
     signer = SignTuneState(p.directory)
+    # PBT's initial population, drawn before anything is made (a space that gives no valid draw is bad input)
+    population = initial_population(p.space, cfg.model_dump(mode="json"), s.trials, s.seed) if pbt else []
     # Ray first: a trial that can never fit is bad input, refused before the sweep's folder exists
     init_ray(tracker.open, bucket=place is not None)
     check_cluster(cfg)
@@ -180,8 +182,7 @@ def run_sweep(p: SweepPlan) -> SweepOutcome:
     if pbt:  # a population: every member created at once, taking turns where the cluster holds fewer
         # (Tune warns about each drawn value that differs from the experiment's: all of them, by design)
         logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
-        search_alg = BasicVariantGenerator(points_to_evaluate=initial_population(
-            p.space, cfg.model_dump(mode="json"), s.trials, s.seed))
+        search_alg = BasicVariantGenerator(points_to_evaluate=population)
     else:
         search_alg = ConcurrencyLimiter(searcher_class()(
             space=p.space.suggest, metric=s.metric, mode=s.mode, sampler=make_sampler(cfg),

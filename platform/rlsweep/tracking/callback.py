@@ -58,6 +58,9 @@ from rlsweep.tracking.writer import TrackingUnavailable, Writer
 
 log = logging.getLogger("rlsweep.tracking")
 FINAL = "final"  # a journal row's mark: a trial's closing values, at the step of its last result
+# a journal row's mark: the first result of a PBT trial that continued from another trial's checkpoint,
+# whose env steps go back (or jump ahead) to that checkpoint's: logged whatever the steps before it
+CLONE = "clone"
 
 
 def _timed(hook: Any) -> Any:
@@ -227,8 +230,8 @@ class MlflowCallback(tune.Callback):
             # after a resume, the iterations replayed from an older checkpoint are already logged
             new, last, iterations = [], self._logged_step[tid], 0
             for row in rows:
-                final = len(row) > 3 and row[3] == FINAL
-                if row[0] > last or (final and row[0] == last):
+                final, clone = len(row) > 3 and row[3] == FINAL, len(row) > 3 and row[3] == CLONE
+                if row[0] > last or (final and row[0] == last) or clone:
                     new.append(tuple(row[:3]))
                     last = row[0]
                     iterations += not final
@@ -290,7 +293,7 @@ class MlflowCallback(tune.Callback):
         if not (self._cost_known(trial, result) or self.stop_reason(result)):  # (a stop criterion met: its last)
             # a stand-in every iteration would flatten every chart it is in
             values = {k: v for k, v in values.items() if not M.is_cost(k)}
-        self._journal.append(tid, (step, ts, values))
+        self._journal.append(tid, (step, ts, values, CLONE) if result.get(M.CLONED_FROM) else (step, ts, values))
         if result.get(M.RESTORE_NOTE):
             self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_RESTORE_NOTE,
                                                              str(result[M.RESTORE_NOTE])))

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 FOLDER = ".rlsweep_journal"
 
-Row = tuple[int, int, dict[str, Any]] | tuple[int, int, dict[str, Any], str]  # (..., a mark: callback.FINAL)
+Row = tuple[int, int, dict[str, Any]] | tuple[int, int, dict[str, Any], str]  # (..., a mark: callback.FINAL or CLONE)
 
 
 class Journal:

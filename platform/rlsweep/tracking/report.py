@@ -93,7 +93,8 @@ def warm_up() -> None:
     import optuna.importance  # noqa: F401
 
 
-_NOT_IN_TABLE = ("config", "checkpoint")  # a row's keys that results.csv leaves out (best_config.yaml has the config)
+# a row's keys that results.csv leaves out (best_config.yaml has the config, and a PBT winner's values over its run)
+_NOT_IN_TABLE = ("config", "checkpoint", M.HP_HISTORY)
 VIDEO = "winner.gif"
 
 
@@ -144,7 +145,7 @@ def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict
                                    CONFIRMED + "trial_id") if k in row},  # its confirmation round
             M.ENV_STEPS: row.get(M.ENV_STEPS), M.TIME_TOTAL_S: row.get(M.TIME_TOTAL_S),
             **{p: flat.get(p) for p in params}, "mlflow_run_id": run_id, "config": row["config"],
-            "checkpoint": checkpoint_of(row),
+            "checkpoint": checkpoint_of(row), M.HP_HISTORY: row.get(M.HP_HISTORY),
         })
     ranked = rank(rows, metric, mode)
     with tempfile.TemporaryDirectory() as d:
@@ -212,7 +213,11 @@ def checklist(rows: list[dict[str, Any]], ranked: list[dict[str, Any]], metric: 
              f"- search space: {g('search_space', '?')} (keys: {', '.join(searched) or '-'})",
              f"- budget: {g('trials', '?')} trials asked, {len(rows)} started, at most {g('max_concurrent', '?')} at "
              f"once" + (f", {g('time_budget_s')} s in all" if g("time_budget_s") not in (None, "None") else ""),
-             f"- sampler: {g('sampler', '?')} (seed {g('sampler_seed', '?')}); scheduler: {g('scheduler', '?')}",
+             f"- sampler: {g('sampler', '?')} (seed {g('sampler_seed', '?')}); scheduler: {g('scheduler', '?')}"
+             + (f" (interval {g('pbt_interval')} env steps, burn-in {g('pbt_burn_in')}, quantile "
+                f"{g('pbt_quantile_fraction')}, resample probability {g('pbt_resample_probability')}; the initial "
+                f"population drawn at random and explored with seed {g('sampler_seed', '?')})"
+                if g("scheduler") == "pbt" else ""),
              f"- metric: {metric} ({g('mode', '?')})"]
     if rows:
         stop = rows[0]["config"].get("stop") or {}
@@ -228,7 +233,9 @@ def checklist(rows: list[dict[str, Any]], ranked: list[dict[str, Any]], metric: 
         lines += [f"- trial {best['trial']} (trial id {best['trial_id']}, MLflow run {best.get('mlflow_run_id')}): "
                   f"{metric} = {best.get(metric)}"
                   + (f", confirmed on fresh seeds = {best[CONFIRMED + metric]}" if CONFIRMED + metric in best else ""),
-                  "- its searched values: " + (", ".join(f"{k}={flat.get(k)}" for k in searched) or "-"),
+                  "- its searched values: " + (", ".join(f"{k}={flat.get(k)}" for k in searched) or "-")
+                  + (" (its last; best_config.yaml's `schedules` holds them over its run)"
+                     if g("scheduler") == "pbt" else ""),
                   f"- rerun it: `rlsweep best {shlex.quote(run_dir)} -o best.yaml && rlsweep train best.yaml` "
                   "(best_config.yaml here is that file)"]
     else:

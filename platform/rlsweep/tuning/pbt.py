@@ -58,7 +58,9 @@ def scheduler(cfg: ExperimentConfig, space: SearchSpace) -> Any:
             super().__init__(time_attr=M.ENV_STEPS, metric=s.metric, mode=s.mode,
                              perturbation_interval=pbt.interval, burn_in_period=pbt.burn_in,
                              hyperparam_mutations=mutations, quantile_fraction=pbt.quantile_fraction,
-                             resample_probability=pbt.resample_probability, log_config=True)
+                             resample_probability=pbt.resample_probability, log_config=True,
+                             # (a result without the metric: the one that reports a divergence, say)
+                             require_attrs=False, synch=pbt.synch)
             self._rng = np.random.default_rng([s.seed, 0x9B8])
 
         def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
@@ -68,6 +70,15 @@ def scheduler(cfg: ExperimentConfig, space: SearchSpace) -> Any:
             new = _merge(_copy(source), explored)
             new["seed"] = trial.config["seed"]  # the trial keeps its seeds (its agents' labels, env restarts)
             return new, {}
+
+        def _quantiles(self) -> tuple[list, list]:
+            """Tune's bottom and top quantiles, less the bottom trials that score as well as a top one (a
+            population tied at a task's maximum would otherwise copy itself round and round)."""
+            lower, upper = super()._quantiles()
+            if upper:
+                worst_top = min(self._trial_state[t].last_score for t in upper)
+                lower = [t for t in lower if self._trial_state[t].last_score < worst_top]
+            return lower, upper
 
         def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
             super()._exploit(tune_controller, trial, trial_to_clone)

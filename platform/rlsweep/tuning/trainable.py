@@ -46,8 +46,10 @@ class PPOTrainable(tune.Trainable):
         self._diverged: NonFiniteError | None = None
         self._lineage: list[str] = []  # PBT: the trials this one continued from, "<trial id>@<env steps>"
         self._cloned_from: str | None = None
+        self._by_hand = restore_from is not None  # (`train --restore`: another run's checkpoint, not a PBT copy)
         if restore_from is not None:
             self.load_checkpoint(restore_from)
+        self._by_hand = False
         workers.wait_ready()  # so that step() times steps, not actor start-up
         self._placement: str | None = self._where(workers, learner)
 
@@ -119,7 +121,7 @@ class PPOTrainable(tune.Trainable):
         self._note = self.training.load_state(learner_state, state, source=checkpoint_dir)
         source = state.get("trial")
         self._lineage = list(state.get("lineage") or [])
-        if self.cfg.sweep.scheduler == "pbt" and source not in (None, self.trial_id):
+        if self.cfg.sweep.scheduler == "pbt" and not self._by_hand and source not in (None, self.trial_id):
             self._lineage.append(f"{source}@{state['env_steps']}")
             self._cloned_from = source
 
