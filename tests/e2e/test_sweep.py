@@ -741,7 +741,7 @@ def test_pbt_sweep_clones_perturbs_records_lineage_and_its_schedule_trains(tmp_p
         assert source in children and source != tid
         assert tags["rlsweep.pbt.cloned_from_run"] == children[source].info.run_id
         assert tags["rlsweep.pbt.lineage"].split()[-1] == f"{source}@{tags['rlsweep.pbt.cloned_at_env_steps']}"
-        assert int(tags["rlsweep.pbt.cloned_at_env_steps"]) % 512 == 0
+        assert int(tags["rlsweep.pbt.cloned_at_env_steps"]) % 1024 == 0  # synchronous: at an interval's end
     # each perturbed value is a curve: a copied trial's runs on new values from where it was copied
     tid, run = next(iter(cloned.items()))
     history = {k: [m.value for m in client.get_metric_history(run.info.run_id, f"hp/ppo.{k}")] for k in ("lr", "clip")}
@@ -753,6 +753,12 @@ def test_pbt_sweep_clones_perturbs_records_lineage_and_its_schedule_trains(tmp_p
     text = best_config_yaml(row, "pbt", "eval_return_mean")
     schedules = yaml.safe_load(text)["schedules"]
     assert set(schedules) <= {"ppo.lr", "ppo.clip"} and schedules, text
+    # the sweep's parent holds its winner's file, with the winner's schedule (or none, if it never changed)
+    best = rlsweep("best", sweep_dir, "-o", tmp_path / "best.yaml")
+    assert best.returncode == 0, best.stderr
+    artifact = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(artifact).read_text()).get("schedules") == \
+        yaml.safe_load((tmp_path / "best.yaml").read_text()).get("schedules")
     (tmp_path / "replay.yaml").write_text(text)
     (tmp_path / "replay").mkdir()
     t = rlsweep("train", tmp_path / "replay.yaml", "--set", f"tracking.local_dir={tmp_path / 'replay'}")
@@ -761,6 +767,7 @@ def test_pbt_sweep_clones_perturbs_records_lineage_and_its_schedule_trains(tmp_p
     [train_run] = runs_of(replay)
     for key, points in schedules.items():
         curve = {int(m.step): m.value for m in replay.get_metric_history(train_run.info.run_id, f"hp/{key}")}
+        assert len(curve) == 12, curve
         for step, value in curve.items():  # the value of the update after step - 512 env steps
             expected = [v for s, v in points if s <= step - 512][-1]
             assert value == pytest.approx(expected), (key, step, value, points)

@@ -174,3 +174,40 @@ def test_history_and_schedule_helpers():
     config = {"name": "x", "ppo": {"lr": 3.0}}
     assert replayed(config, json.dumps(h))["schedules"] == {"ppo.lr": [[0, 1.0], [50, 3.0]]}
     assert replayed(config, json.dumps([[0, {"ppo.lr": 1.0}]])) is config  # nothing changed: no schedule
+
+
+def test_the_scheduler_explores_within_the_space_keeps_seeds_and_leaves_ties_alone(tmp_path):
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from rlsweep.config import ExperimentConfig
+    from rlsweep.tuning.pbt import initial_population, scheduler
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("ppo.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n"
+                          "ppo.clip: {type: uniform, low: 0.1, high: 0.3}\n")
+    base = _experiment(sweep={"scheduler": "pbt", "trials": 4, "seed": 5})
+    space = load_search_space(space_file, base, "exp.yaml")
+    population = initial_population(space, base, 4, seed=5)
+    assert population == initial_population(space, base, 4, seed=5)  # seeded
+    assert len({c["ppo"]["lr"] for c in population}) == 4
+    assert all(c["ppo"]["train_batch_size"] == base["ppo"]["train_batch_size"] for c in population)
+    pbt = scheduler(ExperimentConfig.model_validate(base), space)
+    class StandInTrial(SimpleNamespace):  # what the scheduler reads of Tune's trials
+        __hash__ = object.__hash__
+        __eq__ = object.__eq__
+
+        def is_finished(self):
+            return False
+
+    trials = [StandInTrial(config={**c, "seed": 10 + i}, experiment_tag=str(i)) for i, c in enumerate(population)]
+    new, _ = pbt._get_new_config(trials[0], trials[3])
+    assert new["seed"] == 10 and new["sweep"] == trials[3].config["sweep"]
+    assert new["ppo"]["lr"] != trials[3].config["ppo"]["lr"] and 1e-4 <= new["ppo"]["lr"] <= 1e-2
+    assert 0.1 <= new["ppo"]["clip"] <= 0.3
+    for t, score in zip(trials, (1.0, 5.0, 5.0, 5.0), strict=True):
+        pbt._trial_state[t] = _PBTTrialState(t)
+        pbt._trial_state[t].last_score = score
+    lower, upper = pbt._quantiles()
+    assert lower == [trials[0]] and len(upper) == 1
+    pbt._trial_state[trials[0]].last_score = 5.0  # all tied: nobody is copied over
+    assert pbt._quantiles()[0] == []
