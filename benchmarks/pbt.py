@@ -123,7 +123,8 @@ def report(state: dict, seeds: int) -> str:
              f"is better). final: the winner's search score; confirmed: the IQM of the winner retrained on "
              f"{CONFIRM_SEEDS} fresh seeds (a PBT winner with its schedule of values).",
              "", "| task | method | trials x env steps | sweeps | final, median (each) | confirmed, median (each) | "
-             "wall s per sweep (median) |", "|---|---|---|---|---|---|---|"]
+             "all trials' final, median of the sweeps' medians | wall s per sweep (median) |",
+             "|---|---|---|---|---|---|---|---|"]
     raw = ["", "Per sweep (sweep seed: final / confirmed, wall s; every trial's final score, best first; PBT: "
            "trials that continued from another, and whether the winner's values changed over its run):", ""]
     for env_id, task in TASKS.items():
@@ -136,6 +137,7 @@ def report(state: dict, seeds: int) -> str:
             lines.append(f"| {env_id} | {method} | {task['trials']} x {task['env_steps']:,} | {len(done)} | "
                          f"{statistics.median(finals):.1f} ({', '.join(f'{x:.1f}' for x in finals)}) | "
                          f"{statistics.median(confirmed):.1f} ({', '.join(f'{x:.1f}' for x in confirmed)}) | "
+                         f"{statistics.median(statistics.median(v['trials']) for _, v in done):.1f} | "
                          f"{statistics.median(v['wall_s'] for _, v in done):.0f} |")
             for k, v in done:
                 pbt = (f"; {v['cloned_trials']} trials continued from another, winner's values "
