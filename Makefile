@@ -51,6 +51,7 @@ bench: venv bench-rllib-venv
 	$(BIN)/python benchmarks/mujoco_parity.py
 	$(BIN)/python benchmarks/start_time.py
 	$(BIN)/python benchmarks/cnn_acting.py
+	$(BIN)/python benchmarks/pbt.py
 
 # RLlib pins an older gymnasium than rlsweep allows: its peer runs in a virtualenv of its own.
 bench-rllib-venv: .venv-rllib/.installed
