@@ -368,6 +368,50 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     assert not (sweep_dir / ".rlsweep_kept").exists()  # the finished sweep keeps no extra copies
 
 
+@pytest.mark.slow
+def test_a_pbt_sweep_killed_mid_run_resumes_to_its_end(tmp_path):
+    """SIGKILL while the population trains, then `rlsweep resume`: Tune restores PBT afresh (its
+    bookkeeping is not saved) and the synchronous population, in step far past PBT's first interval,
+    must not wait for ever; it trains to its end and keeps copying strong trials into weak ones."""
+    per_trial = 6144
+    exp = experiment(tmp_path, steps=per_trial)
+    (tmp_path / "space.yaml").write_text(LR_ONLY)
+    proc = subprocess.Popen([sys.executable, "-m", "rlsweep.cli", "sweep", str(exp), "--space", str(tmp_path / "space.yaml"),
+                             "--name", "pbt", "--set", "sweep.scheduler=pbt", "--set", "sweep.pbt.interval=2048",
+                             "--set", "sweep.pbt.quantile_fraction=0.5", "--set", "sweep.max_concurrent=null",
+                             "--set", "tracking.flush_s=0", "--set", "rollouts.num_rollout_workers=0",
+                             "--set", "resources.learner_cpus=1"],
+                            cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        client = store_client(tmp_path, "sweeptest", proc)
+        deadline = time.time() + 240
+        while time.time() < deadline:  # until every trial is past the first interval
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            try:
+                steps = [len(client.get_metric_history(r.info.run_id, "rollouts/env_steps")) for r in runs_of(client)
+                         if r.data.tags.get("rlsweep.kind") == "trial"]
+            except Exception:  # the store is busy
+                steps = []
+            if len(steps) == 4 and min(steps) >= 5:
+                break
+            time.sleep(0.1)
+        else:
+            raise TimeoutError("the population never got past its first interval")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    r = rlsweep("resume", "pbt", "--results-dir", tmp_path / "results", timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = trial_results(tmp_path / "results" / "pbt")
+    assert len(res) == 4 and all(rows[-1]["env_steps"] == per_trial for rows in res.values())
+    resumed = [row for rows in res.values() for row in rows if row.get("cloned_from")]
+    assert resumed, "no trial continued from another"
+    [parent] = [x for x in runs_of(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
+                if x.data.tags.get("rlsweep.kind") == "sweep"]
+    assert parent.info.status == "FINISHED"
+
+
 class Payload:
     def __init__(self, command):
         self.command = command
@@ -721,15 +765,15 @@ def test_pbt_sweep_clones_perturbs_records_lineage_and_its_schedule_trains(tmp_p
     exp = experiment(tmp_path, steps=6144)
     (tmp_path / "space.yaml").write_text(LR_ONLY + "ppo.clip: {type: uniform, low: 0.1, high: 0.3}\n")
     r = rlsweep("sweep", exp, "--space", tmp_path / "space.yaml", "--name", "pbt",
-                "--set", "sweep.scheduler=pbt", "--set", "sweep.pbt.interval=1024",
+                "--set", "sweep.scheduler=pbt", "--set", "sweep.pbt.interval=2048",
                 "--set", "sweep.pbt.quantile_fraction=0.5", "--set", "rollouts.num_rollout_workers=0",
-                "--set", "resources.learner_cpus=1")
+                "--set", "resources.learner_cpus=1", "--set", "sweep.max_concurrent=null")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Pre-set value" not in r.stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = runs_of(client)
     [parent] = [x for x in runs if x.data.tags.get("rlsweep.kind") == "sweep"]
-    assert parent.data.params["scheduler"] == "pbt" and parent.data.params["pbt_interval"] == "1024"
+    assert parent.data.params["scheduler"] == "pbt" and parent.data.params["pbt_interval"] == "2048"
     children = {c.data.tags["rlsweep.trial_id"]: c for c in runs if c.data.tags.get("rlsweep.kind") == "trial"}
     assert len(children) == 4
     cloned = {tid: c for tid, c in children.items() if "rlsweep.pbt.cloned_from" in c.data.tags}
@@ -741,7 +785,7 @@ def test_pbt_sweep_clones_perturbs_records_lineage_and_its_schedule_trains(tmp_p
         assert source in children and source != tid
         assert tags["rlsweep.pbt.cloned_from_run"] == children[source].info.run_id
         assert tags["rlsweep.pbt.lineage"].split()[-1] == f"{source}@{tags['rlsweep.pbt.cloned_at_env_steps']}"
-        assert int(tags["rlsweep.pbt.cloned_at_env_steps"]) % 1024 == 0  # synchronous: at an interval's end
+        assert int(tags["rlsweep.pbt.cloned_at_env_steps"]) % 2048 == 0  # synchronous: at an interval's end
     # each perturbed value is a curve: a copied trial's runs on new values from where it was copied
     tid, run = next(iter(cloned.items()))
     history = {k: [m.value for m in client.get_metric_history(run.info.run_id, f"hp/ppo.{k}")] for k in ("lr", "clip")}
