@@ -205,7 +205,7 @@ def tunable_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") ->
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             keys += tunable_keys(ann, f"{prefix}{name}.")
-        elif f"{prefix}{name}" not in ("name", "results_dir", "env.id"):
+        elif f"{prefix}{name}" not in ("name", "results_dir", "env.id", "schedules"):
             keys.append(f"{prefix}{name}")
     return keys
 
