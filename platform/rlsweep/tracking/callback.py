@@ -323,8 +323,7 @@ class MlflowCallback(tune.Callback):
         tags = {TAG_CLONED_FROM: source, TAG_LINEAGE: lineage[-5000:], TAG_CLONED_STEP: last.rpartition("@")[2]}
         if source in self.runs:
             tags[TAG_CLONED_RUN] = self.runs[source]
-        for key, value in tags.items():
-            self.tracker.set_tag(self.runs[tid], key, value)
+        self.tracker.set_tags(self.runs[tid], tags)
 
     @_timed
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
@@ -384,8 +383,7 @@ class MlflowCallback(tune.Callback):
         self._writer.submit(self._note_retry, tid, self._retries[tid], trial_error_line(trial))
 
     def _note_retry(self, tid: str, count: int, reason: str) -> None:
-        self.tracker.set_tag(self.runs[tid], TAG_RETRIES, str(count))
-        self.tracker.set_tag(self.runs[tid], TAG_RETRY_REASON, reason[:5000])
+        self.tracker.set_tags(self.runs[tid], {TAG_RETRIES: str(count), TAG_RETRY_REASON: reason[:5000]})
 
     @_timed
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

@@ -150,6 +150,12 @@ class Tracker:
         """Sets one tag of a run."""
         self._client.set_tag(run_id, key, value)
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Sets several tags of a run in one call."""
+        from mlflow.entities import RunTag
+
+        self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
     def delete_tag(self, run_id: str, key: str) -> None:
         """Removes one tag of a run."""
         self._client.delete_tag(run_id, key)
@@ -225,8 +231,9 @@ class Tracker:
 
     def set_status(self, run_id: str, outcome: Outcome) -> None:
         """rlsweep's status tag and its reason; a status that ends a run ends it in MLflow too."""
-        self._client.set_tag(run_id, TAG_STATUS, outcome.status.value)
+        tags = {TAG_STATUS: outcome.status.value}
         if outcome.reason:
-            self._client.set_tag(run_id, TAG_REASON, outcome.reason[:5000])
+            tags[TAG_REASON] = outcome.reason[:5000]
+        self.set_tags(run_id, tags)  # (one call: on SQLite each costs ~10 ms of the driver's CPU)
         if outcome.status.mlflow_status:
             self._client.set_terminated(run_id, status=outcome.status.mlflow_status)
