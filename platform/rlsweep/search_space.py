@@ -253,7 +253,7 @@ class SearchSpace:
     def check(self, suggestion: dict[str, Any]) -> str | None:
         """None when the base experiment with `suggestion` (nested, as Tune passes it) is valid, else
         why not, in one line."""
-        data = _merge(_deepcopy(self.base or {}), suggestion)
+        data = merge(_deepcopy(self.base or {}), suggestion)
         try:
             validate(data, self.source)
         except ConfigError as e:
@@ -269,10 +269,11 @@ def _nest(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` (nested) merged into `base`, in place; returns `base`."""
     for k, v in update.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
+            merge(base[k], v)
         else:
             base[k] = v
     return base

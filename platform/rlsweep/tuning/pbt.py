@@ -2,12 +2,13 @@
 
 The population is `sweep.trials` trials drawn at random from the search space (`initial_population`,
 seeded by `sweep.seed`). Every `sweep.pbt.interval` env steps a trial in the bottom quantile continues
-from the latest checkpoint of one in the top (Tune restores it through `PPOTrainable.load_checkpoint`:
-weights, optimiser, normaliser, RNG and env states, every agent of a K-seed trial) with that trial's
-values explored by the search space's own distributions (`SearchSpace.explore`: within their bounds,
-gamma on 1 - gamma, integers on their grid, choices to a neighbour), so an explored value is always one
-the space allows. The trainable is built from the new config, so its learner runs with the new values
-(RLlib keeps the checkpoint's, ray#62173); `hp/<key>` metrics read them back from the learner.
+from the checkpoint one in the top saved at that step (synchronous PBT, the default: the whole population
+at the same env step; Tune restores it through `PPOTrainable.load_checkpoint`: weights, optimiser,
+normaliser, RNG and env states, every agent of a K-seed trial) with that trial's values explored by the
+search space's own distributions (`SearchSpace.explore`: within their bounds, gamma on 1 - gamma,
+integers on their grid, choices to a neighbour), so an explored value is always one the space allows.
+The trainable is built from the new config, so its learner runs the new values, not the checkpoint's
+(the trap of ray#62173); `hp/<key>` metrics read them back from the learner.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from ray.tune.search.sample import Categorical
 
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig
-from rlsweep.search_space import SearchSpace, _merge
+from rlsweep.search_space import SearchSpace, merge
 
 
 def initial_population(space: SearchSpace, base: dict[str, Any], size: int, seed: int) -> list[dict[str, Any]]:
     """`size` full trial configs: `base` with the searched keys drawn at random (valid ones only)."""
     rng = np.random.default_rng([seed, 0x9B7])
-    return [_merge(_copy(base), space.draw(rng)) for _ in range(size)]
+    return [merge(_copy(base), space.draw(rng)) for _ in range(size)]
 
 
 def _copy(d: Any) -> Any:
@@ -59,7 +60,7 @@ class SpacePBT(PopulationBasedTraining):
         # (Tune wants one mutation per key, for its logs and trial tags; `_get_new_config` is ours)
         mutations: dict[str, Any] = {}
         for name in space.params:
-            _merge(mutations, {name.split(".")[0]: {name.split(".", 1)[1]: Categorical([None])}})
+            merge(mutations, {name.split(".")[0]: {name.split(".", 1)[1]: Categorical([None])}})
         super().__init__(time_attr=M.ENV_STEPS, metric=s.metric, mode=s.mode,
                          perturbation_interval=pbt.interval, burn_in_period=pbt.burn_in,
                          hyperparam_mutations=mutations, quantile_fraction=pbt.quantile_fraction,
@@ -73,7 +74,7 @@ class SpacePBT(PopulationBasedTraining):
         source = trial_to_clone.config
         values = {name: _get(source, name) for name in self._space.params}
         explored = self._space.explore(values, self._rng, self._resample_probability)
-        new = _merge(_copy(source), explored)
+        new = merge(_copy(source), explored)
         new["seed"] = trial.config["seed"]  # the trial keeps its seeds (its agents' labels, env restarts)
         return new, {}
 
