@@ -160,7 +160,8 @@ class Training:
     def iterate(self) -> dict[str, float]:
         """Samples one batch per agent, updates the policies on them, evaluates when due; returns the
         metrics (names from `metrics.py`)."""
-        self._follow_schedules()
+        if self.cfg.schedules:  # (otherwise the values change only with a new config: a PBT copy's restore)
+            self._follow_schedules()
         cfg = self.cfg
         t0 = time.perf_counter()
         # 1. collect: every worker steps its envs with the current policies

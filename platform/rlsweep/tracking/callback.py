@@ -133,6 +133,7 @@ class MlflowCallback(tune.Callback):
         self._flushed_at: dict[str, float] = {}  # trial id -> when its rows were last handed to the writer
         self._logged_step: dict[str, int] = {}  # trial id -> last env step in its run's history
         self._best: dict[str, float] = {}
+        self._hp: dict[str, set[str]] = {}  # trial id -> the `hp/<key>` metrics its run charts (`_changing`)
         self._retries: dict[str, int] = {}
         self._warned_wait = False
 
@@ -287,7 +288,9 @@ class MlflowCallback(tune.Callback):
         diverged = bool(result.get(M.NON_FINITE))
         # the iteration that met a NaN: its values go to MLflow as they are (NaN included); the trial's
         # next step fails it, for good (tuning.stopper.NoRetryAfterDivergence)
-        changing = self._changing(trial)
+        changing = self._hp.get(tid)
+        if changing is None:  # (a trial's config is read once, not at every result)
+            changing = self._hp[tid] = self._changing(trial)
         values = {k: v for k, v in result.items() if M.is_reported(k) and (numeric(v) or diverged and isinstance(v, float))
                   and (not k.startswith(M.HP_PREFIX) or k in changing)}
         if not (self._cost_known(trial, result) or self.stop_reason(result)):  # (a stop criterion met: its last)

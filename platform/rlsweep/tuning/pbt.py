@@ -13,6 +13,7 @@ The trainable is built from the new config, so its learner runs the new values, 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -28,13 +29,7 @@ from rlsweep.search_space import SearchSpace, merge
 def initial_population(space: SearchSpace, base: dict[str, Any], size: int, seed: int) -> list[dict[str, Any]]:
     """`size` full trial configs: `base` with the searched keys drawn at random (valid ones only)."""
     rng = np.random.default_rng([seed, 0x9B7])
-    return [merge(_copy(base), space.draw(rng)) for _ in range(size)]
-
-
-def _copy(d: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(d)
+    return [merge(copy.deepcopy(base), space.draw(rng)) for _ in range(size)]
 
 
 def _get(config: dict[str, Any], dotted: str) -> Any:
@@ -74,7 +69,7 @@ class SpacePBT(PopulationBasedTraining):
         source = trial_to_clone.config
         values = {name: _get(source, name) for name in self._space.params}
         explored = self._space.explore(values, self._rng, self._resample_probability)
-        new = merge(_copy(source), explored)
+        new = merge(copy.deepcopy(source), explored)
         new["seed"] = trial.config["seed"]  # the trial keeps its seeds (its agents' labels, env restarts)
         return new, {}
 

@@ -46,10 +46,8 @@ class PPOTrainable(tune.Trainable):
         self._diverged: NonFiniteError | None = None
         self._lineage: list[str] = []  # PBT: the trials this one continued from, "<trial id>@<env steps>"
         self._cloned_from: str | None = None
-        self._by_hand = restore_from is not None  # (`train --restore`: another run's checkpoint, not a PBT copy)
-        if restore_from is not None:
-            self.load_checkpoint(restore_from)
-        self._by_hand = False
+        if restore_from is not None:  # (`train --restore`: another run's checkpoint, never a PBT copy)
+            self._load(restore_from, from_tune=False)
         workers.wait_ready()  # so that step() times steps, not actor start-up
         self._placement: str | None = self._where(workers, learner)
 
@@ -117,11 +115,14 @@ class PPOTrainable(tune.Trainable):
         weights, optimiser, normaliser, RNG and env states, every agent's) with this trial's config,
         whose perturbed values the learner runs with from here on; the next result names the trial
         copied (`cloned_from`) and this trial's line of copies (`lineage`)."""
+        self._load(checkpoint_dir, from_tune=True)
+
+    def _load(self, checkpoint_dir: str, from_tune: bool) -> None:
         learner_state, state = checkpoint.read(checkpoint_dir)
         self._note = self.training.load_state(learner_state, state, source=checkpoint_dir)
         source = state.get("trial")
         self._lineage = list(state.get("lineage") or [])
-        if self.cfg.sweep.scheduler == "pbt" and not self._by_hand and source not in (None, self.trial_id):
+        if from_tune and self.cfg.sweep.scheduler == "pbt" and source not in (None, self.trial_id):
             self._lineage.append(f"{source}@{state['env_steps']}")
             self._cloned_from = source
 
