@@ -186,3 +186,28 @@ def test_optuna_trial_id():
         f"{OPTUNA}: Trial and FrozenTrial no longer share _trial_id (compat.optuna_trial_id)"
     again = optuna.trial.Trial(study, compat.optuna_trial_id(frozen))
     assert again.number == asked.number, f"{OPTUNA}: optuna.trial.Trial(study, trial_id) no longer reopens a trial"
+
+
+def test_sqlite_write_ahead_log(tmp_path):
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert compat.sqlite_write_ahead_log(client), f"mlflow {version('mlflow')}: no SQLAlchemy engine under the client"
+    client.create_experiment("x")
+    with sqlite3.connect(tmp_path / "mlflow.db") as other:  # a property of the file: every process sees it
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with client._tracking_client.store.engine.connect() as mine:
+        assert mine.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    assert not compat.sqlite_write_ahead_log(MlflowClient("http://127.0.0.1:9"))  # a server: not ours to set
+
+
+def test_optuna_set_user_attrs(tmp_path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'o.db'}")
+    study = optuna.create_study(storage=storage)
+    asked = study.ask()
+    compat.optuna_set_user_attrs(storage, compat.optuna_trial_id(asked), {"a": "1", "b": 2})
+    again = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'o.db'}")
+    assert again.trials[0].user_attrs == {"a": "1", "b": 2}, \
+        f"{OPTUNA}: RDBStorage's session helper or _set_trial_attr_without_commit moved (compat.optuna_set_user_attrs)"

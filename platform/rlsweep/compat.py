@@ -1,10 +1,11 @@
-"""The one seam between rlsweep and the private parts of Ray, Ray Tune and Optuna.
+"""The one seam between rlsweep and the private parts of Ray, Ray Tune, Optuna and MLflow.
 
 rlsweep needs a few things those libraries do not offer publicly: a warm-up of Tune's callback
 imports, keeping secrets out of Tune's trial actors, the autoscaler's node groups and the head
 node's resource, Tune's driver staging folder and file layout, an actor's readiness and a call into
-it, two of Tune's log messages, Tune's retry rule, and the parts of Tune's `OptunaSearch` a resumable
-searcher must reach. Each is one named function (or the one adapter
+it, two of Tune's log messages, Tune's retry rule, the parts of Tune's `OptunaSearch` a resumable
+searcher must reach, several user attributes of an Optuna trial in one commit, and the database
+engine under MLflow's client. Each is one named function (or the one adapter
 class) here, and nothing else in rlsweep imports a `_private`, `_internal` or `_name` of a dependency.
 `tests/test_compat.py` holds one canary per function: it fails, naming the dependency and the version
 installed, when an upgrade moves what the function relies on.
@@ -235,6 +236,55 @@ def optuna_search_base() -> type:
     return OptunaSearchBase
 
 
+def optuna_set_user_attrs(storage: Any, trial_id: int, attrs: dict[str, Any]) -> None:
+    """Sets several user attributes of an Optuna trial in one transaction of its RDB storage (Optuna's
+    `set_trial_user_attr` commits each one: on SQLite every commit syncs the disk)."""
+    from optuna.storages._rdb.models import TrialUserAttributeModel
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(storage.scoped_session, True) as session:
+        for key, value in attrs.items():
+            storage._set_trial_attr_without_commit(session, TrialUserAttributeModel, trial_id, key, value)
+
+
 def optuna_trial_id(trial: Any) -> int:
     """The storage's id of an Optuna trial (`Trial` or `FrozenTrial`): what reopens it as a `Trial`."""
     return trial._trial_id
+
+
+# -- MLflow -------------------------------------------------------------------------------------------
+
+
+def sqlite_write_ahead_log(client: Any) -> bool:
+    """Puts the SQLite database under an MLflow client in write-ahead-log mode with `synchronous=NORMAL`
+    (every connection its engine opens from now on); False where the store is not a SQLite file.
+
+    MLflow's SQLite store commits every call in SQLite's default rollback-journal mode, which syncs the
+    disk several times a commit: most of a small `log_batch`'s cost. With the log, a commit is an append
+    (synced at the log's checkpoints): a process killed at any point leaves the database whole with
+    every commit made; a power cut can lose the last commits, never the database. Readers in other
+    processes (the MLflow UI) go on reading while the sweep writes.
+    """
+    from sqlalchemy import event
+
+    engine = getattr(client._tracking_client.store, "engine", None)
+    if engine is None or engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return False
+    if not getattr(engine, "_rlsweep_wal", False):
+        event.listen(engine, "connect", _wal_pragmas)
+        engine.dispose()  # (connections opened before the listener reconnect through it)
+        engine._rlsweep_wal = True
+    return True
+
+
+def _wal_pragmas(connection: Any, _record: Any) -> None:
+    import sqlite3
+
+    cursor = connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")  # (kept in the file: set once, a no-op after)
+        cursor.execute("PRAGMA synchronous=NORMAL")  # (per connection)
+    except sqlite3.OperationalError:  # another process holds the database: this connection syncs as before
+        pass
+    finally:
+        cursor.close()

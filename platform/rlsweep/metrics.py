@@ -135,6 +135,16 @@ def scored_base(name: str) -> str:
     return next((base[: -len(x)] for x in SCORE_SUFFIXES if base.endswith(x)), base)
 
 
+# Series that hold a setting, or a count that rarely moves: MLflow gets their first point, the points
+# either side of each change and their last (`tracking.series`); every other metric, every iteration.
+STEPWISE = (LR, UPDATE_EPOCHS, WORKERS_REPLACED)
+
+
+def is_stepwise(name: str) -> bool:
+    """Whether `name` is a STEPWISE series or a value the learner runs with (`hp/<key>`)."""
+    return name in STEPWISE or name.startswith(HP_PREFIX)
+
+
 COST = (ENV_STEPS_TO_TARGET, TIME_TO_TARGET_S)  # the budget stands in until every agent reached the target
 
 

@@ -59,3 +59,14 @@ def test_a_recorder_that_dies_is_a_note(tmp_path):
     gets one line saying so."""
     note = video.record_apart(str(tmp_path / "missing"), tmp_path / "v.gif")
     assert isinstance(note, str) and note.startswith("no video: the recorder failed ("), note
+
+
+def test_a_recording_past_its_time_is_stopped_and_its_process_is_gone(tmp_path):
+    """A recording started in a child process (as a sweep's end films its winner while the model is
+    registered) that takes longer than its limit: a note, and the child killed, not left behind."""
+    ckpt = trained_checkpoint(tmp_path)
+    recording = video.Recording(str(ckpt), tmp_path / "v.gif", timeout_s=0.05)
+    note = recording.result()
+    assert note == "no video: recording took over 0 s", note
+    assert recording._proc.returncode is not None  # reaped
+    assert not (tmp_path / "v.gif").exists()

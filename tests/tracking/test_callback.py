@@ -217,6 +217,46 @@ def test_a_failed_write_is_retried_and_no_row_is_lost(store, tmp_path):
     assert found[0].info.status == "FINISHED"
 
 
+def test_stepwise_series_reach_mlflow_as_their_ends_and_changes_through_failed_writes(store, tmp_path):
+    """A learning rate that changes once and a count that never does: MLflow gets each one's first
+    point, both sides of the change and the last point (at the trial's last step), the measurements
+    every step; writes that fail in between lose none of them (`tracking.series`)."""
+    cfg = small_config(tracking={"flush_s": 0})
+    cb = callback(store, cfg, str(tmp_path / "s"))
+    cb.setup()
+    trial = StandInTrial("s1", cfg)
+    cb.on_trial_start(0, [trial], trial)
+    cb._writer.barrier()
+    real, failures = cb.tracker.log_rows, []
+
+    def flaky(run_id, rows):
+        if len(failures) < 3:
+            failures.append(1)
+            raise ConnectionError("store down")
+        real(run_id, rows)
+
+    cb.tracker.log_rows = flaky
+    lrs = {64: 3e-4, 128: 3e-4, 192: 3e-4, 256: 1e-4, 320: 1e-4}
+    for step, lr in lrs.items():
+        cb.on_trial_result(0, [trial], trial, {**result(step, 500.0), M.LR: lr, M.WORKERS_REPLACED: 0})
+        if step == 192:
+            cb._writer.barrier()  # (written in two goes: a series' state carries across writes)
+    trial.status = "TERMINATED"
+    cb.on_trial_complete(0, [trial], trial)
+    cb.on_experiment_end([trial])
+    client, found = runs(store)
+    run_id = found[0].info.run_id
+
+    def curve(name):
+        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, M.mlflow_key(name)))
+
+    assert len(failures) == 3
+    assert curve(M.LR) == [(64, 3e-4), (192, 3e-4), (256, 1e-4), (320, 1e-4)]
+    assert curve(M.WORKERS_REPLACED) == [(64, 0), (320, 0)]
+    assert curve(M.EPISODE_RETURN_MEAN) == [(s, 500.0) for s in lrs]  # a measurement: every step, repeats too
+    assert found[0].data.metrics[M.mlflow_key(M.LR)] == 1e-4  # MLflow's latest value: the last step's
+
+
 def test_rows_survive_a_driver_killed_while_the_store_was_down(store, tmp_path):
     """Every write fails (the store is down) and the driver dies without a word (no experiment end):
     the rows it had are in the journal on disk; `resume` writes them, then the replayed and new

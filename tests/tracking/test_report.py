@@ -53,13 +53,15 @@ def test_the_winners_video_goes_to_the_parent_or_its_reason_does(store, tmp_path
     tracker = store.tracker()
     client = MlflowClient(store.uri)
     filmed = tracker.start("filmed", {})
-    winner_video(tracker, filmed, str(trained_checkpoint(tmp_path / "a")))
+    with winner_video(tracker, filmed, str(trained_checkpoint(tmp_path / "a"))):  # filmed meanwhile
+        assert client.list_artifacts(filmed) == []
     assert [a.path for a in client.list_artifacts(filmed)] == [VIDEO]
     with Image.open(client.download_artifacts(filmed, VIDEO, str(tmp_path))) as im:
         frames = im.n_frames
     assert tracker.tags(filmed)[TAG_VIDEO].startswith(f"{VIDEO}: ({frames} frames, ")
 
     blind = tracker.start("blind", {})
-    winner_video(tracker, blind, str(trained_checkpoint(tmp_path / "b", "tests.faulty_envs:NoRenderCartPole")))
+    with winner_video(tracker, blind, str(trained_checkpoint(tmp_path / "b", "tests.faulty_envs:NoRenderCartPole"))):
+        pass
     assert client.list_artifacts(blind) == []
     assert tracker.tags(blind)[TAG_VIDEO] == "no video: the env cannot render: it has no rgb_array render mode"

@@ -7,7 +7,7 @@ dependency: nothing more to install). CartPole's full 500-step episode is 10 s, 
 
 An env that cannot render (no rgb_array mode, a renderer that is not installed or fails on this
 machine) raises `CannotRender` with the reason: callers turn it into a note, never a failure.
-`record_apart` runs it in a child process with a time limit, so that a renderer that crashes or hangs
+`Recording` (and `record_apart`, which waits for it) runs it in a child process with a time limit, so that a renderer that crashes or hangs
 (an OpenGL context on a headless machine) takes nothing else down.
 """
 
@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -151,21 +152,46 @@ def record_checkpoint(checkpoint: str, path: str | Path, seed: int = 0, agent: i
     return record(cfg, weights, stats, path, seed=seed, agent=agent)
 
 
+class Recording:
+    """`record_checkpoint` running in a child process, started at once; `result()` waits for it."""
+
+    def __init__(self, checkpoint: str, path: str | Path, seed: int = 0, timeout_s: float = 120.0):
+        self.timeout_s = timeout_s
+        self._deadline = time.monotonic() + timeout_s
+        self._scratch = tempfile.TemporaryDirectory(prefix="rlsweep-video-")
+        self._answer = Path(self._scratch.name) / "video.json"
+        self._proc = subprocess.Popen(  # noqa: S603 - this Python, this module
+            [sys.executable, "-m", "rlsweep.engine.video", str(checkpoint), str(path), "--seed", str(seed),
+             "--answer", str(self._answer)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+
+    def result(self) -> Video | str:
+        """The Video, or why there is none (a line for a note); the child is gone when it returns."""
+        try:
+            _, stderr = self._proc.communicate(timeout=max(0.0, self._deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            return f"no video: recording took over {self.timeout_s:.0f} s"
+        try:
+            if self._answer.exists():
+                data = json.loads(self._answer.read_text())
+                return Video(**data["video"]) if "video" in data else f"no video: {data['note']}"
+            last = (stderr.strip().splitlines() or [f"exit status {self._proc.returncode}"])[-1]
+            return f"no video: the recorder failed ({last})"
+        finally:
+            self._scratch.cleanup()
+
+    def cancel(self) -> None:
+        """Stops the child (if it still runs) and waits for it."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.communicate()
+        self._scratch.cleanup()
+
+
 def record_apart(checkpoint: str, path: str | Path, seed: int = 0, timeout_s: float = 120.0) -> Video | str:
     """`record_checkpoint` in a child process: the Video, or why there is none (a line for a note)."""
-    with tempfile.TemporaryDirectory(prefix="rlsweep-video-") as scratch:
-        answer = Path(scratch) / "video.json"
-        try:
-            done = subprocess.run([sys.executable, "-m", "rlsweep.engine.video", str(checkpoint), str(path),
-                                   "--seed", str(seed), "--answer", str(answer)],
-                                  capture_output=True, text=True, errors="replace", timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return f"no video: recording took over {timeout_s:.0f} s"
-        if answer.exists():
-            data = json.loads(answer.read_text())
-            return Video(**data["video"]) if "video" in data else f"no video: {data['note']}"
-        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        return f"no video: the recorder failed ({last})"
+    return Recording(checkpoint, path, seed, timeout_s).result()
 
 
 def main(argv: list[str] | None = None) -> int:

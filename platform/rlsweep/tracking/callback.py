@@ -51,6 +51,7 @@ from rlsweep.tracking.runs import (
     run_config_dict,
     trial_error_line,
 )
+from rlsweep.tracking.series import Thinned
 from rlsweep.tracking.status import Outcome, RunStatus, at_experiment_end, completed, failed
 from rlsweep.tracking.store import Store
 from rlsweep.tracking.tracker import Tracker
@@ -132,6 +133,7 @@ class MlflowCallback(tune.Callback):
         self._journal = Journal(self.run_dir)  # every row, until MLflow has it
         self._flushed_at: dict[str, float] = {}  # trial id -> when its rows were last handed to the writer
         self._logged_step: dict[str, int] = {}  # trial id -> last env step in its run's history
+        self._series: dict[str, Thinned] = {}  # trial id -> its series' repeats held back (`series.Thinned`)
         self._best: dict[str, float] = {}
         self._hp: dict[str, set[str]] = {}  # trial id -> the `hp/<key>` metrics its run charts (`_changing`)
         self._retries: dict[str, int] = {}
@@ -221,26 +223,37 @@ class MlflowCallback(tune.Callback):
             self.parent.run_opened(tid, number, run_id)
         self.runs[tid] = run_id
 
-    def _write_metrics(self, tid: str) -> None:
-        """Writes the trial's rows from the journal; the journal's position moves past rows only once
+    def _write_metrics(self, tid: str, ending: bool = False) -> None:
+        """Writes the trial's rows from the journal, repeats held back (`series.Thinned`; `ending`: the
+        trial is over, what they hold is written too); the journal's position moves past rows only once
         MLflow has them (a failed write leaves them for the retry)."""
+        # (a copy, kept once MLflow has the rows: a failed write is retried with the series as they were)
+        series = self._series.setdefault(tid, Thinned()).copy()
         while True:
             rows, end = self._journal.read(tid)
             if not rows:
-                return
+                break
             # after a resume, the iterations replayed from an older checkpoint are already logged
             new, last, iterations = [], self._logged_step[tid], 0
             for row in rows:
                 final, clone = len(row) > 3 and row[3] == FINAL, len(row) > 3 and row[3] == CLONE
                 if row[0] > last or (final and row[0] == last) or clone:
-                    new.append(tuple(row[:3]))
+                    if clone:  # (its history starts over at the copied step)
+                        new += series.end()
+                    new += series.rows([tuple(row[:3])])
                     last = row[0]
                     iterations += not final
             if new:
                 self.tracker.log_rows(self.runs[tid], new)
             self._journal.advance(tid, end)
+            self._series[tid] = series.copy()
             self._logged_step[tid] = last
             self.logged_iterations += iterations
+        if ending:
+            held = series.end()
+            if held:
+                self.tracker.log_rows(self.runs[tid], held)
+            self._series[tid] = series
 
     def _log_best(self, tid: str, checkpoint: Any, score: float) -> None:
         best = self._best.get(tid)
@@ -256,7 +269,7 @@ class MlflowCallback(tune.Callback):
             self.tracker.set_tag(self.runs[tid], TAG_BEST_SCORE, repr(score))
 
     def _close_run(self, tid: str, final_checkpoint: Any, outcome: Outcome) -> None:
-        self._write_metrics(tid)
+        self._write_metrics(tid, ending=True)
         if final_checkpoint is not None:
             with _on_this_machine(final_checkpoint) as path:
                 if path is not None:
@@ -427,7 +440,7 @@ class MlflowCallback(tune.Callback):
                 continue
             interrupted |= outcome.status is RunStatus.INTERRUPTED
             if trial.trial_id in self.runs:  # interrupted: `rlsweep resume` picks these runs up again
-                self._write_metrics(trial.trial_id)
+                self._write_metrics(trial.trial_id, ending=True)
                 self.tracker.set_status(self.runs[trial.trial_id], outcome)
         self.interrupted = interrupted
         tracking = {}

@@ -152,6 +152,7 @@ class SweepParent:
         import optuna
 
         try:
+            from rlsweep.compat import optuna_set_user_attrs, optuna_trial_id
             from rlsweep.tuning.bucket import relocate
 
             url = relocate(self.study[0])  # (a sweep resumed on another machine: its study there)
@@ -160,8 +161,8 @@ class SweepParent:
             for frozen in storage.get_all_trials(study_id, deepcopy=False,
                                                  states=(optuna.trial.TrialState.RUNNING,)):
                 if frozen.user_attrs.get("tune_trial_id") == trial_id:
-                    storage.set_trial_user_attr(frozen._trial_id, "rlsweep_trial", number)
-                    storage.set_trial_user_attr(frozen._trial_id, "mlflow_run_id", run_id)
+                    optuna_set_user_attrs(storage, optuna_trial_id(frozen),
+                                          {"rlsweep_trial": number, "mlflow_run_id": run_id})
                     return
         except Exception as e:  # the study is the searcher's; its names are a courtesy
             log.debug("could not name Optuna's trial for %s: %s", trial_id, e)
@@ -208,10 +209,11 @@ class SweepParent:
             report.confirmation_summary(tracker, run_id, self.run_dir, metric=self.metric, mode=self.mode)
         if best is not None and best.get("mlflow_run_id"):
             mark_winner(tracker, best["mlflow_run_id"], tracker.search(**{TAG_PARENT: run_id, TAG_KIND: "trial"}))
-        if best is not None and self.video:
-            report.winner_video(tracker, run_id, best.get("checkpoint"))
-        if best is not None and self.model_name and best.get("checkpoint"):
-            register_winner(tracker, run_id, best["checkpoint"], self.model_name)
+        checkpoint = best.get("checkpoint") if best is not None else None
+        # the winner filmed in a child process while its model is built and registered here
+        with report.winner_video(tracker, run_id, checkpoint if self.video else None):
+            if self.model_name and checkpoint:
+                register_winner(tracker, run_id, checkpoint, self.model_name)
         tracker.set_status(run_id, Outcome(RunStatus.FINISHED))
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,25 +100,39 @@ _NOT_IN_TABLE = ("config", "checkpoint", M.HP_HISTORY)
 VIDEO = "winner.gif"
 
 
-def winner_video(tracker: Tracker, parent_run_id: str, checkpoint: str | None) -> None:
-    """winner.gif on the parent run: the winner's deterministic episode (`engine.video`, recorded in a
-    child process); when there is none (an env that cannot render), the reason as the parent's
-    `rlsweep.video` tag and a warning. Never fails the sweep."""
+@contextlib.contextmanager
+def winner_video(tracker: Tracker, parent_run_id: str, checkpoint: str | None) -> Iterator[None]:
+    """winner.gif on the parent run: the winner's deterministic episode (`engine.video`), recorded in a
+    child process while the `with` block runs (the model is built meanwhile) and logged when it ends;
+    when there is none (an env that cannot render), the reason as the parent's `rlsweep.video` tag and a
+    warning. Never fails the sweep."""
     if not checkpoint:
+        yield
         return
-    from rlsweep.engine.video import record_apart
+    from rlsweep.engine.video import Recording
 
-    try:
-        with tempfile.TemporaryDirectory(prefix="rlsweep-video-") as d:
-            got = record_apart(checkpoint, Path(d) / VIDEO)
+    with tempfile.TemporaryDirectory(prefix="rlsweep-video-") as d:
+        try:
+            recording = Recording(checkpoint, Path(d) / VIDEO)
+        except Exception as e:  # noqa: BLE001 - the video is a courtesy on top of the finished sweep
+            log.warning("no video of the winner: %s", first_line(e))
+            yield
+            return
+        try:
+            yield
+        except BaseException:
+            recording.cancel()
+            raise
+        try:
+            got = recording.result()
             if isinstance(got, str):
                 log.warning("%s (the winner's checkpoint %s)", got, checkpoint)
                 tracker.set_tag(parent_run_id, TAG_VIDEO, got)
             else:
                 tracker.log_artifacts(parent_run_id, d)
                 tracker.set_tag(parent_run_id, TAG_VIDEO, f"{VIDEO}: {got.describe().removeprefix(got.path + ' ')}")
-    except Exception as e:  # noqa: BLE001 - the video is a courtesy on top of the finished sweep
-        log.warning("no video of the winner: %s", first_line(e))
+        except Exception as e:  # noqa: BLE001 - the video is a courtesy on top of the finished sweep
+            log.warning("no video of the winner: %s", first_line(e))
 
 
 def sweep_summary(tracker: Tracker, parent_run_id: str, run_dir: str, runs: dict[str, str | None], *,

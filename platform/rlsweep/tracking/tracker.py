@@ -38,7 +38,10 @@ class Tracker:
         unless `create` is False: then a missing experiment is a LookupError."""
         from mlflow.tracking import MlflowClient
 
+        from rlsweep.compat import sqlite_write_ahead_log
+
         self._client = MlflowClient(uri, registry_uri=uri)  # the store's own model registry
+        sqlite_write_ahead_log(self._client)
         self.experiment = experiment
         exp = self._client.get_experiment_by_name(experiment)
         if exp is None and not create:
