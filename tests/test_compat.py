@@ -189,6 +189,7 @@ def test_optuna_trial_id():
 
 
 def test_sqlite_write_ahead_log(tmp_path):
+    import shutil
     import sqlite3
 
     from mlflow.tracking import MlflowClient
@@ -201,6 +202,13 @@ def test_sqlite_write_ahead_log(tmp_path):
     with client._tracking_client.store.engine.connect() as mine:
         assert mine.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     assert not compat.sqlite_write_ahead_log(MlflowClient("http://127.0.0.1:9"))  # a server: not ours to set
+    assert (tmp_path / "mlflow.db-wal").stat().st_size > 0
+    compat.close_sqlite_stores()  # the log folded into the file: mlflow.db alone holds every commit
+    wal = tmp_path / "mlflow.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    (tmp_path / "copy").mkdir()
+    shutil.copyfile(tmp_path / "mlflow.db", tmp_path / "copy" / "mlflow.db")  # the file alone, as users copy it
+    assert MlflowClient(f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}").get_experiment_by_name("x") is not None
 
 
 def test_optuna_set_user_attrs(tmp_path):

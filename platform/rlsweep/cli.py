@@ -437,6 +437,10 @@ def entry() -> None:
             time.sleep(VERBOSE_LOG_DRAIN_S)
         ray.shutdown()
     timeline.mark("ray_shut_down")
+    if "sqlalchemy" in sys.modules:  # (mlflow.db whole, without its write-ahead log beside it)
+        from rlsweep.compat import close_sqlite_stores
+
+        close_sqlite_stores()
     timeline.write()
     logging.shutdown()
     sys.stdout.flush()

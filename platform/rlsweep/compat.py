@@ -13,6 +13,7 @@ installed, when an upgrade moves what the function relies on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -274,7 +275,26 @@ def sqlite_write_ahead_log(client: Any) -> bool:
         event.listen(engine, "connect", _wal_pragmas)
         engine.dispose()  # (connections opened before the listener reconnect through it)
         engine._rlsweep_wal = True
+        _WAL_ENGINES.append(engine)
     return True
+
+
+_WAL_ENGINES: list[Any] = []
+
+
+def close_sqlite_stores() -> None:
+    """Folds the write-ahead log of every SQLite store `sqlite_write_ahead_log` set up in this process
+    into its database file and empties it (its connections closed first), so that `mlflow.db` alone,
+    copied anywhere, holds every commit (a process that ends in `os._exit` closes nothing itself)."""
+    import sqlite3
+
+    for engine in _WAL_ENGINES:
+        try:
+            engine.dispose()
+            with contextlib.closing(sqlite3.connect(engine.url.database, timeout=5)) as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception:  # noqa: BLE001, S110 - SQLite folds the log in on the next open anyway
+            pass
 
 
 def _wal_pragmas(connection: Any, _record: Any) -> None:

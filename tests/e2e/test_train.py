@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -153,7 +154,10 @@ def test_train_then_restore_continues(exp, tmp_path):
     # each train is one MLflow run, no parent, with params, per-iteration metrics and checkpoints
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # (read from a copy of mlflow.db alone, as a user would share it: the write-ahead log was folded in)
+    (tmp_path / "copy").mkdir()
+    shutil.copyfile(tmp_path / "mlflow.db", tmp_path / "copy" / "mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}")
     exp_id = client.get_experiment_by_name("clitest").experiment_id
     runs = client.search_runs([exp_id], order_by=["attributes.start_time ASC"])
     assert len(runs) == 2
