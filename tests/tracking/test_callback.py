@@ -198,11 +198,11 @@ def test_a_failed_write_is_retried_and_no_row_is_lost(store, tmp_path):
     cb._writer.barrier()
     real, failures = cb.tracker.log_rows, []
 
-    def flaky(run_id, rows):
+    def flaky(run_id, rows, tags=None):
         if len(failures) < 2:
             failures.append(len(rows))
             raise ConnectionError("store down")
-        real(run_id, rows)
+        real(run_id, rows, tags)
 
     cb.tracker.log_rows = flaky
     for step in (64, 128, 192):
@@ -229,11 +229,11 @@ def test_stepwise_series_reach_mlflow_as_their_ends_and_changes_through_failed_w
     cb._writer.barrier()
     real, failures = cb.tracker.log_rows, []
 
-    def flaky(run_id, rows):
+    def flaky(run_id, rows, tags=None):
         if len(failures) < 3:
             failures.append(1)
             raise ConnectionError("store down")
-        real(run_id, rows)
+        real(run_id, rows, tags)
 
     cb.tracker.log_rows = flaky
     lrs = {64: 3e-4, 128: 3e-4, 192: 3e-4, 256: 1e-4, 320: 1e-4}

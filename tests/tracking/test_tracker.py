@@ -41,6 +41,34 @@ def test_metrics_go_to_mlflow_under_their_chart_sections(store):
     assert M.mlflow_key("best_eval_return_mean") == "best_eval_return_mean"  # a parent's answer: bare
 
 
+def test_a_runs_last_rows_and_its_status_go_in_one_batch_however_many_rows(store):
+    """`set_status` with a run's last rows: MLflow's limit (1000 metrics and tags per batch) is kept,
+    every row lands, the status tags and the run's end too; a status alone is one call."""
+    from rlsweep import metrics as M
+    from rlsweep.tracking.status import Outcome, RunStatus
+
+    tracker = store.tracker()
+    calls, real = [], tracker._client.log_batch
+
+    def counted(run_id, metrics=(), params=(), tags=()):
+        calls.append((len(metrics), len(tags)))
+        assert len(metrics) + len(tags) <= 1000
+        return real(run_id, metrics=metrics, params=params, tags=tags)
+
+    tracker._client.log_batch = counted
+    run_id = tracker.start("many", {})
+    rows = [(step, 1, {M.POLICY_LOSS: float(step), M.ENV_STEPS: step}) for step in range(1, 1001)]
+    tracker.set_status(run_id, Outcome(RunStatus.ERROR, "it broke"), rows)
+    assert calls == [(998, 0), (998, 0), (4, 2)]
+    run = tracker._client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["rlsweep.reason"] == "it broke"
+    assert len(tracker.history(run_id, M.POLICY_LOSS)) == 1000
+    alone = tracker.start("alone", {})
+    calls.clear()
+    tracker.set_status(alone, Outcome(RunStatus.FINISHED))
+    assert calls == [(0, 1)] and tracker._client.get_run(alone).info.status == "FINISHED"
+
+
 def test_the_winner_is_marked_and_a_winner_overturned_is_unmarked(store):
     from rlsweep.tracking.parents import mark_winner
     from rlsweep.tracking.runs import TAG_WINNER

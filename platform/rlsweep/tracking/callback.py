@@ -223,12 +223,14 @@ class MlflowCallback(tune.Callback):
             self.parent.run_opened(tid, number, run_id)
         self.runs[tid] = run_id
 
-    def _write_metrics(self, tid: str, ending: bool = False) -> None:
+    def _write_metrics(self, tid: str, ending: Outcome | None = None, tags: dict[str, str] | None = None) -> None:
         """Writes the trial's rows from the journal, repeats held back (`series.Thinned`; `ending`: the
-        trial is over, what they hold is written too); the journal's position moves past rows only once
-        MLflow has them (a failed write leaves them for the retry)."""
+        trial is over, what they hold is written too, with the run's status), `tags` in the first batch;
+        the journal's position moves past rows only once MLflow has them (a failed write leaves them for
+        the retry)."""
         # (a copy, kept once MLflow has the rows: a failed write is retried with the series as they were)
         series = self._series.setdefault(tid, Thinned()).copy()
+        pending = dict(tags or {})
         while True:
             rows, end = self._journal.read(tid)
             if not rows:
@@ -243,38 +245,42 @@ class MlflowCallback(tune.Callback):
                     new += series.rows([tuple(row[:3])])
                     last = row[0]
                     iterations += not final
-            if new:
-                self.tracker.log_rows(self.runs[tid], new)
+            if new or pending:
+                self.tracker.log_rows(self.runs[tid], new, pending)
+                pending = {}
             self._journal.advance(tid, end)
             self._series[tid] = series.copy()
             self._logged_step[tid] = last
             self.logged_iterations += iterations
-        if ending:
-            held = series.end()
-            if held:
-                self.tracker.log_rows(self.runs[tid], held)
+        if pending:  # (no rows to carry them)
+            self.tracker.set_tags(self.runs[tid], pending)
+        if ending is not None:
+            self.tracker.set_status(self.runs[tid], ending, series.end())
             self._series[tid] = series
 
-    def _log_best(self, tid: str, checkpoint: Any, score: float) -> None:
-        best = self._best.get(tid)
-        if best is not None and not better(score, best, self.mode):
-            return
-        with _on_this_machine(checkpoint) as path:
-            if path is None:  # written late (the store was down) and Tune has since pruned it
-                log.warning("trial %s: checkpoint %s is gone before it reached MLflow; a later one will", tid,
-                            checkpoint.path)
-                return
+    def _at_checkpoint(self, tid: str, checkpoint: Any, score: float | None) -> None:
+        """A checkpoint: it becomes the run's best checkpoint where `score` beats the trial's best so far
+        (None: checkpoints are not logged), then the rows before it are written, the best's score tag in
+        their batch."""
+        best, tags = self._best.get(tid), {}
+        if score is not None and (best is None or better(score, best, self.mode)):
+            with _on_this_machine(checkpoint) as path:
+                if path is None:  # written late (the store was down) and Tune has since pruned it
+                    log.warning("trial %s: checkpoint %s is gone before it reached MLflow; a later one will", tid,
+                                checkpoint.path)
+                else:
+                    self.tracker.log_checkpoint(self.runs[tid], path, "checkpoints/best")
+                    tags[TAG_BEST_SCORE] = repr(score)
+        self._write_metrics(tid, tags=tags)
+        if tags:
             self._best[tid] = score
-            self.tracker.log_checkpoint(self.runs[tid], path, "checkpoints/best")
-            self.tracker.set_tag(self.runs[tid], TAG_BEST_SCORE, repr(score))
 
     def _close_run(self, tid: str, final_checkpoint: Any, outcome: Outcome) -> None:
-        self._write_metrics(tid, ending=True)
         if final_checkpoint is not None:
             with _on_this_machine(final_checkpoint) as path:
                 if path is not None:
                     self.tracker.log_checkpoint(self.runs[tid], path, "checkpoints/final")
-        self.tracker.set_status(self.runs[tid], outcome)
+        self._write_metrics(tid, ending=outcome)  # (its last rows and its status in one call)
         self._journal.close(tid)
 
     # -- Tune hooks (driver thread): queue the work ------------------------------------------------
@@ -343,15 +349,14 @@ class MlflowCallback(tune.Callback):
 
     @_timed
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-        """A checkpoint: the rows before it are written first, and it becomes the run's best
-        checkpoint where its score is the trial's best so far.
+        """A checkpoint: it becomes the run's best checkpoint where its score is the trial's best so
+        far, and the rows before it are written (`_at_checkpoint`).
         """
         tid = trial.trial_id
         score = (trial.last_result or {}).get(self.metric, math.nan)
         self._flushed_at[tid] = time.monotonic()
-        self._writer.submit(self._write_metrics, tid)
-        if self.log_checkpoints and not math.isnan(score):
-            self._writer.submit(self._log_best, tid, checkpoint, score)
+        logged = self.log_checkpoints and not math.isnan(score)
+        self._writer.submit(self._at_checkpoint, tid, checkpoint, score if logged else None)
         # Tune records this checkpoint as the trial's restore point: what came before it should be in
         # MLflow (and the checkpoint copied before Tune may delete it) before this returns; while the
         # store is down, training does not wait for it longer than checkpoint_wait_s
@@ -440,8 +445,7 @@ class MlflowCallback(tune.Callback):
                 continue
             interrupted |= outcome.status is RunStatus.INTERRUPTED
             if trial.trial_id in self.runs:  # interrupted: `rlsweep resume` picks these runs up again
-                self._write_metrics(trial.trial_id, ending=True)
-                self.tracker.set_status(self.runs[trial.trial_id], outcome)
+                self._write_metrics(trial.trial_id, ending=outcome)
         self.interrupted = interrupted
         tracking = {}
         if self.logged_iterations and not interrupted:

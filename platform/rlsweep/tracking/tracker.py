@@ -184,15 +184,22 @@ class Tracker:
         """One step's numbers (NaN left out; other values too)."""
         self.log_rows(run_id, [(step, int(time.time() * 1000), {k: v for k, v in values.items() if numeric(v)})])
 
-    def log_rows(self, run_id: str, rows: Iterable[tuple[int, int, dict[str, Any]]]) -> None:
+    def log_rows(self, run_id: str, rows: Iterable[tuple[int, int, dict[str, Any]]],
+                 tags: dict[str, str] | None = None) -> None:
         """(step, timestamp in ms, values) rows, written in as few batches as MLflow allows; every number
-        is written, NaN and infinities included, each under its name in MLflow (`metrics.mlflow_key`)."""
-        from mlflow.entities import Metric
+        is written, NaN and infinities included, each under its name in MLflow (`metrics.mlflow_key`).
+        `tags` go with the last batch (one call where there are few rows)."""
+        from mlflow.entities import Metric, RunTag
 
         metrics = [Metric(M.mlflow_key(k), float(v), ts, step) for step, ts, values in rows for k, v in values.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-            self._client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        tagged = [RunTag(k, v) for k, v in (tags or {}).items()]
+        size = 1000 - len(tagged)  # MLflow takes at most 1000 metrics and tags together per batch
+        for i in range(0, len(metrics), size):
+            last = i + size >= len(metrics)
+            self._client.log_batch(run_id, metrics=metrics[i:i + size], tags=tagged if last else [])
+        if tagged and not metrics:
+            self._client.log_batch(run_id, tags=tagged)
 
     def log_yaml(self, run_id: str, data: dict[str, Any], name: str, folder: str | None = None) -> None:
         """Writes `data` as YAML into the artifact `name` (in `folder`)."""
@@ -232,11 +239,17 @@ class Tracker:
         self._client.set_registered_model_alias(name, alias, version)
         return str(version)
 
-    def set_status(self, run_id: str, outcome: Outcome) -> None:
-        """rlsweep's status tag and its reason; a status that ends a run ends it in MLflow too."""
+    @staticmethod
+    def status_tags(outcome: Outcome) -> dict[str, str]:
+        """rlsweep's status tag and its reason."""
         tags = {TAG_STATUS: outcome.status.value}
         if outcome.reason:
             tags[TAG_REASON] = outcome.reason[:5000]
-        self.set_tags(run_id, tags)  # (one call: on SQLite each costs ~10 ms of the driver's CPU)
+        return tags
+
+    def set_status(self, run_id: str, outcome: Outcome, rows: Iterable[tuple[int, int, dict[str, Any]]] = ()) -> None:
+        """rlsweep's status tag and its reason, in one call with `rows` (a run's last metric rows); a
+        status that ends a run ends it in MLflow too."""
+        self.log_rows(run_id, rows, self.status_tags(outcome))
         if outcome.status.mlflow_status:
             self._client.set_terminated(run_id, status=outcome.status.mlflow_status)
