@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("rlsweep")
+
 # -- Ray ----------------------------------------------------------------------------------------------
 
 
@@ -284,16 +286,24 @@ _WAL_ENGINES: list[Any] = []
 
 def close_sqlite_stores() -> None:
     """Folds the write-ahead log of every SQLite store `sqlite_write_ahead_log` set up in this process
-    into its database file and empties it (its connections closed first), so that `mlflow.db` alone,
-    copied anywhere, holds every commit (a process that ends in `os._exit` closes nothing itself)."""
+    into its database file (its connections closed first) and, where no other connection is open,
+    turns the file back to SQLite's default journal (the log and its index file go away), so that
+    `mlflow.db` alone, copied anywhere, holds every commit; a process that ends in `os._exit` closes
+    nothing itself. The next rlsweep command turns the log on again."""
     import sqlite3
 
     for engine in _WAL_ENGINES:
         try:
             engine.dispose()
-            with contextlib.closing(sqlite3.connect(engine.url.database, timeout=5)) as db:
-                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except Exception:  # noqa: BLE001, S110 - SQLite folds the log in on the next open anyway
+            uri = Path(engine.url.database).resolve().as_uri() + "?mode=rw"  # (never a new, empty file)
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
+                busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if busy:
+                    log.warning("%s: a reader kept part of its write-ahead log (%s-wal) out of the file; "
+                                "the next rlsweep command folds it in", engine.url.database, engine.url.database)
+                else:
+                    db.execute("PRAGMA journal_mode=DELETE")  # (refused while another connection is open)
+        except Exception:  # noqa: BLE001, S110 - the log stays beside the file; SQLite reads them together
             pass
 
 

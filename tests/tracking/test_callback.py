@@ -236,25 +236,60 @@ def test_stepwise_series_reach_mlflow_as_their_ends_and_changes_through_failed_w
         real(run_id, rows, tags)
 
     cb.tracker.log_rows = flaky
-    lrs = {64: 3e-4, 128: 3e-4, 192: 3e-4, 256: 1e-4, 320: 1e-4}
+    lrs = {64: 3e-4, 128: 3e-4, 192: 3e-4, 256: 3e-4, 320: 1e-4, 384: 1e-4, 448: 1e-4}
+    client = MlflowClient(store.uri)
+
+    def curve(name):
+        return sorted((m.step, m.value) for m in client.get_metric_history(cb.runs["s1"], M.mlflow_key(name)))
+
     for step, lr in lrs.items():
-        cb.on_trial_result(0, [trial], trial, {**result(step, 500.0), M.LR: lr, M.WORKERS_REPLACED: 0})
-        if step == 192:
-            cb._writer.barrier()  # (written in two goes: a series' state carries across writes)
+        trial.last_result = {**result(step, 500.0), M.LR: lr, M.WORKERS_REPLACED: 0}
+        cb.on_trial_result(0, [trial], trial, trial.last_result)
+        if step == 192:  # a checkpoint: every point before it is written (once the failing writes went through)
+            ckpt = tmp_path / "ckpt-192"
+            ckpt.mkdir()
+            (ckpt / "state.json").write_text("192")
+            cb.on_checkpoint(0, [trial], trial, StandInCheckpoint(str(ckpt)))
+            cb._writer.barrier()
+            assert curve(M.WORKERS_REPLACED) == [(64, 0), (192, 0)] and curve(M.LR) == [(64, 3e-4), (192, 3e-4)]
     trial.status = "TERMINATED"
     cb.on_trial_complete(0, [trial], trial)
     cb.on_experiment_end([trial])
     client, found = runs(store)
-    run_id = found[0].info.run_id
-
-    def curve(name):
-        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, M.mlflow_key(name)))
-
     assert len(failures) == 3
-    assert curve(M.LR) == [(64, 3e-4), (192, 3e-4), (256, 1e-4), (320, 1e-4)]
-    assert curve(M.WORKERS_REPLACED) == [(64, 0), (320, 0)]
+    assert curve(M.LR) == [(64, 3e-4), (192, 3e-4), (256, 3e-4), (320, 1e-4), (448, 1e-4)]
+    assert curve(M.WORKERS_REPLACED) == [(64, 0), (192, 0), (448, 0)]
+    assert found[0].data.tags["rlsweep.best_checkpoint_score"] == "500.0"  # (its tag rode with the rows)
     assert curve(M.EPISODE_RETURN_MEAN) == [(s, 500.0) for s in lrs]  # a measurement: every step, repeats too
     assert found[0].data.metrics[M.mlflow_key(M.LR)] == 1e-4  # MLflow's latest value: the last step's
+
+
+def test_a_best_checkpoint_uploaded_once_though_the_rows_after_it_are_retried(store, tmp_path):
+    """The writes of the rows that follow a best checkpoint's upload fail twice: the checkpoint is not
+    uploaded again on the retries, and its score tag reaches the run with the rows."""
+    cfg = small_config(tracking={"flush_s": 0})
+    cb = callback(store, cfg, str(tmp_path / "b"))
+    cb.setup()
+    trial = StandInTrial("b1", cfg)
+    cb.on_trial_start(0, [trial], trial)
+    cb._writer.barrier()
+    real_rows, real_upload, failures, uploads = cb.tracker.log_rows, cb.tracker.log_checkpoint, [], []
+
+    def flaky(run_id, rows, tags=None):
+        if len(failures) < 2:
+            failures.append(1)
+            raise ConnectionError("store down")
+        real_rows(run_id, rows, tags)
+
+    def counted(run_id, path, folder):
+        uploads.append(folder)
+        real_upload(run_id, path, folder)
+
+    cb.tracker.log_rows, cb.tracker.log_checkpoint = flaky, counted
+    play(cb, trial, [(64, 10.0), (128, 30.0)], tmp_path)
+    cb._writer.barrier()
+    assert uploads == ["checkpoints/best", "checkpoints/best"] and len(failures) == 2
+    assert cb.tracker.tags(cb.runs["b1"])["rlsweep.best_checkpoint_score"] == "30.0"
 
 
 def test_rows_survive_a_driver_killed_while_the_store_was_down(store, tmp_path):

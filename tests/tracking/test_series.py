@@ -56,3 +56,11 @@ def test_after_end_every_value_is_written_again():
     series.rows([(64, 0, {M.LR: 1e-3}), (128, 0, {M.LR: 1e-3})])
     assert drawn(series.end(), M.LR) == [(128, 1e-3)]
     assert drawn(series.rows([(64, 0, {M.LR: 1e-3})]), M.LR) == [(64, 1e-3)]  # (a clone starts over)
+
+
+def test_a_flush_writes_what_is_held_and_keeps_holding_repeats_after_it():
+    series = Thinned()
+    series.rows([(64, 0, {M.LR: 1e-3}), (128, 0, {M.LR: 1e-3})])
+    assert drawn(series.flush(), M.LR) == [(128, 1e-3)]  # (a checkpoint: every point before it written)
+    assert series.rows([(192, 0, {M.LR: 1e-3})]) == []  # still a repeat of what MLflow has
+    assert drawn(series.end(), M.LR) == [(192, 1e-3)]

@@ -160,22 +160,34 @@ class Recording:
         self._deadline = time.monotonic() + timeout_s
         self._scratch = tempfile.TemporaryDirectory(prefix="rlsweep-video-")
         self._answer = Path(self._scratch.name) / "video.json"
-        self._proc = subprocess.Popen(  # noqa: S603 - this Python, this module
-            [sys.executable, "-m", "rlsweep.engine.video", str(checkpoint), str(path), "--seed", str(seed),
-             "--answer", str(self._answer)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+        self._stderr = Path(self._scratch.name) / "stderr.txt"  # (a file: a pipe nobody reads fills up)
+        try:
+            with open(self._stderr, "wb") as err:
+                self._proc = subprocess.Popen(  # noqa: S603 - this Python, this module
+                    [sys.executable, "-m", "rlsweep.engine.video", str(checkpoint), str(path), "--seed",
+                     str(seed), "--answer", str(self._answer)], stdout=subprocess.DEVNULL, stderr=err)
+        except BaseException:
+            self._scratch.cleanup()
+            raise
 
     def result(self) -> Video | str:
-        """The Video, or why there is none (a line for a note); the child is gone when it returns."""
+        """The Video, or why there is none (a line for a note); the child is gone when it returns. A
+        child that has finished is read whatever the time; one still running gets what is left of
+        `timeout_s` since it started (at least a second)."""
         try:
-            _, stderr = self._proc.communicate(timeout=max(0.0, self._deadline - time.monotonic()))
+            if self._proc.poll() is None:
+                self._proc.wait(timeout=max(1.0, self._deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.cancel()
             return f"no video: recording took over {self.timeout_s:.0f} s"
+        except BaseException:
+            self.cancel()
+            raise
         try:
             if self._answer.exists():
                 data = json.loads(self._answer.read_text())
                 return Video(**data["video"]) if "video" in data else f"no video: {data['note']}"
+            stderr = self._stderr.read_text(errors="replace")
             last = (stderr.strip().splitlines() or [f"exit status {self._proc.returncode}"])[-1]
             return f"no video: the recorder failed ({last})"
         finally:
@@ -185,7 +197,7 @@ class Recording:
         """Stops the child (if it still runs) and waits for it."""
         if self._proc.poll() is None:
             self._proc.kill()
-        self._proc.communicate()
+        self._proc.wait()
         self._scratch.cleanup()
 
 

@@ -134,7 +134,9 @@ class MlflowCallback(tune.Callback):
         self._flushed_at: dict[str, float] = {}  # trial id -> when its rows were last handed to the writer
         self._logged_step: dict[str, int] = {}  # trial id -> last env step in its run's history
         self._series: dict[str, Thinned] = {}  # trial id -> its series' repeats held back (`series.Thinned`)
-        self._best: dict[str, float] = {}
+        self._best: dict[str, float] = {}  # trial id -> the score of its run's checkpoints/best
+        self._best_tag: dict[str, str] = {}  # trial id -> that score, while its tag waits for the next batch
+        self._final_logged: set[str] = set()  # trials whose checkpoints/final is in MLflow
         self._hp: dict[str, set[str]] = {}  # trial id -> the `hp/<key>` metrics its run charts (`_changing`)
         self._retries: dict[str, int] = {}
         self._warned_wait = False
@@ -223,14 +225,14 @@ class MlflowCallback(tune.Callback):
             self.parent.run_opened(tid, number, run_id)
         self.runs[tid] = run_id
 
-    def _write_metrics(self, tid: str, ending: Outcome | None = None, tags: dict[str, str] | None = None) -> None:
-        """Writes the trial's rows from the journal, repeats held back (`series.Thinned`; `ending`: the
-        trial is over, what they hold is written too, with the run's status), `tags` in the first batch;
-        the journal's position moves past rows only once MLflow has them (a failed write leaves them for
-        the retry)."""
-        # (a copy, kept once MLflow has the rows: a failed write is retried with the series as they were)
+    def _write_metrics(self, tid: str, ending: Outcome | None = None, held: bool = False) -> None:
+        """Writes the trial's rows from the journal, repeats of its stepwise series held back
+        (`series.Thinned`), with the best checkpoint's score tag where one waits; `held`: what the series
+        hold back is written too (at a checkpoint: MLflow then has every point before it); `ending`: the
+        trial is over, that and its status. The journal's position moves past rows only once MLflow has
+        them: a failed write leaves them, and the series as they were, for the retry."""
         series = self._series.setdefault(tid, Thinned()).copy()
-        pending = dict(tags or {})
+        tags = {TAG_BEST_SCORE: self._best_tag[tid]} if tid in self._best_tag else {}
         while True:
             rows, end = self._journal.read(tid)
             if not rows:
@@ -245,24 +247,32 @@ class MlflowCallback(tune.Callback):
                     new += series.rows([tuple(row[:3])])
                     last = row[0]
                     iterations += not final
-            if new or pending:
-                self.tracker.log_rows(self.runs[tid], new, pending)
-                pending = {}
+            if new or tags:
+                self.tracker.log_rows(self.runs[tid], new, tags)
+                tags = self._sent_best_tag(tid, tags)
             self._journal.advance(tid, end)
             self._series[tid] = series.copy()
             self._logged_step[tid] = last
             self.logged_iterations += iterations
-        if pending:  # (no rows to carry them)
-            self.tracker.set_tags(self.runs[tid], pending)
-        if ending is not None:
-            self.tracker.set_status(self.runs[tid], ending, series.end())
-            self._series[tid] = series
+        rest = series.end() if ending is not None else series.flush() if held else []
+        if ending is not None:  # (its last points and its status in one call)
+            self.tracker.set_status(self.runs[tid], ending, rest, tags)
+        elif rest or tags:
+            self.tracker.log_rows(self.runs[tid], rest, tags)
+        self._sent_best_tag(tid, tags)
+        self._series[tid] = series
+
+    def _sent_best_tag(self, tid: str, tags: dict[str, str]) -> dict[str, str]:
+        """The best checkpoint's score tag reached MLflow (when it was among `tags`); no tags left."""
+        if tags:
+            self._best_tag.pop(tid, None)
+        return {}
 
     def _at_checkpoint(self, tid: str, checkpoint: Any, score: float | None) -> None:
         """A checkpoint: it becomes the run's best checkpoint where `score` beats the trial's best so far
-        (None: checkpoints are not logged), then the rows before it are written, the best's score tag in
-        their batch."""
-        best, tags = self._best.get(tid), {}
+        (None: checkpoints are not logged), then every point before it is written, the best's score tag
+        with them. (An upload that went through is not repeated when the rows' write is retried.)"""
+        best = self._best.get(tid)
         if score is not None and (best is None or better(score, best, self.mode)):
             with _on_this_machine(checkpoint) as path:
                 if path is None:  # written late (the store was down) and Tune has since pruned it
@@ -270,17 +280,16 @@ class MlflowCallback(tune.Callback):
                                 checkpoint.path)
                 else:
                     self.tracker.log_checkpoint(self.runs[tid], path, "checkpoints/best")
-                    tags[TAG_BEST_SCORE] = repr(score)
-        self._write_metrics(tid, tags=tags)
-        if tags:
-            self._best[tid] = score
+                    self._best[tid], self._best_tag[tid] = score, repr(score)
+        self._write_metrics(tid, held=True)
 
     def _close_run(self, tid: str, final_checkpoint: Any, outcome: Outcome) -> None:
-        if final_checkpoint is not None:
+        if final_checkpoint is not None and tid not in self._final_logged:
             with _on_this_machine(final_checkpoint) as path:
                 if path is not None:
                     self.tracker.log_checkpoint(self.runs[tid], path, "checkpoints/final")
-        self._write_metrics(tid, ending=outcome)  # (its last rows and its status in one call)
+            self._final_logged.add(tid)
+        self._write_metrics(tid, ending=outcome)
         self._journal.close(tid)
 
     # -- Tune hooks (driver thread): queue the work ------------------------------------------------

@@ -112,10 +112,12 @@ def winner_video(tracker: Tracker, parent_run_id: str, checkpoint: str | None) -
     from rlsweep.engine.video import Recording
 
     with tempfile.TemporaryDirectory(prefix="rlsweep-video-") as d:
+        recording = None
         try:
             recording = Recording(checkpoint, Path(d) / VIDEO)
         except Exception as e:  # noqa: BLE001 - the video is a courtesy on top of the finished sweep
             log.warning("no video of the winner: %s", first_line(e))
+        if recording is None:
             yield
             return
         try:

@@ -1,11 +1,12 @@
 """A run's stepwise series (`metrics.is_stepwise`: a learning rate, the epochs run, workers replaced, the
 values PBT changes) as MLflow draws them, with fewer points: a value that repeats the one before it is
-held back, and written only where its series changes (the last repeat, then the new value) or ends.
+held back, and written only where its series changes (the last repeat, then the new value), at a
+checkpoint (every point before a checkpoint is in MLflow) and where it ends.
 
 MLflow draws a series as a line through its points. Points left out here all lie on a flat stretch
 between two points that are written, so the chart is the same line; only the number of values MLflow
 stores (each costs the writer time: `log_batch` on SQLite is ~0.1 ms a value) shrinks. A series that
-never changes becomes its first and last points. Measurements (returns, losses, timings) are written
+never changes becomes its first and last points (and one per checkpoint). Measurements (returns, losses, timings) are written
 every iteration, as they are. NaN is never a repeat. No MLflow here.
 """
 
@@ -51,10 +52,16 @@ class Thinned:
                 out.append((step, ts, kept))
         return out
 
-    def end(self) -> list[Row]:
-        """The points held back (each series' last): the run ends, or its history starts over (a
-        clone under PBT); after it, every value is written again."""
+    def flush(self) -> list[Row]:
+        """The points held back (each series' latest), to be written now (at a checkpoint: MLflow then
+        has every point before it); repeats after them are held back again."""
         out = [(step, ts, {key: value}) for key, (step, ts, value) in self._held.items()]
         self._held.clear()
+        return out
+
+    def end(self) -> list[Row]:
+        """`flush` where the run ends, or its history starts over (a clone under PBT): after it, every
+        value is written again."""
+        out = self.flush()
         self._last.clear()
         return out

@@ -194,7 +194,10 @@ class Tracker:
         metrics = [Metric(M.mlflow_key(k), float(v), ts, step) for step, ts, values in rows for k, v in values.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
         tagged = [RunTag(k, v) for k, v in (tags or {}).items()]
-        size = 1000 - len(tagged)  # MLflow takes at most 1000 metrics and tags together per batch
+        if len(tagged) > 100:  # MLflow takes at most 100 tags per batch
+            self.set_tags(run_id, dict(list((tags or {}).items())[100:]))
+            tagged = tagged[:100]
+        size = 1000 - len(tagged)  # and at most 1000 metrics and tags together
         for i in range(0, len(metrics), size):
             last = i + size >= len(metrics)
             self._client.log_batch(run_id, metrics=metrics[i:i + size], tags=tagged if last else [])
@@ -247,9 +250,10 @@ class Tracker:
             tags[TAG_REASON] = outcome.reason[:5000]
         return tags
 
-    def set_status(self, run_id: str, outcome: Outcome, rows: Iterable[tuple[int, int, dict[str, Any]]] = ()) -> None:
-        """rlsweep's status tag and its reason, in one call with `rows` (a run's last metric rows); a
-        status that ends a run ends it in MLflow too."""
-        self.log_rows(run_id, rows, self.status_tags(outcome))
+    def set_status(self, run_id: str, outcome: Outcome, rows: Iterable[tuple[int, int, dict[str, Any]]] = (),
+                   tags: dict[str, str] | None = None) -> None:
+        """rlsweep's status tag and its reason, in one call with `rows` (a run's last metric rows) and other
+        `tags`; a status that ends a run ends it in MLflow too."""
+        self.log_rows(run_id, rows, {**(tags or {}), **self.status_tags(outcome)})
         if outcome.status.mlflow_status:
             self._client.set_terminated(run_id, status=outcome.status.mlflow_status)
