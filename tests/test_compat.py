@@ -189,26 +189,30 @@ def test_optuna_trial_id():
 
 
 def test_sqlite_write_ahead_log(tmp_path):
+    import contextlib
     import shutil
     import sqlite3
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
     assert compat.sqlite_write_ahead_log(client), f"mlflow {version('mlflow')}: no SQLAlchemy engine under the client"
     client.create_experiment("x")
-    with sqlite3.connect(tmp_path / "mlflow.db") as other:  # a property of the file: every process sees it
+    client.create_registered_model("m")  # (the model registry's store has an engine of its own)
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db")) as other:  # the mode is the file's
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with client._tracking_client.store.engine.connect() as mine:
         assert mine.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
     assert not compat.sqlite_write_ahead_log(MlflowClient("http://127.0.0.1:9"))  # a server: not ours to set
     assert (tmp_path / "mlflow.db-wal").stat().st_size > 0
-    compat.close_sqlite_stores()  # the log folded into the file: mlflow.db alone holds every commit
-    wal = tmp_path / "mlflow.db-wal"
-    assert not wal.exists() or wal.stat().st_size == 0
+    compat.close_sqlite_stores()  # the log folded into the file, the file back to SQLite's default journal
+    assert not (tmp_path / "mlflow.db-wal").exists() and not (tmp_path / "mlflow.db-shm").exists(), \
+        f"mlflow {version('mlflow')}: a connection of its stores outlived close_sqlite_stores"
     (tmp_path / "copy").mkdir()
     shutil.copyfile(tmp_path / "mlflow.db", tmp_path / "copy" / "mlflow.db")  # the file alone, as users copy it
-    assert MlflowClient(f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}").get_experiment_by_name("x") is not None
+    copy = MlflowClient(f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}", registry_uri=f"sqlite:///{tmp_path / 'copy' / 'mlflow.db'}")
+    assert copy.get_experiment_by_name("x") is not None and copy.get_registered_model("m").name == "m"
 
 
 def test_optuna_set_user_attrs(tmp_path):

@@ -291,9 +291,15 @@ def close_sqlite_stores() -> None:
     `mlflow.db` alone, copied anywhere, holds every commit; a process that ends in `os._exit` closes
     nothing itself. The next rlsweep command turns the log on again."""
     import sqlite3
+    import sys
 
+    registry = sys.modules.get("mlflow.store.model_registry.sqlalchemy_store")  # (its engines are its own)
+    others = list(getattr(getattr(registry, "SqlAlchemyStore", None), "_engine_map", {}).values())
     for engine in _WAL_ENGINES:
         try:
+            for other in others:
+                if other.url.database == engine.url.database:  # (a sweep that registered its winner)
+                    other.dispose()
             engine.dispose()
             uri = Path(engine.url.database).resolve().as_uri() + "?mode=rw"  # (never a new, empty file)
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as db:
