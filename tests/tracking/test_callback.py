@@ -60,6 +60,17 @@ def play(cb, trial, steps, tmp_path, trials=None, attempt=0):
         trial.checkpoint = StandInCheckpoint(str(ckpt))
 
 
+def failing_first(times, real, failures):
+    """`Tracker.log_rows` whose first `times` calls fail as a store that is down would (each failure's
+    row count appended to `failures`), then write through `real`."""
+    def log_rows(run_id, rows, tags=None):
+        if len(failures) < times:
+            failures.append(len(rows))
+            raise ConnectionError("store down")
+        real(run_id, rows, tags)
+    return log_rows
+
+
 def test_train_run_holds_params_history_checkpoints_and_status(store, tmp_path):
     cfg = small_config(tracking={"flush_s": 0})
     cb = callback(store, cfg, str(tmp_path / "train-1"))
@@ -196,15 +207,8 @@ def test_a_failed_write_is_retried_and_no_row_is_lost(store, tmp_path):
     trial = StandInTrial("r1", cfg)
     cb.on_trial_start(0, [trial], trial)
     cb._writer.barrier()
-    real, failures = cb.tracker.log_rows, []
-
-    def flaky(run_id, rows, tags=None):
-        if len(failures) < 2:
-            failures.append(len(rows))
-            raise ConnectionError("store down")
-        real(run_id, rows, tags)
-
-    cb.tracker.log_rows = flaky
+    failures = []
+    cb.tracker.log_rows = failing_first(2, cb.tracker.log_rows, failures)
     for step in (64, 128, 192):
         cb.on_trial_result(0, [trial], trial, result(step, 1.0))
     cb._writer.barrier()
@@ -227,15 +231,8 @@ def test_stepwise_series_reach_mlflow_as_their_ends_and_changes_through_failed_w
     trial = StandInTrial("s1", cfg)
     cb.on_trial_start(0, [trial], trial)
     cb._writer.barrier()
-    real, failures = cb.tracker.log_rows, []
-
-    def flaky(run_id, rows, tags=None):
-        if len(failures) < 3:
-            failures.append(1)
-            raise ConnectionError("store down")
-        real(run_id, rows, tags)
-
-    cb.tracker.log_rows = flaky
+    failures = []
+    cb.tracker.log_rows = failing_first(3, cb.tracker.log_rows, failures)
     lrs = {64: 3e-4, 128: 3e-4, 192: 3e-4, 256: 3e-4, 320: 1e-4, 384: 1e-4, 448: 1e-4}
     client = MlflowClient(store.uri)
 
@@ -273,19 +270,13 @@ def test_a_best_checkpoint_uploaded_once_though_the_rows_after_it_are_retried(st
     trial = StandInTrial("b1", cfg)
     cb.on_trial_start(0, [trial], trial)
     cb._writer.barrier()
-    real_rows, real_upload, failures, uploads = cb.tracker.log_rows, cb.tracker.log_checkpoint, [], []
-
-    def flaky(run_id, rows, tags=None):
-        if len(failures) < 2:
-            failures.append(1)
-            raise ConnectionError("store down")
-        real_rows(run_id, rows, tags)
+    real_upload, failures, uploads = cb.tracker.log_checkpoint, [], []
 
     def counted(run_id, path, folder):
         uploads.append(folder)
         real_upload(run_id, path, folder)
 
-    cb.tracker.log_rows, cb.tracker.log_checkpoint = flaky, counted
+    cb.tracker.log_rows, cb.tracker.log_checkpoint = failing_first(2, cb.tracker.log_rows, failures), counted
     play(cb, trial, [(64, 10.0), (128, 30.0)], tmp_path)
     cb._writer.barrier()
     assert uploads == ["checkpoints/best", "checkpoints/best"] and len(failures) == 2
