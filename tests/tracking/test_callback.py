@@ -261,6 +261,38 @@ def test_stepwise_series_reach_mlflow_as_their_ends_and_changes_through_failed_w
     assert found[0].data.metrics[M.mlflow_key(M.LR)] == 1e-4  # MLflow's latest value: the last step's
 
 
+def test_a_checkpoint_writes_its_rows_held_points_and_best_tag_in_one_call(store, tmp_path):
+    """Rows waiting since the last flush, the stepwise points held back and the best checkpoint's score
+    tag reach MLflow in one `log_rows` call at a checkpoint (each call costs the driver ~6 ms)."""
+    cfg = small_config(tracking={"flush_s": 3600})
+    cb = callback(store, cfg, str(tmp_path / "c"))
+    cb.setup()
+    trial = StandInTrial("c1", cfg)
+    cb.on_trial_start(0, [trial], trial)
+    cb._writer.barrier()
+    real, calls = cb.tracker.log_rows, []
+
+    def counted(run_id, rows, tags=None):
+        calls.append((len(rows), dict(tags or {})))
+        real(run_id, rows, tags)
+
+    cb.tracker.log_rows = counted
+    for step in (64, 128, 192):
+        trial.last_result = {**result(step, 20.0), M.LR: 3e-4}
+        cb.on_trial_result(0, [trial], trial, trial.last_result)
+        if step == 64:  # (a trial's first result is written at once)
+            cb._writer.barrier()
+            calls.clear()
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text("192")
+    cb.on_checkpoint(0, [trial], trial, StandInCheckpoint(str(ckpt)))
+    cb._writer.barrier()
+    assert len(calls) == 1 and calls[0][1] == {"rlsweep.best_checkpoint_score": "20.0"}
+    lr = MlflowClient(store.uri).get_metric_history(cb.runs["c1"], M.mlflow_key(M.LR))
+    assert sorted(m.step for m in lr) == [64, 192]  # the repeat at 192, held back, came with the rows
+
+
 def test_a_best_checkpoint_uploaded_once_though_the_rows_after_it_are_retried(store, tmp_path):
     """The writes of the rows that follow a best checkpoint's upload fail twice: the checkpoint is not
     uploaded again on the retries, and its score tag reaches the run with the rows."""

@@ -229,14 +229,14 @@ class MlflowCallback(tune.Callback):
         """Writes the trial's rows from the journal, repeats of its stepwise series held back
         (`series.Thinned`), with the best checkpoint's score tag where one waits; `held`: what the series
         hold back is written too (at a checkpoint: MLflow then has every point before it); `ending`: the
-        trial is over, that and its status. The journal's position moves past rows only once MLflow has
-        them: a failed write leaves them, and the series as they were, for the retry."""
+        trial is over, that and its status. One MLflow call where the rows fit in one batch (the last
+        chunk carries what the series held back, the tags and the status). The journal's position moves
+        past rows only once MLflow has them: a failed write leaves them, and the series as they were,
+        for the retry."""
         series = self._series.setdefault(tid, Thinned()).copy()
         tags = {TAG_BEST_SCORE: self._best_tag[tid]} if tid in self._best_tag else {}
         while True:
             rows, end = self._journal.read(tid)
-            if not rows:
-                break
             # after a resume, the iterations replayed from an older checkpoint are already logged
             new, last, iterations = [], self._logged_step[tid], 0
             for row in rows:
@@ -247,20 +247,21 @@ class MlflowCallback(tune.Callback):
                     new += series.rows([tuple(row[:3])])
                     last = row[0]
                     iterations += not final
-            if new or tags:
+            done = not rows or not self._journal.unread(tid, end)
+            if done:
+                new += series.end() if ending is not None else series.flush() if held else []
+            if done and ending is not None:
+                self.tracker.set_status(self.runs[tid], ending, new, tags)
+            elif new or tags:
                 self.tracker.log_rows(self.runs[tid], new, tags)
-                tags = self._sent_best_tag(tid, tags)
-            self._journal.advance(tid, end)
+            tags = self._sent_best_tag(tid, tags)
+            if rows:
+                self._journal.advance(tid, end)
+                self._logged_step[tid] = last
+                self.logged_iterations += iterations
             self._series[tid] = series.copy()
-            self._logged_step[tid] = last
-            self.logged_iterations += iterations
-        rest = series.end() if ending is not None else series.flush() if held else []
-        if ending is not None:  # (its last points and its status in one call)
-            self.tracker.set_status(self.runs[tid], ending, rest, tags)
-        elif rest or tags:
-            self.tracker.log_rows(self.runs[tid], rest, tags)
-        self._sent_best_tag(tid, tags)
-        self._series[tid] = series
+            if done:
+                return
 
     def _sent_best_tag(self, tid: str, tags: dict[str, str]) -> dict[str, str]:
         """The best checkpoint's score tag reached MLflow (when it was among `tags`); no tags left."""

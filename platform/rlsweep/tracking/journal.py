@@ -69,6 +69,13 @@ class Journal:
                 end += len(line)
         return rows, end
 
+    def unread(self, tid: str, position: int) -> bool:
+        """Whether the trial's journal holds bytes after `position` (rows, or a line being written)."""
+        try:
+            return self.path(tid).stat().st_size > position
+        except FileNotFoundError:
+            return False
+
     def advance(self, tid: str, position: int) -> None:
         """MLflow has every row before `position`."""
         self._position[tid] = position
