@@ -263,7 +263,8 @@ def test_stepwise_series_reach_mlflow_as_their_ends_and_changes_through_failed_w
 
 def test_a_checkpoint_writes_its_rows_held_points_and_best_tag_in_one_call(store, tmp_path):
     """Rows waiting since the last flush, the stepwise points held back and the best checkpoint's score
-    tag reach MLflow in one `log_rows` call at a checkpoint (each call costs the driver ~6 ms)."""
+    tag reach MLflow in one `log_rows` call at a checkpoint, as a run's placement tag rides with its
+    first rows (each call costs the driver ~4-6 ms)."""
     cfg = small_config(tracking={"flush_s": 3600})
     cb = callback(store, cfg, str(tmp_path / "c"))
     cb.setup()
@@ -278,10 +279,12 @@ def test_a_checkpoint_writes_its_rows_held_points_and_best_tag_in_one_call(store
 
     cb.tracker.log_rows = counted
     for step in (64, 128, 192):
-        trial.last_result = {**result(step, 20.0), M.LR: 3e-4}
+        placed = {M.PLACEMENT: "trainable=0a1b2c3d"} if step == 64 else {}
+        trial.last_result = {**result(step, 20.0), M.LR: 3e-4, **placed}
         cb.on_trial_result(0, [trial], trial, trial.last_result)
-        if step == 64:  # (a trial's first result is written at once)
+        if step == 64:  # a trial's first result is written at once, where it runs with it
             cb._writer.barrier()
+            assert calls == [(1, {"rlsweep.placement": "trainable=0a1b2c3d"})]
             calls.clear()
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()

@@ -135,7 +135,7 @@ class MlflowCallback(tune.Callback):
         self._logged_step: dict[str, int] = {}  # trial id -> last env step in its run's history
         self._series: dict[str, Thinned] = {}  # trial id -> its series' repeats held back (`series.Thinned`)
         self._best: dict[str, float] = {}  # trial id -> the score of its run's checkpoints/best
-        self._best_tag: dict[str, str] = {}  # trial id -> that score, while its tag waits for the next batch
+        self._tags: dict[str, dict[str, str]] = {}  # trial id -> tags that ride with its next batch (writer thread)
         self._final_logged: set[str] = set()  # trials whose checkpoints/final is in MLflow
         self._hp: dict[str, set[str]] = {}  # trial id -> the `hp/<key>` metrics its run charts (`_changing`)
         self._retries: dict[str, int] = {}
@@ -227,14 +227,14 @@ class MlflowCallback(tune.Callback):
 
     def _write_metrics(self, tid: str, ending: Outcome | None = None, held: bool = False) -> None:
         """Writes the trial's rows from the journal, repeats of its stepwise series held back
-        (`series.Thinned`), with the best checkpoint's score tag where one waits; `held`: what the series
+        (`series.Thinned`), with the tags that wait for them (`_tag_later`); `held`: what the series
         hold back is written too (at a checkpoint: MLflow then has every point before it); `ending`: the
         trial is over, that and its status. One MLflow call where the rows fit in one batch (the last
         chunk carries what the series held back, the tags and the status). The journal's position moves
         past rows only once MLflow has them: a failed write leaves them, and the series as they were,
         for the retry."""
         series = self._series.setdefault(tid, Thinned()).copy()
-        tags = {TAG_BEST_SCORE: self._best_tag[tid]} if tid in self._best_tag else {}
+        tags = dict(self._tags.get(tid, {}))
         while True:
             rows, end = self._journal.read(tid)
             # after a resume, the iterations replayed from an older checkpoint are already logged
@@ -254,7 +254,7 @@ class MlflowCallback(tune.Callback):
                 self.tracker.set_status(self.runs[tid], ending, new, tags)
             elif new or tags:
                 self.tracker.log_rows(self.runs[tid], new, tags)
-            tags = self._sent_best_tag(tid, tags)
+            tags = self._sent(tid, tags)
             if rows:
                 self._journal.advance(tid, end)
                 self._logged_step[tid] = last
@@ -263,10 +263,17 @@ class MlflowCallback(tune.Callback):
             if done:
                 return
 
-    def _sent_best_tag(self, tid: str, tags: dict[str, str]) -> dict[str, str]:
-        """The best checkpoint's score tag reached MLflow (when it was among `tags`); no tags left."""
-        if tags:
-            self._best_tag.pop(tid, None)
+    def _tag_later(self, tid: str, key: str, value: str) -> None:
+        """A tag of the trial's run that rides with its next batch of rows (no MLflow call of its own):
+        the best checkpoint's score, where the trial runs, a restore's note."""
+        self._tags.setdefault(tid, {})[key] = value
+
+    def _sent(self, tid: str, tags: dict[str, str]) -> dict[str, str]:
+        """`tags` reached the trial's run (those not changed meanwhile wait no more); no tags left."""
+        waiting = self._tags.get(tid, {})
+        for key, value in tags.items():
+            if waiting.get(key) == value:
+                del waiting[key]
         return {}
 
     def _at_checkpoint(self, tid: str, checkpoint: Any, score: float | None) -> None:
@@ -281,7 +288,8 @@ class MlflowCallback(tune.Callback):
                                 checkpoint.path)
                 else:
                     self.tracker.log_checkpoint(self.runs[tid], path, "checkpoints/best")
-                    self._best[tid], self._best_tag[tid] = score, repr(score)
+                    self._best[tid] = score
+                    self._tag_later(tid, TAG_BEST_SCORE, repr(score))
         self._write_metrics(tid, held=True)
 
     def _close_run(self, tid: str, final_checkpoint: Any, outcome: Outcome) -> None:
@@ -327,14 +335,12 @@ class MlflowCallback(tune.Callback):
             values = {k: v for k, v in values.items() if not M.is_cost(k)}
         self._journal.append(tid, (step, ts, values, CLONE) if result.get(M.CLONED_FROM) else (step, ts, values))
         if result.get(M.RESTORE_NOTE):
-            self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_RESTORE_NOTE,
-                                                             str(result[M.RESTORE_NOTE])))
+            self._writer.submit(self._tag_later, tid, TAG_RESTORE_NOTE, str(result[M.RESTORE_NOTE]))
         if result.get(M.CLONED_FROM):
             source, lineage = str(result[M.CLONED_FROM]), str(result.get(M.LINEAGE, ""))
             self._writer.submit(self._note_clone, tid, source, lineage)
         if result.get(M.PLACEMENT):
-            self._writer.submit(lambda: self.tracker.set_tag(self.runs[tid], TAG_PLACEMENT,
-                                                             str(result[M.PLACEMENT])))
+            self._writer.submit(self._tag_later, tid, TAG_PLACEMENT, str(result[M.PLACEMENT]))
         now = time.monotonic()
         if now - self._flushed_at.get(tid, -math.inf) >= self.flush_s:
             self._flushed_at[tid] = now

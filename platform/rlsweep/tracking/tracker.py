@@ -208,7 +208,8 @@ class Tracker:
         """Writes `data` as YAML into the artifact `name` (in `folder`)."""
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / name
-            path.write_text(yaml.safe_dump(data, sort_keys=False))
+            # (libyaml's emitter where PyYAML has it: the same text, ~5x faster than PyYAML's own)
+            path.write_text(yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False))
             self._client.log_artifact(run_id, str(path), folder)
 
     def log_artifacts(self, run_id: str, local_dir: str | Path, folder: str | None = None) -> None:
