@@ -172,6 +172,21 @@ def stop_retrying(trial: Any) -> None:
     trial.max_failures = 0
 
 
+def forget_stale_stop(tune_controller: Any, trial: Any) -> None:
+    """Drops a STOP that Tune's controller holds for a PAUSED or PENDING trial (ray#57906).
+
+    Tune caches a STOP for a trial whose save is in flight and runs it when the trial's next save
+    resolves. Synchronous PBT that copies a strong trial into a weak one still saving its pause
+    (`_exploit` -> `pause_trial(should_checkpoint=False)` -> `_schedule_trial_stop`) leaves that STOP
+    behind, with the save dropped: the copy trains on and is TERMINATED at its first checkpoint, short
+    of its budget. A trial that waits to run has no save in flight, so such a STOP is stale. The
+    scheduler gets a wrapper around the controller (`_tune_controller` inside)."""
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    decisions = getattr(controller, "_cached_trial_decisions", None)
+    if decisions is not None and trial.status in ("PAUSED", "PENDING") and decisions.get(trial.trial_id) == "STOP":
+        del decisions[trial.trial_id]
+
+
 # -- Optuna inside Tune -------------------------------------------------------------------------------
 
 

@@ -211,3 +211,59 @@ def test_the_scheduler_explores_within_the_space_keeps_seeds_and_leaves_ties_alo
     assert lower == [trials[0]] and len(upper) == 1
     pbt._trial_state[trials[0]].last_score = 5.0  # all tied: nobody is copied over
     assert pbt._quantiles()[0] == []
+
+
+def test_a_weak_trial_copied_while_its_pause_is_saved_trains_on(tmp_path, monkeypatch):
+    """Synchronous PBT copies a strong trial into a weak one whose pause is still being saved: Tune's
+    controller (the real one, its trials stubs without actors) caches a STOP for the weak trial that
+    would end it at its next checkpoint, short of its budget (ray#57906; a flaky e2e PBT resume test
+    caught it); rlsweep's scheduler drops it, and one Tune held over a resume."""
+    from ray.air.execution._internal.tracked_actor import TrackedActor
+    from ray.train import Checkpoint
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.experiment import Trial
+    from ray.tune.experiment.trial import _TrainingResult
+    from ray.tune.schedulers import TrialScheduler
+
+    from rlsweep.config import ExperimentConfig
+    from rlsweep.tuning.pbt import initial_population, scheduler
+
+    monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "4")  # (else the controller asks a running Ray)
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("ppo.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
+    base = _experiment(sweep={"scheduler": "pbt", "trials": 4, "seed": 5, "pbt": {"interval": 2048}})
+    space = load_search_space(space_file, base, "exp.yaml")
+    pbt = scheduler(ExperimentConfig.model_validate(base), space)
+    pbt._log_config = False  # (its policy files go to a Ray session's folder)
+    storage = StorageContext(storage_path=str(tmp_path / "results"), experiment_dir_name="pbt")
+    controller = TuneController(storage=storage, scheduler=pbt)
+    controller._remove_actor = lambda tracked_actor: None  # (stub trials have no actor to stop)
+    trials = [Trial("__fake", stub=True, config=c, storage=storage) for c in initial_population(space, base, 4, 5)]
+    scores = [3.0, 2.0, 0.0, 1.0]
+    for i, (trial, score) in enumerate(zip(trials, scores, strict=True)):
+        controller.add_trial(trial)
+        actor = TrackedActor(actor_id=i)
+        controller._trial_to_actor[trial], controller._actor_to_trial[actor] = actor, trial
+        controller._set_trial_status(trial, Trial.RUNNING)
+        (tmp_path / str(i)).mkdir()
+        trial.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(
+            Checkpoint(str(tmp_path / str(i))), {M.ENV_STEPS: 2048, "eval_return_mean": score})
+    wrapped, weak = controller._wrapped(), trials[2]
+    for trial, score in zip(trials[:3], scores[:3], strict=True):  # three reach the sync point
+        result = {M.ENV_STEPS: 2048, "eval_return_mean": score}
+        assert pbt.on_trial_result(wrapped, trial, result) == TrialScheduler.PAUSE
+        if trial is weak:  # Tune's pause_trial(should_checkpoint=True): its save in flight, PAUSE cached
+            trial.temporary_state.saving_to = object()
+            controller._cached_trial_decisions[trial.trial_id] = TrialScheduler.PAUSE
+        else:
+            controller._set_trial_status(trial, Trial.PAUSED)
+    pbt.on_trial_result(wrapped, trials[3], {M.ENV_STEPS: 2048, "eval_return_mean": scores[3]})  # the last
+    assert weak.status == Trial.PAUSED and weak.config["ppo"]["lr"] != initial_population(space, base, 4, 5)[2]["ppo"]["lr"]
+    assert weak.trial_id not in controller._cached_trial_decisions  # (Tune alone leaves "STOP" here)
+    for trial in trials:  # as a resumed sweep's state may hold them (Tune pickles its cached decisions)
+        controller._cached_trial_decisions[trial.trial_id] = TrialScheduler.STOP
+    pbt._next_perturbation_sync = 4096
+    chosen = pbt.choose_trial_to_run(wrapped)
+    assert chosen is not None and chosen.trial_id not in controller._cached_trial_decisions
+    assert len(controller._cached_trial_decisions) == 3  # (only the one that runs now is touched)

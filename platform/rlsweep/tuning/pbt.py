@@ -21,6 +21,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.search.sample import Categorical
 
+from rlsweep import compat
 from rlsweep import metrics as M
 from rlsweep.config import ExperimentConfig
 from rlsweep.search_space import SearchSpace, merge
@@ -95,10 +96,14 @@ class SpacePBT(PopulationBasedTraining):
             if waiting and min(waiting) >= self._next_perturbation_sync:
                 self._next_perturbation_sync = max(waiting) + self._perturbation_interval
                 trial = super().choose_trial_to_run(tune_controller)
+        if trial is not None:  # (a STOP Tune kept for it, in its saved state too, would end it early)
+            compat.forget_stale_stop(tune_controller, trial)
         return trial
 
     def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
         super()._exploit(tune_controller, trial, trial_to_clone)
+        # a weak trial copied while its pause was being saved: Tune leaves a STOP behind (ray#57906)
+        compat.forget_stale_stop(tune_controller, trial)
         # Tune's tag spells out every key of each perturbed section; the searched values suffice
         values = ",".join(f"{name.rsplit('.', 1)[-1]}={_shown(_get(trial.config, name))}" for name in self._space.params)
         trial.set_experiment_tag(f"{self._trial_state[trial].orig_tag}@perturbed[{values}]")
