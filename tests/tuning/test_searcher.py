@@ -5,7 +5,8 @@ import optuna
 import pytest
 
 from rlsweep.config import validate
-from rlsweep.tuning.searcher import make_sampler, searcher_class
+from rlsweep.tracking.parents import SweepParent
+from rlsweep.tuning.searcher import SUGGESTED, make_sampler, searcher_class
 from tests.conftest import small_config
 
 
@@ -19,10 +20,20 @@ def test_searcher_drives_a_study(tmp_path):
                               study_name="s", storage=optuna.storages.RDBStorage(storage))
     config = search.suggest("t1")
     assert set(config) == {"ppo"} and 1e-4 <= config["ppo"]["lr"] <= 1e-2
+    search.suggest("t2")
+    # each trial's run, once created, names its Optuna trial: one suggested in this process by its id,
+    # one suggested before a resume by a search of the study
+    parent = SweepParent(name="s", run_dir=str(tmp_path), metric="m", mode="max", searched=["ppo.lr"],
+                         study=(storage, "s"))
+    del SUGGESTED["t2"]
+    parent.run_opened("t1", "001", "run1")
+    parent.run_opened("t2", "002", "run2")
     search.on_trial_complete("t1", {"m": 1.0})
     study = optuna.load_study(study_name="s", storage=storage)
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
-    assert study.trials[0].user_attrs["tune_trial_id"] == "t1"
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
+    assert [t.user_attrs for t in study.trials] == [
+        {"tune_trial_id": "t1", "rlsweep_trial": "001", "mlflow_run_id": "run1"},
+        {"tune_trial_id": "t2", "rlsweep_trial": "002", "mlflow_run_id": "run2"}]
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])

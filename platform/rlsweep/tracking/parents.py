@@ -154,15 +154,19 @@ class SweepParent:
         try:
             from rlsweep.compat import optuna_set_user_attrs, optuna_trial_id
             from rlsweep.tuning.bucket import relocate
+            from rlsweep.tuning.searcher import SUGGESTED
 
             url = relocate(self.study[0])  # (a sweep resumed on another machine: its study there)
             storage = _STORAGES.get(url) or _STORAGES.setdefault(url, optuna.storages.RDBStorage(url))
+            names = {"rlsweep_trial": number, "mlflow_run_id": run_id}
+            if trial_id in SUGGESTED:  # (suggested in this process: no search; a closed trial refuses)
+                optuna_set_user_attrs(storage, SUGGESTED[trial_id], names)
+                return
             study_id = storage.get_study_id_from_name(self.study[1])
             for frozen in storage.get_all_trials(study_id, deepcopy=False,
                                                  states=(optuna.trial.TrialState.RUNNING,)):
                 if frozen.user_attrs.get("tune_trial_id") == trial_id:
-                    optuna_set_user_attrs(storage, optuna_trial_id(frozen),
-                                          {"rlsweep_trial": number, "mlflow_run_id": run_id})
+                    optuna_set_user_attrs(storage, optuna_trial_id(frozen), names)
                     return
         except Exception as e:  # the study is the searcher's; its names are a courtesy
             log.debug("could not name Optuna's trial for %s: %s", trial_id, e)

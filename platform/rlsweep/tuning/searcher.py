@@ -20,6 +20,9 @@ from rlsweep.config import ConfigError, ExperimentConfig
 
 log = logging.getLogger(__name__)
 MAX_INVALID_IN_A_ROW = 50  # suggestions the sampler may get wrong in a row before the sweep gives up
+# Tune trial id -> its Optuna trial's id in the study's storage, for the trials suggested in this process
+# (`tracking.parents` names each after its MLflow run without searching the study for it)
+SUGGESTED: dict[str, int] = {}
 
 
 def make_sampler(cfg: ExperimentConfig) -> Any:
@@ -107,6 +110,7 @@ def searcher_class() -> type:
                 problem = self._check(config) if self._check is not None and config is not None else None
                 if problem is None:
                     self.trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+                    SUGGESTED[trial_id] = compat.optuna_trial_id(self.trials[trial_id])
                     return config
                 invalid = self.trials.pop(trial_id)
                 invalid.set_user_attr("invalid_config", problem[:1000])
