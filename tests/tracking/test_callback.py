@@ -60,6 +60,17 @@ def play(cb, trial, steps, tmp_path, trials=None, attempt=0):
         trial.checkpoint = StandInCheckpoint(str(ckpt))
 
 
+def opened(store, tmp_path, tid, tracking):
+    """A callback set up with `tracking` settings and trial `tid`'s run open in MLflow."""
+    cfg = small_config(tracking=tracking)
+    cb = callback(store, cfg, str(tmp_path / tid[0]))
+    cb.setup()
+    trial = StandInTrial(tid, cfg)
+    cb.on_trial_start(0, [trial], trial)
+    cb._writer.barrier()
+    return cb, trial
+
+
 def failing_first(times, real, failures):
     """`Tracker.log_rows` whose first `times` calls fail as a store that is down would (each failure's
     row count appended to `failures`), then write through `real`."""
@@ -201,12 +212,7 @@ def test_a_store_that_stays_unusable_is_raised_in_the_driver_after_outage_s(tmp_
 def test_a_failed_write_is_retried_and_no_row_is_lost(store, tmp_path):
     """The first two writes of the metric rows fail (as a store that is down would): the rows stay
     queued and reach MLflow, once each, when the write goes through."""
-    cfg = small_config(tracking={"flush_s": 0})
-    cb = callback(store, cfg, str(tmp_path / "r"))
-    cb.setup()
-    trial = StandInTrial("r1", cfg)
-    cb.on_trial_start(0, [trial], trial)
-    cb._writer.barrier()
+    cb, trial = opened(store, tmp_path, "r1", {"flush_s": 0})
     failures = []
     cb.tracker.log_rows = failing_first(2, cb.tracker.log_rows, failures)
     for step in (64, 128, 192):
@@ -225,12 +231,7 @@ def test_stepwise_series_reach_mlflow_as_their_ends_and_changes_through_failed_w
     """A learning rate that changes once and a count that never does: MLflow gets each one's first
     point, both sides of the change and the last point (at the trial's last step), the measurements
     every step; writes that fail in between lose none of them (`tracking.series`)."""
-    cfg = small_config(tracking={"flush_s": 0})
-    cb = callback(store, cfg, str(tmp_path / "s"))
-    cb.setup()
-    trial = StandInTrial("s1", cfg)
-    cb.on_trial_start(0, [trial], trial)
-    cb._writer.barrier()
+    cb, trial = opened(store, tmp_path, "s1", {"flush_s": 0})
     failures = []
     cb.tracker.log_rows = failing_first(3, cb.tracker.log_rows, failures)
     lrs = {64: 3e-4, 128: 3e-4, 192: 3e-4, 256: 3e-4, 320: 1e-4, 384: 1e-4, 448: 1e-4}
@@ -265,12 +266,7 @@ def test_a_checkpoint_writes_its_rows_held_points_and_best_tag_in_one_call(store
     """Rows waiting since the last flush, the stepwise points held back and the best checkpoint's score
     tag reach MLflow in one `log_rows` call at a checkpoint, as a run's placement tag rides with its
     first rows (each call costs the driver ~4-6 ms)."""
-    cfg = small_config(tracking={"flush_s": 3600})
-    cb = callback(store, cfg, str(tmp_path / "c"))
-    cb.setup()
-    trial = StandInTrial("c1", cfg)
-    cb.on_trial_start(0, [trial], trial)
-    cb._writer.barrier()
+    cb, trial = opened(store, tmp_path, "c1", {"flush_s": 3600})
     real, calls = cb.tracker.log_rows, []
 
     def counted(run_id, rows, tags=None):
@@ -299,12 +295,7 @@ def test_a_checkpoint_writes_its_rows_held_points_and_best_tag_in_one_call(store
 def test_a_best_checkpoint_uploaded_once_though_the_rows_after_it_are_retried(store, tmp_path):
     """The writes of the rows that follow a best checkpoint's upload fail twice: the checkpoint is not
     uploaded again on the retries, and its score tag reaches the run with the rows."""
-    cfg = small_config(tracking={"flush_s": 0})
-    cb = callback(store, cfg, str(tmp_path / "b"))
-    cb.setup()
-    trial = StandInTrial("b1", cfg)
-    cb.on_trial_start(0, [trial], trial)
-    cb._writer.barrier()
+    cb, trial = opened(store, tmp_path, "b1", {"flush_s": 0})
     real_upload, failures, uploads = cb.tracker.log_checkpoint, [], []
 
     def counted(run_id, path, folder):
